@@ -1,0 +1,33 @@
+//! Subcommands of the `fedpurel` tool. Each subcommand lives in its own file with its
+//! `clap` arguments and a `run` function; this module only dispatches.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Federated, long-tailed, personalized fine-tuning of CLIP.
+#[derive(Debug, Parser)]
+#[command(name = "fedpurel", version, about)]
+pub struct Cli {
+    /// The subcommand to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {}
+}
+
+/// Sends `tracing` output to stderr, filtered by `RUST_LOG` (default: warnings).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,1 @@
+//! CLIP: configuration, checkpoints, tokenizer, preprocessing, encoders, zero-shot head.

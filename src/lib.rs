@@ -1,0 +1,16 @@
+//! fedpurel: federated, long-tailed, personalized fine-tuning of CLIP.
+//!
+//! The crate follows the data flow of the method (see `docs/architecture.md`):
+//!
+//! * [`clip`] — CLIP itself: configuration, checkpoint loading (Hugging Face and OpenAI
+//!   key layouts), the BPE tokenizer, image preprocessing, the text and vision encoders
+//!   with explicit backward passes, and the zero-shot head.
+//! * [`bench`] — benchmark workloads that print achieved GFLOP/s against the machine's
+//!   measured matmul rate.
+//!
+//! Later layers (`peft`, `data`, `objective`, `fed`, `metrics`, `report`) build on these.
+
+pub mod bench;
+pub mod clip;
+pub mod device;
+pub mod cli;

@@ -11,6 +11,6 @@
 //! Later layers (`peft`, `data`, `objective`, `fed`, `metrics`, `report`) build on these.
 
 pub mod bench;
+pub mod cli;
 pub mod clip;
 pub mod device;
-pub mod cli;

@@ -1,0 +1,808 @@
+//! One residual attention block (pre-LN, multi-head self-attention, QuickGELU MLP) with an
+//! explicit backward pass, optional LoRA adapters on the attention projections, and
+//! attention to a shared "past" (the keys/values of a prefix computed once for a batch).
+//!
+//! ```text
+//! h = x + out(attn(ln1(x)))      attn keys/values = [past ; own], causal optional
+//! y = h + fc2(gelu(fc1(ln2(h))))
+//! ```
+//! [`Block::forward`] returns the output rows, this block's own keys/values (so they can
+//! serve as the past of another batch) and, when asked, a [`BlockTape`]; [`Block::backward`]
+//! maps K cotangents of the output to K cotangents of the input, of the past keys/values,
+//! and to per-cotangent LoRA gradients.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+use super::checkpoint::Checkpoint;
+use super::ops::{
+    causal_mask, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormTape,
+    Linear,
+};
+
+/// A low-rank adapter `Δy = scale · B (A · drop(x))` on one projection.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    /// Down projection `[r, in]`.
+    pub a: Tensor,
+    /// Up projection `[out, r]`.
+    pub b: Tensor,
+    /// Output scale (the reference uses α/√r).
+    pub scale: f64,
+    /// Dropout on the adapter input for this forward: a `[M, in]` tensor of 0 and
+    /// 1/(1−p), or `None` (evaluation, or no dropout).
+    pub dropout_mask: Option<Tensor>,
+}
+
+/// LoRA adapters for the four attention projections of one block (any may be absent).
+#[derive(Debug, Clone, Default)]
+pub struct BlockLora {
+    /// On the query projection.
+    pub q: Option<Lora>,
+    /// On the key projection.
+    pub k: Option<Lora>,
+    /// On the value projection.
+    pub v: Option<Lora>,
+    /// On the output projection.
+    pub o: Option<Lora>,
+}
+
+/// Gradients of one LoRA adapter, one slice per cotangent.
+#[derive(Debug, Clone)]
+pub struct LoraGrad {
+    /// `[K, r, in]`.
+    pub a: Tensor,
+    /// `[K, out, r]`.
+    pub b: Tensor,
+}
+
+/// Gradients of a block's LoRA adapters (present where the adapter is).
+#[derive(Debug, Clone, Default)]
+pub struct BlockLoraGrad {
+    /// Query adapter.
+    pub q: Option<LoraGrad>,
+    /// Key adapter.
+    pub k: Option<LoraGrad>,
+    /// Value adapter.
+    pub v: Option<LoraGrad>,
+    /// Output adapter.
+    pub o: Option<LoraGrad>,
+}
+
+/// Keys and values of one block for a batch, head-major: `[N, H, T, hd]` each.
+#[derive(Debug, Clone)]
+pub struct KeyValues {
+    /// Keys.
+    pub k: Tensor,
+    /// Values.
+    pub v: Tensor,
+}
+
+/// The layout of a forward call: N sequences of S positions, attending causally or not,
+/// optionally to P shared past positions.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Sequences.
+    pub n: usize,
+    /// Positions per sequence in this call.
+    pub s: usize,
+    /// Causal (text) or full (vision) attention.
+    pub causal: bool,
+}
+
+/// What [`Block::backward`] needs from the forward.
+pub struct BlockTape {
+    shape: Shape,
+    past_len: usize,
+    ln1: LayerNormTape,
+    /// ln1 output (input of the q/k/v projections), kept only when LoRA is on q/k/v.
+    ln1_out: Option<Tensor>,
+    q: Tensor,
+    /// Keys and values including the past: `[N, H, P+S, hd]`.
+    keys: Tensor,
+    values: Tensor,
+    probs: Tensor,
+    /// Attention output before the out projection, kept only with LoRA on it.
+    attn_out: Option<Tensor>,
+    lora_down: [Option<Tensor>; 4],
+    ln2: LayerNormTape,
+    fc1_out: Tensor,
+}
+
+/// Output of [`Block::forward`].
+pub struct BlockOutput {
+    /// Output rows `[N·S, D]`.
+    pub y: Tensor,
+    /// This call's own keys/values `[N, H, S, hd]` (to serve as a past elsewhere).
+    pub kv: KeyValues,
+    /// The tape, when requested.
+    pub tape: Option<BlockTape>,
+}
+
+/// Cotangents produced by [`Block::backward`].
+pub struct BlockGrad {
+    /// W.r.t. the input rows, `[K, N·S, D]` (absent when not requested).
+    pub dx: Option<Tensor>,
+    /// W.r.t. the past keys and values as rows `[K, P, D]`, summed over the N sequences
+    /// that shared them.
+    pub d_past: Option<(Tensor, Tensor)>,
+    /// LoRA gradients.
+    pub lora: BlockLoraGrad,
+}
+
+/// One frozen residual attention block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// Pre-attention LayerNorm.
+    pub ln1: LayerNorm,
+    /// Query, key, value projections fused into one `[3D, D]` map.
+    pub qkv: Linear,
+    /// Attention output projection.
+    pub out: Linear,
+    /// Pre-MLP LayerNorm.
+    pub ln2: LayerNorm,
+    /// MLP up projection.
+    pub fc1: Linear,
+    /// MLP down projection.
+    pub fc2: Linear,
+    /// Attention heads.
+    pub heads: usize,
+    /// Residual width.
+    pub width: usize,
+}
+
+impl Block {
+    /// Loads block weights under the canonical prefix (e.g. `text_model.encoder.layers.3`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        ck: &Checkpoint,
+        prefix: &str,
+        width: usize,
+        mlp: usize,
+        heads: usize,
+        eps: f64,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        let proj = |n: &str| {
+            Linear::load(
+                ck,
+                &format!("{prefix}.self_attn.{n}"),
+                width,
+                width,
+                true,
+                dtype,
+                dev,
+            )
+        };
+        let (q, k, v) = (proj("q_proj")?, proj("k_proj")?, proj("v_proj")?);
+        let bias = |l: &Linear| {
+            l.bias
+                .clone()
+                .expect("attention projections are loaded with bias")
+        };
+        let qkv = Linear {
+            weight: Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?,
+            bias: Some(Tensor::cat(&[&bias(&q), &bias(&k), &bias(&v)], 0)?),
+        };
+        Ok(Block {
+            ln1: LayerNorm::load(ck, &format!("{prefix}.layer_norm1"), width, eps, dtype, dev)?,
+            qkv,
+            out: proj("out_proj")?,
+            ln2: LayerNorm::load(ck, &format!("{prefix}.layer_norm2"), width, eps, dtype, dev)?,
+            fc1: Linear::load(
+                ck,
+                &format!("{prefix}.mlp.fc1"),
+                mlp,
+                width,
+                true,
+                dtype,
+                dev,
+            )?,
+            fc2: Linear::load(
+                ck,
+                &format!("{prefix}.mlp.fc2"),
+                width,
+                mlp,
+                true,
+                dtype,
+                dev,
+            )?,
+            heads,
+            width,
+        })
+    }
+
+    fn head_dim(&self) -> usize {
+        self.width / self.heads
+    }
+
+    /// `[N·S, D]` rows → `[N, H, S, hd]`.
+    fn split_heads(&self, rows: &Tensor, n: usize, s: usize) -> Result<Tensor> {
+        Ok(rows
+            .reshape((n, s, self.heads, self.head_dim()))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// `[N, H, S, hd]` → `[N·S, D]` rows.
+    fn merge_heads(&self, t: &Tensor) -> Result<Tensor> {
+        let (n, _, s, _) = t.dims4()?;
+        Ok(t.transpose(1, 2)?
+            .contiguous()?
+            .reshape((n * s, self.width))?)
+    }
+
+    /// Runs the block on rows `x: [N·S, D]`. `past` (keys/values `[1, H, P, hd]`) is
+    /// prepended to every sequence's keys/values; with `causal`, position i of this call
+    /// sits at absolute position P + i.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        shape: Shape,
+        past: Option<&KeyValues>,
+        lora: Option<&BlockLora>,
+        keep_tape: bool,
+    ) -> Result<BlockOutput> {
+        let Shape { n, s, causal } = shape;
+        let d = self.width;
+        let lora_qkv = lora.is_some_and(|l| l.q.is_some() || l.k.is_some() || l.v.is_some());
+        let (a, ln1_tape) = if keep_tape {
+            let (a, t) = self.ln1.forward_taped(x)?;
+            (a, Some(t))
+        } else {
+            (self.ln1.forward(x)?, None)
+        };
+        let qkv = self.qkv.forward(&a)?;
+        let mut parts = [
+            qkv.narrow(1, 0, d)?,
+            qkv.narrow(1, d, d)?,
+            qkv.narrow(1, 2 * d, d)?,
+        ];
+        let mut lora_down: [Option<Tensor>; 4] = [None, None, None, None];
+        if let Some(l) = lora {
+            for (i, ad) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
+                if let Some(ad) = ad {
+                    let (delta, down) = lora_forward(ad, &a)?;
+                    parts[i] = (&parts[i] + delta)?;
+                    lora_down[i] = Some(down);
+                }
+            }
+        }
+        let q = self.split_heads(&parts[0], n, s)?;
+        let k_own = self.split_heads(&parts[1], n, s)?;
+        let v_own = self.split_heads(&parts[2], n, s)?;
+        let past_len = past.map_or(Ok(0), |p| p.k.dim(2))?;
+        let (keys, values) = match past {
+            Some(p) => {
+                let pk =
+                    p.k.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
+                let pv =
+                    p.v.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
+                (
+                    Tensor::cat(&[&pk, &k_own], 2)?.contiguous()?,
+                    Tensor::cat(&[&pv, &v_own], 2)?.contiguous()?,
+                )
+            }
+            None => (k_own.clone(), v_own.clone()),
+        };
+        let scale = 1.0 / (self.head_dim() as f64).sqrt();
+        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+        if causal {
+            scores = scores.broadcast_add(&causal_mask(
+                past_len,
+                s,
+                scores.dtype(),
+                scores.device(),
+            )?)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let o = self.merge_heads(&probs.matmul(&values)?)?;
+        let mut attn = self.out.forward(&o)?;
+        if let Some(ad) = lora.and_then(|l| l.o.as_ref()) {
+            let (delta, down) = lora_forward(ad, &o)?;
+            attn = (attn + delta)?;
+            lora_down[3] = Some(down);
+        }
+        let h = (x + attn)?;
+        let (b, ln2_tape) = if keep_tape {
+            let (b, t) = self.ln2.forward_taped(&h)?;
+            (b, Some(t))
+        } else {
+            (self.ln2.forward(&h)?, None)
+        };
+        let fc1_out = self.fc1.forward(&b)?;
+        let y = (&h + self.fc2.forward(&quick_gelu(&fc1_out)?)?)?;
+        let tape = match (ln1_tape, ln2_tape) {
+            (Some(ln1), Some(ln2)) => Some(BlockTape {
+                shape,
+                past_len,
+                ln1,
+                ln1_out: lora_qkv.then(|| a.clone()),
+                q,
+                keys,
+                values,
+                probs,
+                attn_out: lora.and_then(|l| l.o.as_ref()).map(|_| o.clone()),
+                lora_down,
+                ln2,
+                fc1_out,
+            }),
+            _ => None,
+        };
+        Ok(BlockOutput {
+            y,
+            kv: KeyValues { k: k_own, v: v_own },
+            tape,
+        })
+    }
+
+    /// Backward for K cotangents `dy: [K, N·S, D]` of the output. `d_own_kv` adds
+    /// cotangents for this call's own keys/values (rows `[K, N·S, D]`), which arise when
+    /// they served as another batch's past. `need_dx = false` skips the input cotangent
+    /// (the first block of an encoder whose input is not trained).
+    pub fn backward(
+        &self,
+        tape: &BlockTape,
+        dy: &Tensor,
+        d_own_kv: Option<(&Tensor, &Tensor)>,
+        lora: Option<&BlockLora>,
+        need_dx: bool,
+    ) -> Result<BlockGrad> {
+        let Shape { n, s, .. } = tape.shape;
+        let (kk, m, d) = dy.dims3()?;
+        if m != n * s || d != self.width {
+            bail!("block backward: cotangent shape {:?} does not match the forward ({n}×{s} rows of {})", dy.dims(), self.width);
+        }
+        let mut grads = BlockLoraGrad::default();
+        // MLP branch.
+        let d_act = self.fc2.backward_input(dy)?;
+        let d_fc1 = quick_gelu_backward(&tape.fc1_out, &d_act)?;
+        let d_b = self.fc1.backward_input(&d_fc1)?;
+        let dh = (dy + self.ln2.backward(&tape.ln2, &d_b)?)?;
+        // Attention branch.
+        let mut d_o = self.out.backward_input(&dh)?;
+        if let (Some(ad), Some(o)) = (lora.and_then(|l| l.o.as_ref()), tape.attn_out.as_ref()) {
+            let down = tape.lora_down[3]
+                .as_ref()
+                .expect("tape keeps the LoRA down projection");
+            let (dx_extra, g) = lora_backward(ad, o, down, &dh)?;
+            d_o = (d_o + dx_extra)?;
+            grads.o = Some(g);
+        }
+        let (dq, dk, dv, d_past) = self.attention_backward(tape, &d_o, kk)?;
+        let (dk, dv) = match d_own_kv {
+            Some((ek, ev)) => ((dk + ek)?, (dv + ev)?),
+            None => (dk, dv),
+        };
+        let d_qkv = Tensor::cat(&[&dq, &dk, &dv], 2)?;
+        let need_a = need_dx;
+        let mut d_a = if need_a {
+            Some(self.qkv.backward_input(&d_qkv)?)
+        } else {
+            None
+        };
+        if let Some(l) = lora {
+            for (i, (ad, dpart)) in [(&l.q, &dq), (&l.k, &dk), (&l.v, &dv)]
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(ad) = ad {
+                    let a = tape
+                        .ln1_out
+                        .as_ref()
+                        .expect("tape keeps ln1 output with LoRA");
+                    let down = tape.lora_down[i]
+                        .as_ref()
+                        .expect("tape keeps the LoRA down projection");
+                    let (dx_extra, g) = lora_backward(ad, a, down, dpart)?;
+                    if let Some(da) = d_a.as_mut() {
+                        *da = (&*da + dx_extra)?;
+                    }
+                    match i {
+                        0 => grads.q = Some(g),
+                        1 => grads.k = Some(g),
+                        _ => grads.v = Some(g),
+                    }
+                }
+            }
+        }
+        let dx = match d_a {
+            Some(da) => Some((dh + self.ln1.backward(&tape.ln1, &da)?)?),
+            None => None,
+        };
+        Ok(BlockGrad {
+            dx,
+            d_past,
+            lora: grads,
+        })
+    }
+
+    /// Attention core VJP, one cotangent at a time (the saved probabilities are shared).
+    /// Returns dq, dk, dv as rows `[K, N·S, D]` and the past's cotangents `[K, P, D]`.
+    #[allow(clippy::type_complexity)]
+    fn attention_backward(
+        &self,
+        tape: &BlockTape,
+        d_o: &Tensor,
+        kk: usize,
+    ) -> Result<(Tensor, Tensor, Tensor, Option<(Tensor, Tensor)>)> {
+        let Shape { n, s, .. } = tape.shape;
+        let p = tape.past_len;
+        let scale = 1.0 / (self.head_dim() as f64).sqrt();
+        let mut dqs = Vec::with_capacity(kk);
+        let mut dks = Vec::with_capacity(kk);
+        let mut dvs = Vec::with_capacity(kk);
+        let mut dpk = Vec::new();
+        let mut dpv = Vec::new();
+        for i in 0..kk {
+            let d_out = self.split_heads(&d_o.get(i)?, n, s)?;
+            let d_probs = d_out.matmul(&tape.values.t()?)?;
+            let d_values = tape.probs.t()?.matmul(&d_out)?;
+            let row_dot = (&d_probs * &tape.probs)?.sum_keepdim(D::Minus1)?;
+            let d_scores = (tape.probs.clone() * d_probs.broadcast_sub(&row_dot)?)?;
+            let d_scores = (d_scores * scale)?;
+            let dq = d_scores.matmul(&tape.keys)?;
+            let d_keys = d_scores.t()?.matmul(&tape.q)?;
+            dqs.push(self.merge_heads(&dq)?);
+            if p > 0 {
+                let own = |t: &Tensor| t.narrow(2, p, s);
+                dks.push(self.merge_heads(&own(&d_keys)?)?);
+                dvs.push(self.merge_heads(&own(&d_values)?)?);
+                // Sum over the N sequences that shared the past: [1, H, P, hd] → [P, D].
+                let past = |t: &Tensor| -> Result<Tensor> {
+                    let summed = t.narrow(2, 0, p)?.sum_keepdim(0)?;
+                    self.merge_heads(&summed)
+                };
+                dpk.push(past(&d_keys)?);
+                dpv.push(past(&d_values)?);
+            } else {
+                dks.push(self.merge_heads(&d_keys)?);
+                dvs.push(self.merge_heads(&d_values)?);
+            }
+        }
+        let d_past = if p > 0 {
+            Some((Tensor::stack(&dpk, 0)?, Tensor::stack(&dpv, 0)?))
+        } else {
+            None
+        };
+        Ok((
+            Tensor::stack(&dqs, 0)?,
+            Tensor::stack(&dks, 0)?,
+            Tensor::stack(&dvs, 0)?,
+            d_past,
+        ))
+    }
+}
+
+/// LoRA forward on rows `x: [M, in]`: returns `scale · (A x̃) Bᵀ` and the down
+/// projection `A x̃` (x̃ = dropped-out x) for the backward.
+fn lora_forward(ad: &Lora, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let xd = match &ad.dropout_mask {
+        Some(mask) => (x * mask)?,
+        None => x.clone(),
+    };
+    let down = xd.matmul(&ad.a.t()?)?;
+    let delta = (down.matmul(&ad.b.t()?)? * ad.scale)?;
+    Ok((delta, down))
+}
+
+/// LoRA VJP for `dy: [K, M, out]`: the input cotangent `[K, M, in]` and per-cotangent
+/// gradients dB = s·dyᵀ(A x̃), dA = (s·dy B)ᵀ x̃.
+fn lora_backward(ad: &Lora, x: &Tensor, down: &Tensor, dy: &Tensor) -> Result<(Tensor, LoraGrad)> {
+    let (kk, m, out) = dy.dims3()?;
+    let xd = match &ad.dropout_mask {
+        Some(mask) => (x * mask)?,
+        None => x.clone(),
+    };
+    let db = (outer_per_cotangent(dy, down)? * ad.scale)?;
+    let r = ad.a.dim(0)?;
+    let d_down = (dy.reshape((kk * m, out))?.matmul(&ad.b)? * ad.scale)?.reshape((kk, m, r))?;
+    let da = outer_per_cotangent(&d_down, &xd)?;
+    let mut dx = d_down
+        .reshape((kk * m, r))?
+        .matmul(&ad.a)?
+        .reshape((kk, m, ad.a.dim(1)?))?;
+    if let Some(mask) = &ad.dropout_mask {
+        dx = dx.broadcast_mul(&mask.unsqueeze(0)?)?;
+    }
+    Ok((dx, LoraGrad { a: da, b: db }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::ops::testutil::*;
+
+    fn random_block(d: usize, heads: usize, seed: u64, dtype: DType) -> Block {
+        let t = |shape: &[usize], k: u64, sc: f32| {
+            rand_tensor(shape, seed * 100 + k, sc)
+                .to_dtype(dtype)
+                .unwrap()
+        };
+        let ln = |k: u64| LayerNorm {
+            weight: (t(&[d], k, 0.3) + 1.0).unwrap(),
+            bias: t(&[d], k + 1, 0.3),
+            eps: 1e-5,
+        };
+        let lin = |o: usize, i: usize, k: u64| Linear {
+            weight: t(&[o, i], k, 1.0 / (i as f32).sqrt()),
+            bias: Some(t(&[o], k + 1, 0.1)),
+        };
+        Block {
+            ln1: ln(1),
+            qkv: lin(3 * d, d, 3),
+            out: lin(d, d, 5),
+            ln2: ln(7),
+            fc1: lin(4 * d, d, 9),
+            fc2: lin(d, 4 * d, 11),
+            heads,
+            width: d,
+        }
+    }
+
+    fn to64(b: &Block) -> Block {
+        let c = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let lin = |l: &Linear| Linear {
+            weight: c(&l.weight),
+            bias: l.bias.as_ref().map(c),
+        };
+        let ln = |l: &LayerNorm| LayerNorm {
+            weight: c(&l.weight),
+            bias: c(&l.bias),
+            eps: l.eps,
+        };
+        Block {
+            ln1: ln(&b.ln1),
+            qkv: lin(&b.qkv),
+            out: lin(&b.out),
+            ln2: ln(&b.ln2),
+            fc1: lin(&b.fc1),
+            fc2: lin(&b.fc2),
+            heads: b.heads,
+            width: b.width,
+        }
+    }
+
+    #[test]
+    fn input_vjp_matches_finite_differences_causal_and_full() {
+        let (n, s, d, h) = (3, 5, 8, 2);
+        for causal in [true, false] {
+            let blk = random_block(d, h, 1, DType::F32);
+            let b64 = to64(&blk);
+            let shape = Shape { n, s, causal };
+            let x = rand_tensor(&[n * s, d], 2, 1.0);
+            let out = blk.forward(&x, shape, None, None, true).unwrap();
+            let dy = rand_tensor(&[2, n * s, d], 3, 1.0);
+            let g = blk
+                .backward(out.tape.as_ref().unwrap(), &dy, None, None, true)
+                .unwrap();
+            let dx = g.dx.unwrap();
+            for k in 0..2 {
+                let v = rand_tensor(&[n * s, d], 10 + k as u64, 1.0);
+                let f = |x: &Tensor| b64.forward(x, shape, None, None, false).unwrap().y;
+                let fd = fd_directional(
+                    &f,
+                    &x,
+                    &v,
+                    &dy.get(k).unwrap().to_dtype(DType::F64).unwrap(),
+                    1e-5,
+                );
+                let an = dot(&dx.get(k).unwrap(), &v);
+                assert!(
+                    (fd - an).abs() < 1e-3 * (1.0 + an.abs()),
+                    "causal={causal} k={k}: fd {fd} vs {an}"
+                );
+            }
+        }
+    }
+
+    /// A batch attending to a shared past gives the same outputs and cotangents as the
+    /// same tokens run as one long sequence per batch element.
+    #[test]
+    fn past_matches_concatenated_sequence() {
+        let (n, p, s, d, h) = (3, 2, 4, 8, 2);
+        let blk = random_block(d, h, 2, DType::F32);
+        let prefix = rand_tensor(&[p, d], 20, 1.0);
+        let body = rand_tensor(&[n, s, d], 21, 1.0);
+        // plain: [prefix ; body_n] as one sequence each
+        let full = Tensor::cat(
+            &[
+                &prefix.unsqueeze(0).unwrap().repeat((n, 1, 1)).unwrap(),
+                &body,
+            ],
+            1,
+        )
+        .unwrap();
+        let plain = blk
+            .forward(
+                &full.reshape((n * (p + s), d)).unwrap(),
+                Shape {
+                    n,
+                    s: p + s,
+                    causal: true,
+                },
+                None,
+                None,
+                true,
+            )
+            .unwrap();
+        // shared: prefix once, then the bodies attending to it
+        let pre = blk
+            .forward(
+                &prefix,
+                Shape {
+                    n: 1,
+                    s: p,
+                    causal: true,
+                },
+                None,
+                None,
+                true,
+            )
+            .unwrap();
+        let suf = blk
+            .forward(
+                &body.reshape((n * s, d)).unwrap(),
+                Shape { n, s, causal: true },
+                Some(&pre.kv),
+                None,
+                true,
+            )
+            .unwrap();
+        let plain_body = plain
+            .y
+            .reshape((n, p + s, d))
+            .unwrap()
+            .narrow(1, p, s)
+            .unwrap();
+        assert!(max_abs_diff(&plain_body, &suf.y.reshape((n, s, d)).unwrap()) < 1e-5);
+        // cotangents only on the body outputs
+        let dy_body = rand_tensor(&[2, n, s, d], 22, 1.0);
+        let dy_plain = Tensor::cat(
+            &[
+                &Tensor::zeros((2, n, p, d), DType::F32, &Device::Cpu).unwrap(),
+                &dy_body,
+            ],
+            2,
+        )
+        .unwrap();
+        let gp = blk
+            .backward(
+                plain.tape.as_ref().unwrap(),
+                &dy_plain.reshape((2, n * (p + s), d)).unwrap(),
+                None,
+                None,
+                true,
+            )
+            .unwrap();
+        let gs = blk
+            .backward(
+                suf.tape.as_ref().unwrap(),
+                &dy_body.reshape((2, n * s, d)).unwrap(),
+                None,
+                None,
+                true,
+            )
+            .unwrap();
+        let (dpk, dpv) = gs.d_past.as_ref().unwrap();
+        let gpre = blk
+            .backward(
+                pre.tape.as_ref().unwrap(),
+                &Tensor::zeros((2, p, d), DType::F32, &Device::Cpu).unwrap(),
+                Some((dpk, dpv)),
+                None,
+                true,
+            )
+            .unwrap();
+        let dplain = gp.dx.unwrap().reshape((2, n, p + s, d)).unwrap();
+        assert!(
+            max_abs_diff(
+                &dplain.narrow(2, p, s).unwrap(),
+                &gs.dx.unwrap().reshape((2, n, s, d)).unwrap()
+            ) < 1e-5
+        );
+        let dprefix_plain = dplain.narrow(2, 0, p).unwrap().sum(1).unwrap();
+        assert!(max_abs_diff(&dprefix_plain, &gpre.dx.unwrap()) < 1e-5);
+    }
+
+    #[test]
+    fn lora_gradients_match_finite_differences() {
+        let (n, s, d, h, r) = (2, 4, 8, 2, 3);
+        let blk = random_block(d, h, 3, DType::F32);
+        let mask = rand_tensor(&[n * s, d], 30, 1.0)
+            .ge(-0.3)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .affine(1.0 / 0.75, 0.0)
+            .unwrap();
+        let mk = |k: u64, with_mask: bool| Lora {
+            a: rand_tensor(&[r, d], 40 + k, 0.5),
+            b: rand_tensor(&[d, r], 50 + k, 0.5),
+            scale: 16.0 / (r as f64).sqrt(),
+            dropout_mask: with_mask.then(|| mask.clone()),
+        };
+        let lora = BlockLora {
+            q: Some(mk(1, true)),
+            k: Some(mk(2, false)),
+            v: Some(mk(3, true)),
+            o: Some(mk(4, false)),
+        };
+        let shape = Shape { n, s, causal: true };
+        let x = rand_tensor(&[n * s, d], 31, 1.0);
+        let out = blk.forward(&x, shape, None, Some(&lora), true).unwrap();
+        let dy = rand_tensor(&[2, n * s, d], 32, 1.0);
+        let g = blk
+            .backward(out.tape.as_ref().unwrap(), &dy, None, Some(&lora), true)
+            .unwrap();
+        let b64 = to64(&blk);
+        let lora64 = |l: &BlockLora| {
+            let c = |o: &Option<Lora>| {
+                o.as_ref().map(|a| Lora {
+                    a: a.a.to_dtype(DType::F64).unwrap(),
+                    b: a.b.to_dtype(DType::F64).unwrap(),
+                    scale: a.scale,
+                    dropout_mask: a
+                        .dropout_mask
+                        .as_ref()
+                        .map(|m| m.to_dtype(DType::F64).unwrap()),
+                })
+            };
+            BlockLora {
+                q: c(&l.q),
+                k: c(&l.k),
+                v: c(&l.v),
+                o: c(&l.o),
+            }
+        };
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        let k = 1;
+        let w = dy.get(k).unwrap().to_dtype(DType::F64).unwrap();
+        // perturb A of q and B of o
+        for which in ["q.a", "o.b", "v.a", "k.b"] {
+            let grad = match which {
+                "q.a" => g.lora.q.as_ref().unwrap().a.get(k).unwrap(),
+                "o.b" => g.lora.o.as_ref().unwrap().b.get(k).unwrap(),
+                "v.a" => g.lora.v.as_ref().unwrap().a.get(k).unwrap(),
+                _ => g.lora.k.as_ref().unwrap().b.get(k).unwrap(),
+            };
+            let v = rand_tensor(grad.dims(), 60, 1.0);
+            let f = |p: &Tensor| {
+                let mut l = lora64(&lora);
+                match which {
+                    "q.a" => l.q.as_mut().unwrap().a = p.clone(),
+                    "o.b" => l.o.as_mut().unwrap().b = p.clone(),
+                    "v.a" => l.v.as_mut().unwrap().a = p.clone(),
+                    _ => l.k.as_mut().unwrap().b = p.clone(),
+                }
+                b64.forward(&x64, shape, None, Some(&l), false).unwrap().y
+            };
+            let base = match which {
+                "q.a" => &lora.q.as_ref().unwrap().a,
+                "o.b" => &lora.o.as_ref().unwrap().b,
+                "v.a" => &lora.v.as_ref().unwrap().a,
+                _ => &lora.k.as_ref().unwrap().b,
+            };
+            let fd = fd_directional(&f, base, &v, &w, 1e-5);
+            let an = dot(&grad, &v);
+            assert!(
+                (fd - an).abs() < 1e-3 * (1.0 + an.abs()),
+                "{which}: fd {fd} vs {an}"
+            );
+        }
+        // input cotangent with LoRA present
+        let v = rand_tensor(&[n * s, d], 61, 1.0);
+        let f = |x: &Tensor| {
+            b64.forward(x, shape, None, Some(&lora64(&lora)), false)
+                .unwrap()
+                .y
+        };
+        let fd = fd_directional(&f, &x, &v, &w, 1e-5);
+        let an = dot(&g.dx.unwrap().get(k).unwrap(), &v);
+        assert!(
+            (fd - an).abs() < 1e-3 * (1.0 + an.abs()),
+            "dx: fd {fd} vs {an}"
+        );
+    }
+}

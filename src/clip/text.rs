@@ -1,0 +1,395 @@
+//! The causal text transformer, fed with *input embeddings* so a prompt learner can
+//! replace token embeddings, with an explicit backward pass and two exact shortcuts:
+//!
+//! * **truncation** — under the causal mask nothing after a sequence's end-of-text (EOT)
+//!   token reaches its EOT feature, so only positions up to the longest EOT in the batch
+//!   are computed;
+//! * **shared prefix** — when all sequences begin with the same P embeddings (start token
+//!   plus shared context vectors), those positions are computed once per layer and every
+//!   sequence attends to their keys/values.
+//!
+//! Both give the plain 77-position numbers (tests below and in `tests/`).
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, IndexOp, Tensor};
+
+use super::block::{Block, BlockLora, BlockTape, Shape};
+use super::checkpoint::Checkpoint;
+use super::config::TextConfig;
+use super::ops::{LayerNorm, LayerNormTape};
+
+/// How much of the sequence to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextPath {
+    /// All context positions (the reference's computation).
+    Plain,
+    /// Stop at the longest EOT position in the batch.
+    Truncated,
+    /// Truncate and compute the first `P` positions once for all sequences; `P` must be
+    /// at most the shortest EOT position and the caller guarantees the rows are shared.
+    SharedPrefix(usize),
+}
+
+/// A batch of prompts as input embeddings.
+#[derive(Debug, Clone)]
+pub struct PromptBatch {
+    /// Token embeddings without positions, `[N, S, D]` (S ≤ context length).
+    pub embeddings: Tensor,
+    /// Position of each sequence's EOT token.
+    pub eot: Vec<usize>,
+}
+
+impl PromptBatch {
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.eot.len()
+    }
+
+    /// True when the batch has no sequence.
+    pub fn is_empty(&self) -> bool {
+        self.eot.is_empty()
+    }
+}
+
+/// What the text backward needs from the forward.
+pub struct TextTape {
+    n: usize,
+    prefix_len: usize,
+    body_len: usize,
+    layers: Vec<(Option<BlockTape>, BlockTape)>,
+    eot_rows: Vec<u32>,
+    ln_final: LayerNormTape,
+}
+
+impl TextTape {
+    /// Positions computed once for all sequences (0 without a shared prefix).
+    pub fn prefix_len(&self) -> usize {
+        self.prefix_len
+    }
+
+    /// Positions computed per sequence after the prefix.
+    pub fn body_len(&self) -> usize {
+        self.body_len
+    }
+}
+
+/// Cotangents of the input embeddings for K losses.
+#[derive(Debug, Clone)]
+pub struct TextGrad {
+    /// W.r.t. the shared prefix embeddings, `[K, P, D]` (already summed over sequences).
+    pub prefix: Option<Tensor>,
+    /// W.r.t. each sequence's embeddings after the prefix, `[K, N, S_body, D]`.
+    pub body: Tensor,
+    /// First position covered by `body`.
+    pub body_start: usize,
+}
+
+impl TextGrad {
+    /// Cotangent of embedding positions `start..start+len` summed over all sequences,
+    /// `[K, len, D]` — the gradient of a context vector shared by every class, whichever
+    /// path computed it. Positions past the computed range contribute zero.
+    pub fn shared_positions(&self, start: usize, len: usize) -> Result<Tensor> {
+        let (k, _, sb, d) = self.body.dims4()?;
+        let mut rows = Vec::with_capacity(len);
+        for pos in start..start + len {
+            let row = if pos < self.body_start {
+                match &self.prefix {
+                    Some(p) => p.i((.., pos, ..))?,
+                    None => bail!("position {pos} is before the computed range"),
+                }
+            } else if pos < self.body_start + sb {
+                self.body.i((.., .., pos - self.body_start, ..))?.sum(1)?
+            } else {
+                Tensor::zeros((k, d), self.body.dtype(), self.body.device())?
+            };
+            rows.push(row);
+        }
+        Ok(Tensor::stack(&rows, 1)?)
+    }
+}
+
+/// The CLIP text tower.
+#[derive(Debug, Clone)]
+pub struct TextEncoder {
+    /// Token embedding table `[V, D]`.
+    pub token_embedding: Tensor,
+    /// Positional embeddings `[context, D]`.
+    pub positional: Tensor,
+    /// Residual blocks.
+    pub blocks: Vec<Block>,
+    /// Final LayerNorm.
+    pub ln_final: LayerNorm,
+    /// Projection into the joint space, `[E, D]`.
+    pub projection: Tensor,
+    /// Shape.
+    pub config: TextConfig,
+}
+
+impl TextEncoder {
+    /// Loads the text tower (canonical names `text_model.*`, `text_projection.weight`).
+    pub fn load(ck: &Checkpoint, embed_dim: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        let c = ck.config.text.clone();
+        let eps = ck.config.layer_norm_eps;
+        let blocks = (0..c.layers)
+            .map(|i| {
+                Block::load(
+                    ck,
+                    &format!("text_model.encoder.layers.{i}"),
+                    c.width,
+                    c.mlp_width,
+                    c.heads,
+                    eps,
+                    dtype,
+                    dev,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TextEncoder {
+            token_embedding: ck.tensor(
+                "text_model.embeddings.token_embedding.weight",
+                &[c.vocab_size, c.width],
+                dtype,
+                dev,
+            )?,
+            positional: ck.tensor(
+                "text_model.embeddings.position_embedding.weight",
+                &[c.context_length, c.width],
+                dtype,
+                dev,
+            )?,
+            blocks,
+            ln_final: LayerNorm::load(ck, "text_model.final_layer_norm", c.width, eps, dtype, dev)?,
+            projection: ck.tensor("text_projection.weight", &[embed_dim, c.width], dtype, dev)?,
+            config: c,
+        })
+    }
+
+    /// Token embeddings of padded id rows `[N][S]` → `[N, S, D]`.
+    pub fn embed_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
+        let n = ids.len();
+        let s = ids.first().map_or(0, Vec::len);
+        if ids.iter().any(|r| r.len() != s) {
+            bail!("token rows have different lengths");
+        }
+        let vocab = self.config.vocab_size as u32;
+        if let Some(bad) = ids.iter().flatten().find(|&&t| t >= vocab) {
+            bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let idx = Tensor::from_vec(flat, n * s, self.token_embedding.device())?;
+        Ok(self
+            .token_embedding
+            .index_select(&idx, 0)?
+            .reshape((n, s, self.config.width))?)
+    }
+
+    /// Encodes a batch: projected (unnormalized) features `[N, E]`, plus a tape if asked.
+    pub fn forward(
+        &self,
+        batch: &PromptBatch,
+        path: TextPath,
+        lora: Option<&[BlockLora]>,
+        keep_tape: bool,
+    ) -> Result<(Tensor, Option<TextTape>)> {
+        let (n, s_full, d) = batch.embeddings.dims3()?;
+        if n != batch.eot.len() || n == 0 {
+            bail!(
+                "prompt batch: {n} embedding rows but {} EOT positions",
+                batch.eot.len()
+            );
+        }
+        if s_full > self.config.context_length {
+            bail!(
+                "prompt batch: {s_full} positions exceed the context length {}",
+                self.config.context_length
+            );
+        }
+        if let Some(&bad) = batch.eot.iter().find(|&&e| e >= s_full) {
+            bail!("prompt batch: EOT position {bad} outside {s_full} positions");
+        }
+        let max_eot = *batch.eot.iter().max().expect("non-empty");
+        let min_eot = *batch.eot.iter().min().expect("non-empty");
+        let (p, s) = match path {
+            TextPath::Plain => (0, s_full),
+            TextPath::Truncated => (0, max_eot + 1),
+            TextPath::SharedPrefix(p) => {
+                if p > min_eot {
+                    bail!("shared prefix of {p} positions would cover an EOT token (shortest EOT at {min_eot})");
+                }
+                (p, max_eot + 1)
+            }
+        };
+        let pos = self.positional.narrow(0, 0, s)?;
+        let body_len = s - p;
+        let mut body = batch
+            .embeddings
+            .narrow(1, p, body_len)?
+            .broadcast_add(&pos.narrow(0, p, body_len)?)?
+            .reshape((n * body_len, d))?;
+        let mut prefix = if p > 0 {
+            Some(
+                batch
+                    .embeddings
+                    .i(0)?
+                    .narrow(0, 0, p)?
+                    .add(&pos.narrow(0, 0, p)?)?,
+            )
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        for (li, blk) in self.blocks.iter().enumerate() {
+            let l = lora.map(|l| &l[li]);
+            let pre_out = match &prefix {
+                Some(x) => Some(blk.forward(
+                    x,
+                    Shape {
+                        n: 1,
+                        s: p,
+                        causal: true,
+                    },
+                    None,
+                    l,
+                    keep_tape,
+                )?),
+                None => None,
+            };
+            let out = blk.forward(
+                &body,
+                Shape {
+                    n,
+                    s: body_len,
+                    causal: true,
+                },
+                pre_out.as_ref().map(|o| &o.kv),
+                l,
+                keep_tape,
+            )?;
+            body = out.y;
+            let pre_tape = pre_out.map(|o| {
+                prefix = Some(o.y);
+                o.tape
+            });
+            if keep_tape {
+                layers.push((pre_tape.flatten(), out.tape.expect("tape requested")));
+            }
+        }
+        let eot_rows: Vec<u32> = batch
+            .eot
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| (i * body_len + e - p) as u32)
+            .collect();
+        let idx = Tensor::from_vec(eot_rows.clone(), n, body.device())?;
+        let pooled = body.index_select(&idx, 0)?;
+        let (normed, ln_tape) = if keep_tape {
+            let (y, t) = self.ln_final.forward_taped(&pooled)?;
+            (y, Some(t))
+        } else {
+            (self.ln_final.forward(&pooled)?, None)
+        };
+        let features = normed.matmul(&self.projection.t()?)?;
+        let tape = ln_tape.map(|ln_final| TextTape {
+            n,
+            prefix_len: p,
+            body_len,
+            layers,
+            eot_rows,
+            ln_final,
+        });
+        Ok((features, tape))
+    }
+
+    /// VJP of [`forward`](Self::forward): K cotangents of the features `[K, N, E]` →
+    /// cotangents of the input embeddings, plus per-layer LoRA gradients when LoRA is on.
+    pub fn backward(
+        &self,
+        tape: &TextTape,
+        d_features: &Tensor,
+        lora: Option<&[BlockLora]>,
+    ) -> Result<(TextGrad, Vec<super::block::BlockLoraGrad>)> {
+        let (kk, n, e) = d_features.dims3()?;
+        if n != tape.n {
+            bail!(
+                "text backward: {n} feature cotangents for a batch of {}",
+                tape.n
+            );
+        }
+        let d = self.config.width;
+        let d_normed = d_features
+            .reshape((kk * n, e))?
+            .matmul(&self.projection)?
+            .reshape((kk, n, d))?;
+        let d_pooled = self.ln_final.backward(&tape.ln_final, &d_normed)?;
+        let rows = n * tape.body_len;
+        let idx = Tensor::from_vec(tape.eot_rows.clone(), n, d_features.device())?;
+        let zeros = Tensor::zeros((kk, rows, d), d_features.dtype(), d_features.device())?;
+        let mut d_body = zeros.index_add(&idx, &d_pooled, 1)?;
+        let p = tape.prefix_len;
+        let mut d_prefix = if p > 0 {
+            Some(Tensor::zeros(
+                (kk, p, d),
+                d_features.dtype(),
+                d_features.device(),
+            )?)
+        } else {
+            None
+        };
+        let mut lora_grads = Vec::with_capacity(self.blocks.len());
+        for (li, (blk, (pre_tape, body_tape))) in
+            self.blocks.iter().zip(&tape.layers).enumerate().rev()
+        {
+            let l = lora.map(|l| &l[li]);
+            let g = blk.backward(body_tape, &d_body, None, l, true)?;
+            let mut lg = g.lora;
+            d_body = g.dx.expect("requested");
+            if let (Some(pt), Some(dp)) = (pre_tape, d_prefix.as_ref()) {
+                let (dk, dv) = g.d_past.as_ref().expect("body attended to the prefix");
+                let gp = blk.backward(pt, dp, Some((dk, dv)), l, true)?;
+                lg = add_lora_grads(lg, gp.lora)?;
+                d_prefix = gp.dx;
+            }
+            lora_grads.push(lg);
+        }
+        lora_grads.reverse();
+        let grad = TextGrad {
+            prefix: d_prefix,
+            body: d_body.reshape((kk, n, tape.body_len, d))?,
+            body_start: p,
+        };
+        Ok((grad, lora_grads))
+    }
+
+    /// Longest prefix of positions whose token ids are identical in every row and that
+    /// ends before the shortest EOT — the positions [`TextPath::SharedPrefix`] may share.
+    pub fn shared_prefix_len(ids: &[Vec<u32>], eot: &[usize]) -> usize {
+        let Some(first) = ids.first() else { return 0 };
+        let limit = eot.iter().copied().min().unwrap_or(0);
+        (0..limit)
+            .take_while(|&j| ids.iter().all(|r| r.get(j) == first.get(j)))
+            .count()
+    }
+}
+
+fn add_lora_grads(
+    a: super::block::BlockLoraGrad,
+    b: super::block::BlockLoraGrad,
+) -> Result<super::block::BlockLoraGrad> {
+    use super::block::LoraGrad;
+    let add = |x: Option<LoraGrad>, y: Option<LoraGrad>| -> Result<Option<LoraGrad>> {
+        Ok(match (x, y) {
+            (Some(x), Some(y)) => Some(LoraGrad {
+                a: (x.a + y.a)?,
+                b: (x.b + y.b)?,
+            }),
+            (x, None) => x,
+            (None, y) => y,
+        })
+    };
+    Ok(super::block::BlockLoraGrad {
+        q: add(a.q, b.q)?,
+        k: add(a.k, b.k)?,
+        v: add(a.v, b.v)?,
+        o: add(a.o, b.o)?,
+    })
+}

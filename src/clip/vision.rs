@@ -1,0 +1,210 @@
+//! The ViT image tower: patch embedding (a strided convolution written as one matmul),
+//! class token, positional embedding, pre-LN, residual blocks, post-LN on the class token,
+//! projection. The backward pass returns LoRA gradients (the pixels are never trained).
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+
+use super::block::{Block, BlockLora, BlockLoraGrad, BlockTape, Shape};
+use super::checkpoint::Checkpoint;
+use super::config::VisionConfig;
+use super::ops::{LayerNorm, LayerNormTape};
+
+/// The CLIP vision tower.
+#[derive(Debug, Clone)]
+pub struct VisionEncoder {
+    /// Patch embedding as a matrix `[D, 3·p·p]` (channel, row, column order of the conv).
+    pub patch: Tensor,
+    /// Class token `[D]`.
+    pub class_embedding: Tensor,
+    /// Positional embeddings `[1 + grid², D]`.
+    pub positional: Tensor,
+    /// LayerNorm before the blocks.
+    pub ln_pre: LayerNorm,
+    /// Residual blocks.
+    pub blocks: Vec<Block>,
+    /// LayerNorm on the class token after the blocks.
+    pub ln_post: LayerNorm,
+    /// Projection into the joint space `[E, D]`.
+    pub projection: Tensor,
+    /// Shape.
+    pub config: VisionConfig,
+}
+
+/// What the vision backward needs.
+pub struct VisionTape {
+    batch: usize,
+    layers: Vec<BlockTape>,
+    ln_post: LayerNormTape,
+}
+
+impl VisionEncoder {
+    /// Loads the vision tower (canonical names `vision_model.*`, `visual_projection.weight`).
+    pub fn load(ck: &Checkpoint, embed_dim: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        let c = ck.config.vision.clone();
+        let eps = ck.config.layer_norm_eps;
+        let p = c.patch_size;
+        let conv = ck.tensor(
+            "vision_model.embeddings.patch_embedding.weight",
+            &[c.width, 3, p, p],
+            dtype,
+            dev,
+        )?;
+        let blocks = (0..c.layers)
+            .map(|i| {
+                Block::load(
+                    ck,
+                    &format!("vision_model.encoder.layers.{i}"),
+                    c.width,
+                    c.mlp_width,
+                    c.heads,
+                    eps,
+                    dtype,
+                    dev,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(VisionEncoder {
+            patch: conv.reshape((c.width, 3 * p * p))?,
+            class_embedding: ck.tensor(
+                "vision_model.embeddings.class_embedding",
+                &[c.width],
+                dtype,
+                dev,
+            )?,
+            positional: ck.tensor(
+                "vision_model.embeddings.position_embedding.weight",
+                &[c.tokens(), c.width],
+                dtype,
+                dev,
+            )?,
+            ln_pre: LayerNorm::load(ck, "vision_model.pre_layrnorm", c.width, eps, dtype, dev)?,
+            blocks,
+            ln_post: LayerNorm::load(ck, "vision_model.post_layernorm", c.width, eps, dtype, dev)?,
+            projection: ck.tensor(
+                "visual_projection.weight",
+                &[embed_dim, c.width],
+                dtype,
+                dev,
+            )?,
+            config: c,
+        })
+    }
+
+    /// Token rows `[B·T, D]` after patch embedding, class token, positions and ln_pre.
+    fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, ch, h, w) = pixels.dims4()?;
+        let c = &self.config;
+        if ch != 3 || h != c.image_size || w != c.image_size {
+            bail!(
+                "image batch has shape {:?}, expected [B, 3, {}, {}]",
+                pixels.dims(),
+                c.image_size,
+                c.image_size
+            );
+        }
+        let (g, p) = (c.grid(), c.patch_size);
+        let patches = pixels
+            .to_dtype(self.patch.dtype())?
+            .reshape((b, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * g * g, 3 * p * p))?;
+        let tokens = patches
+            .matmul(&self.patch.t()?)?
+            .reshape((b, g * g, c.width))?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, c.width))?
+            .broadcast_as((b, 1, c.width))?;
+        let x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.positional)?;
+        self.ln_pre.forward(&x.reshape((b * c.tokens(), c.width))?)
+    }
+
+    /// Encodes normalized pixels `[B, 3, H, W]` to projected (unnormalized) features
+    /// `[B, E]`, keeping a tape for the backward when asked.
+    pub fn forward(
+        &self,
+        pixels: &Tensor,
+        lora: Option<&[BlockLora]>,
+        keep_tape: bool,
+    ) -> Result<(Tensor, Option<VisionTape>)> {
+        let b = pixels.dim(0)?;
+        let t = self.config.tokens();
+        let mut x = self.embed(pixels)?;
+        let mut layers = Vec::new();
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let out = blk.forward(
+                &x,
+                Shape {
+                    n: b,
+                    s: t,
+                    causal: false,
+                },
+                None,
+                lora.map(|l| &l[i]),
+                keep_tape,
+            )?;
+            x = out.y;
+            if let Some(tp) = out.tape {
+                layers.push(tp);
+            }
+        }
+        let cls_rows: Vec<u32> = (0..b).map(|i| (i * t) as u32).collect();
+        let cls = x.index_select(&Tensor::from_vec(cls_rows, b, x.device())?, 0)?;
+        let (normed, tape) = if keep_tape {
+            let (y, ln_post) = self.ln_post.forward_taped(&cls)?;
+            (
+                y,
+                Some(VisionTape {
+                    batch: b,
+                    layers,
+                    ln_post,
+                }),
+            )
+        } else {
+            (self.ln_post.forward(&cls)?, None)
+        };
+        Ok((normed.matmul(&self.projection.t()?)?, tape))
+    }
+
+    /// VJP for K feature cotangents `[K, B, E]`: per-layer LoRA gradients.
+    pub fn backward(
+        &self,
+        tape: &VisionTape,
+        d_features: &Tensor,
+        lora: &[BlockLora],
+    ) -> Result<Vec<BlockLoraGrad>> {
+        let (kk, b, e) = d_features.dims3()?;
+        if b != tape.batch {
+            bail!(
+                "vision backward: {b} cotangents for a batch of {}",
+                tape.batch
+            );
+        }
+        let d = self.config.width;
+        let t = self.config.tokens();
+        let d_normed = d_features
+            .reshape((kk * b, e))?
+            .matmul(&self.projection)?
+            .reshape((kk, b, d))?;
+        let d_cls = self.ln_post.backward(&tape.ln_post, &d_normed)?;
+        let idx = Tensor::from_vec(
+            (0..b).map(|i| (i * t) as u32).collect::<Vec<_>>(),
+            b,
+            d_features.device(),
+        )?;
+        let mut dy = Tensor::zeros((kk, b * t, d), d_features.dtype(), d_features.device())?
+            .index_add(&idx, &d_cls, 1)?;
+        let mut grads = Vec::with_capacity(self.blocks.len());
+        for (i, (blk, bt)) in self.blocks.iter().zip(&tape.layers).enumerate().rev() {
+            let g = blk.backward(bt, &dy, None, Some(&lora[i]), i > 0)?;
+            grads.push(g.lora);
+            if let Some(dx) = g.dx {
+                dy = dx;
+            }
+        }
+        grads.reverse();
+        Ok(grads)
+    }
+}

@@ -4,6 +4,10 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+pub mod bench;
+pub mod model;
+pub mod zeroshot;
+
 /// Federated, long-tailed, personalized fine-tuning of CLIP.
 #[derive(Debug, Parser)]
 #[command(name = "fedpurel", version, about)]
@@ -15,11 +19,22 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Classify images zero-shot with a CLIP checkpoint and a prompt template.
+    Zeroshot(zeroshot::ZeroshotArgs),
+    /// Inspect a checkpoint.
+    Model(model::ModelArgs),
+    /// Measure speed: wall time, GFLOP/s, fraction of the matmul peak.
+    Bench(bench::BenchArgs),
+}
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Zeroshot(a) => zeroshot::run(a),
+        Command::Model(a) => model::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
 }
 
 /// Sends `tracing` output to stderr, filtered by `RUST_LOG` (default: warnings).

@@ -16,8 +16,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::checkpoint::Checkpoint;
 use super::ops::{
-    causal_mask, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormTape,
-    Linear,
+    causal_mask, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormTape, Linear,
 };
 
 /// A low-rank adapter `Δy = scale · B (A · drop(x))` on one projection.
@@ -190,24 +189,8 @@ impl Block {
             qkv,
             out: proj("out_proj")?,
             ln2: LayerNorm::load(ck, &format!("{prefix}.layer_norm2"), width, eps, dtype, dev)?,
-            fc1: Linear::load(
-                ck,
-                &format!("{prefix}.mlp.fc1"),
-                mlp,
-                width,
-                true,
-                dtype,
-                dev,
-            )?,
-            fc2: Linear::load(
-                ck,
-                &format!("{prefix}.mlp.fc2"),
-                width,
-                mlp,
-                true,
-                dtype,
-                dev,
-            )?,
+            fc1: Linear::load(ck, &format!("{prefix}.mlp.fc1"), mlp, width, true, dtype, dev)?,
+            fc2: Linear::load(ck, &format!("{prefix}.mlp.fc2"), width, mlp, true, dtype, dev)?,
             heads,
             width,
         })
@@ -228,9 +211,7 @@ impl Block {
     /// `[N, H, S, hd]` → `[N·S, D]` rows.
     fn merge_heads(&self, t: &Tensor) -> Result<Tensor> {
         let (n, _, s, _) = t.dims4()?;
-        Ok(t.transpose(1, 2)?
-            .contiguous()?
-            .reshape((n * s, self.width))?)
+        Ok(t.transpose(1, 2)?.contiguous()?.reshape((n * s, self.width))?)
     }
 
     /// Runs the block on rows `x: [N·S, D]`. `past` (keys/values `[1, H, P, hd]`) is
@@ -275,10 +256,8 @@ impl Block {
         let past_len = past.map_or(Ok(0), |p| p.k.dim(2))?;
         let (keys, values) = match past {
             Some(p) => {
-                let pk =
-                    p.k.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
-                let pv =
-                    p.v.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
+                let pk = p.k.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
+                let pv = p.v.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
                 (
                     Tensor::cat(&[&pk, &k_own], 2)?.contiguous()?,
                     Tensor::cat(&[&pv, &v_own], 2)?.contiguous()?,
@@ -289,12 +268,7 @@ impl Block {
         let scale = 1.0 / (self.head_dim() as f64).sqrt();
         let mut scores = (q.matmul(&keys.t()?)? * scale)?;
         if causal {
-            scores = scores.broadcast_add(&causal_mask(
-                past_len,
-                s,
-                scores.dtype(),
-                scores.device(),
-            )?)?;
+            scores = scores.broadcast_add(&causal_mask(past_len, s, scores.dtype(), scores.device())?)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let o = self.merge_heads(&probs.matmul(&values)?)?;
@@ -352,7 +326,11 @@ impl Block {
         let Shape { n, s, .. } = tape.shape;
         let (kk, m, d) = dy.dims3()?;
         if m != n * s || d != self.width {
-            bail!("block backward: cotangent shape {:?} does not match the forward ({n}×{s} rows of {})", dy.dims(), self.width);
+            bail!(
+                "block backward: cotangent shape {:?} does not match the forward ({n}×{s} rows of {})",
+                dy.dims(),
+                self.width
+            );
         }
         let mut grads = BlockLoraGrad::default();
         // MLP branch.
@@ -383,15 +361,9 @@ impl Block {
             None
         };
         if let Some(l) = lora {
-            for (i, (ad, dpart)) in [(&l.q, &dq), (&l.k, &dk), (&l.v, &dv)]
-                .into_iter()
-                .enumerate()
-            {
+            for (i, (ad, dpart)) in [(&l.q, &dq), (&l.k, &dk), (&l.v, &dv)].into_iter().enumerate() {
                 if let Some(ad) = ad {
-                    let a = tape
-                        .ln1_out
-                        .as_ref()
-                        .expect("tape keeps ln1 output with LoRA");
+                    let a = tape.ln1_out.as_ref().expect("tape keeps ln1 output with LoRA");
                     let down = tape.lora_down[i]
                         .as_ref()
                         .expect("tape keeps the LoRA down projection");
@@ -516,9 +488,7 @@ mod tests {
 
     fn random_block(d: usize, heads: usize, seed: u64, dtype: DType) -> Block {
         let t = |shape: &[usize], k: u64, sc: f32| {
-            rand_tensor(shape, seed * 100 + k, sc)
-                .to_dtype(dtype)
-                .unwrap()
+            rand_tensor(shape, seed * 100 + k, sc).to_dtype(dtype).unwrap()
         };
         let ln = |k: u64| LayerNorm {
             weight: (t(&[d], k, 0.3) + 1.0).unwrap(),
@@ -607,10 +577,7 @@ mod tests {
         let body = rand_tensor(&[n, s, d], 21, 1.0);
         // plain: [prefix ; body_n] as one sequence each
         let full = Tensor::cat(
-            &[
-                &prefix.unsqueeze(0).unwrap().repeat((n, 1, 1)).unwrap(),
-                &body,
-            ],
+            &[&prefix.unsqueeze(0).unwrap().repeat((n, 1, 1)).unwrap(), &body],
             1,
         )
         .unwrap();
@@ -650,12 +617,7 @@ mod tests {
                 true,
             )
             .unwrap();
-        let plain_body = plain
-            .y
-            .reshape((n, p + s, d))
-            .unwrap()
-            .narrow(1, p, s)
-            .unwrap();
+        let plain_body = plain.y.reshape((n, p + s, d)).unwrap().narrow(1, p, s).unwrap();
         assert!(max_abs_diff(&plain_body, &suf.y.reshape((n, s, d)).unwrap()) < 1e-5);
         // cotangents only on the body outputs
         let dy_body = rand_tensor(&[2, n, s, d], 22, 1.0);
@@ -743,10 +705,7 @@ mod tests {
                     a: a.a.to_dtype(DType::F64).unwrap(),
                     b: a.b.to_dtype(DType::F64).unwrap(),
                     scale: a.scale,
-                    dropout_mask: a
-                        .dropout_mask
-                        .as_ref()
-                        .map(|m| m.to_dtype(DType::F64).unwrap()),
+                    dropout_mask: a.dropout_mask.as_ref().map(|m| m.to_dtype(DType::F64).unwrap()),
                 })
             };
             BlockLora {
@@ -800,9 +759,6 @@ mod tests {
         };
         let fd = fd_directional(&f, &x, &v, &w, 1e-5);
         let an = dot(&g.dx.unwrap().get(k).unwrap(), &v);
-        assert!(
-            (fd - an).abs() < 1e-3 * (1.0 + an.abs()),
-            "dx: fd {fd} vs {an}"
-        );
+        assert!((fd - an).abs() < 1e-3 * (1.0 + an.abs()), "dx: fd {fd} vs {an}");
     }
 }

@@ -116,20 +116,11 @@ impl Checkpoint {
 
     /// Number of parameters stored in the file.
     pub fn parameter_count(&self) -> usize {
-        self.shapes
-            .values()
-            .map(|s| s.iter().product::<usize>())
-            .sum()
+        self.shapes.values().map(|s| s.iter().product::<usize>()).sum()
     }
 
     /// Loads the tensor with canonical (Hugging Face) name `name`, checking its shape.
-    pub fn tensor(
-        &self,
-        name: &str,
-        shape: &[usize],
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    pub fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         let t = match self.layout {
             Layout::HuggingFace => self.raw(name, shape)?,
             Layout::OpenAi => self.openai_tensor(name, shape)?,
@@ -209,9 +200,7 @@ impl Checkpoint {
         }
         let key = match rest {
             "embeddings.token_embedding.weight" => "token_embedding.weight".to_string(),
-            "embeddings.position_embedding.weight" if tower.is_empty() => {
-                "positional_embedding".to_string()
-            }
+            "embeddings.position_embedding.weight" if tower.is_empty() => "positional_embedding".to_string(),
             "embeddings.position_embedding.weight" => "visual.positional_embedding".to_string(),
             "embeddings.class_embedding" => "visual.class_embedding".to_string(),
             "embeddings.patch_embedding.weight" => "visual.conv1.weight".to_string(),
@@ -248,10 +237,7 @@ impl Checkpoint {
                 vec![c.vision.tokens(), c.vision.width],
             ),
             ("text_projection.weight", vec![c.embed_dim, c.text.width]),
-            (
-                "visual_projection.weight",
-                vec![c.embed_dim, c.vision.width],
-            ),
+            ("visual_projection.weight", vec![c.embed_dim, c.vision.width]),
         ];
         for (name, shape) in probes {
             match self.layout {
@@ -281,7 +267,11 @@ impl Checkpoint {
 
     fn raw_shape_check(&self, key: &str, expected: &[usize]) -> Result<()> {
         match self.shapes.get(key) {
-            None => bail!("{}: missing tensor `{key}` ({} layout)", self.file.display(), self.layout),
+            None => bail!(
+                "{}: missing tensor `{key}` ({} layout)",
+                self.file.display(),
+                self.layout
+            ),
             Some(found) if found.as_slice() != expected => bail!(
                 "{}: tensor `{key}` has shape {found:?}, expected {expected:?} for the architecture from {}",
                 self.file.display(),
@@ -298,9 +288,7 @@ fn detect_layout(shapes: &HashMap<String, Vec<usize>>) -> Result<Layout> {
     } else if shapes.contains_key("token_embedding.weight") && shapes.contains_key("visual.proj") {
         Ok(Layout::OpenAi)
     } else if shapes.contains_key("token_embedding.weight") {
-        bail!(
-            "OpenAI layout without `visual.proj`: only ViT image towers are supported (not ResNet)"
-        )
+        bail!("OpenAI layout without `visual.proj`: only ViT image towers are supported (not ResNet)")
     } else {
         bail!(
             "not a CLIP checkpoint: neither `text_model.embeddings.token_embedding.weight` (Hugging Face) nor `token_embedding.weight` (OpenAI) is present"
@@ -443,18 +431,12 @@ mod tests {
                 "vision_model.encoder.layers.2.mlp.fc2.weight".into(),
                 vec![c.vision.width, c.vision.mlp_width],
             ),
-            (
-                "vision_model.pre_layrnorm.bias".into(),
-                vec![c.vision.width],
-            ),
+            ("vision_model.pre_layrnorm.bias".into(), vec![c.vision.width]),
             (
                 "visual_projection.weight".into(),
                 vec![c.embed_dim, c.vision.width],
             ),
-            (
-                "text_projection.weight".into(),
-                vec![c.embed_dim, c.text.width],
-            ),
+            ("text_projection.weight".into(), vec![c.embed_dim, c.text.width]),
             ("logit_scale".into(), vec![]),
         ];
         for (n, s) in names {
@@ -483,21 +465,13 @@ mod tests {
     fn truncated_and_foreign_files_are_named() {
         let tmp = tempfile::tempdir().unwrap();
         let bytes = std::fs::read(fixture("hf").join("model.safetensors")).unwrap();
-        std::fs::write(
-            tmp.path().join("model.safetensors"),
-            &bytes[..bytes.len() / 2],
-        )
-        .unwrap();
+        std::fs::write(tmp.path().join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
         let e = err_of(tmp.path());
         assert!(
             e.contains("model.safetensors") && e.contains("safetensors"),
             "{e}"
         );
-        std::fs::write(
-            tmp.path().join("model.safetensors"),
-            b"PK\x03\x04 a zip file",
-        )
-        .unwrap();
+        std::fs::write(tmp.path().join("model.safetensors"), b"PK\x03\x04 a zip file").unwrap();
         let e = err_of(tmp.path());
         assert!(e.contains("model.safetensors"), "{e}");
         let e = err_of(&tmp.path().join("nope"));
@@ -516,10 +490,7 @@ mod tests {
         let cfg = cfg.replace("\"hidden_size\": 64", "\"hidden_size\": 128");
         std::fs::write(tmp.path().join("config.json"), cfg).unwrap();
         let e = err_of(tmp.path());
-        assert!(
-            e.contains("text_model.embeddings.token_embedding.weight"),
-            "{e}"
-        );
+        assert!(e.contains("text_model.embeddings.token_embedding.weight"), "{e}");
         assert!(e.contains("config.json"), "{e}");
     }
 
@@ -533,15 +504,8 @@ mod tests {
             .filter(|(k, _)| k != "visual_projection.weight")
             .collect();
         candle_core::safetensors::save(&kept, tmp.path().join("model.safetensors")).unwrap();
-        std::fs::copy(
-            fixture("hf").join("config.json"),
-            tmp.path().join("config.json"),
-        )
-        .unwrap();
+        std::fs::copy(fixture("hf").join("config.json"), tmp.path().join("config.json")).unwrap();
         let e = err_of(tmp.path());
-        assert!(
-            e.contains("missing tensor `visual_projection.weight`"),
-            "{e}"
-        );
+        assert!(e.contains("missing tensor `visual_projection.weight`"), "{e}");
     }
 }

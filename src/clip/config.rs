@@ -128,8 +128,8 @@ impl ClipConfig {
 
     /// Reads a Hugging Face `CLIPModel` `config.json`.
     pub fn from_hf_config(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let raw: HfConfig = serde_json::from_str(&text).with_context(|| {
             format!(
                 "{}: not a Hugging Face CLIP config (expected `text_config`, `vision_config`, `projection_dim`)",
@@ -209,8 +209,7 @@ impl ClipConfig {
     /// Multiply–accumulate FLOPs (2 per MAC) of one text-tower forward over `tokens`
     /// positions attending to `keys` positions each on average.
     pub fn text_forward_flops(&self, tokens: f64, mean_keys: f64) -> f64 {
-        block_flops(self.text.width, self.text.mlp_width, tokens, mean_keys)
-            * self.text.layers as f64
+        block_flops(self.text.width, self.text.mlp_width, tokens, mean_keys) * self.text.layers as f64
     }
 }
 

@@ -106,3 +106,96 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(candle_core::D::Minus1)?.sqrt()?;
     Ok(x.broadcast_div(&norm)?)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::clip::ops::testutil::max_abs_diff;
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    /// The tiny fixture CLIP directory for a layout (`hf` or `openai`).
+    pub(crate) fn fixture_dir(layout: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny-clip")
+            .join(layout)
+    }
+
+    /// Reference outputs computed by the authors' code (see tests/fixtures/README.md).
+    pub(crate) fn expected() -> HashMap<String, Tensor> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zeroshot_expected.safetensors");
+        candle_core::safetensors::load(p, &Device::Cpu).unwrap()
+    }
+
+    pub(crate) fn reference_tokens(exp: &HashMap<String, Tensor>) -> (Vec<Vec<u32>>, Vec<usize>) {
+        let ids: Vec<Vec<i64>> = exp["token_ids"].to_vec2().unwrap();
+        let ids: Vec<Vec<u32>> = ids
+            .into_iter()
+            .map(|r| r.into_iter().map(|t| t as u32).collect())
+            .collect();
+        let eot = ids
+            .iter()
+            .map(|r| r.iter().position(|&t| t == 49407).unwrap())
+            .collect();
+        (ids, eot)
+    }
+
+    #[test]
+    fn features_and_logits_match_the_reference_in_both_layouts() {
+        let exp = expected();
+        let (ids, eot) = reference_tokens(&exp);
+        for layout in ["hf", "openai"] {
+            let clip = Clip::load(&fixture_dir(layout), &LoadOptions::default()).unwrap();
+            let img = clip.encode_images(&exp["pixel_values"]).unwrap();
+            let txt = clip.encode_token_ids(&ids, &eot).unwrap();
+            let di = max_abs_diff(&img, &exp["image_features"]);
+            let dt = max_abs_diff(&txt, &exp["text_features"]);
+            let logits = (l2_normalize(&img)
+                .unwrap()
+                .matmul(&l2_normalize(&txt).unwrap().t().unwrap())
+                .unwrap()
+                * clip.logit_scale_exp())
+            .unwrap();
+            let dl = max_abs_diff(&logits, &exp["logits"]);
+            assert!(
+                di < 1e-4 && dt < 1e-4 && dl < 1e-4,
+                "{layout}: image {di:e}, text {dt:e}, logits {dl:e}"
+            );
+        }
+    }
+
+    /// Half precision is an option (meant for GPUs); on the CPU it must stay close to f32.
+    #[test]
+    fn half_precision_stays_close_to_f32() {
+        let exp = expected();
+        let (ids, eot) = reference_tokens(&exp);
+        let pixels = exp["pixel_values"].narrow(0, 0, 2).unwrap();
+        for dtype in [DType::F16, DType::BF16] {
+            let clip = Clip::load(
+                &fixture_dir("hf"),
+                &LoadOptions {
+                    dtype,
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap();
+            let img = clip.encode_images(&pixels).unwrap().to_dtype(DType::F32).unwrap();
+            let txt = clip
+                .encode_token_ids(&ids[..8], &eot[..8])
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let rel = |a: &Tensor, b: &Tensor| {
+                let scale = max_abs_diff(b, &b.zeros_like().unwrap());
+                max_abs_diff(a, b) / scale
+            };
+            let ri = rel(&img, &exp["image_features"].narrow(0, 0, 2).unwrap());
+            let rt = rel(&txt, &exp["text_features"].narrow(0, 0, 8).unwrap());
+            let tol = if dtype == DType::F16 { 2e-2 } else { 8e-2 };
+            assert!(
+                ri < tol && rt < tol,
+                "{dtype:?}: relative error image {ri:e}, text {rt:e}"
+            );
+        }
+    }
+}

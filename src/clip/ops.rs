@@ -10,9 +10,10 @@
 //! The weights are frozen: no VJP returns weight gradients except the LoRA adapter's.
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 use super::checkpoint::Checkpoint;
+pub use super::kernels::{layer_norm_backward, quick_gelu, quick_gelu_backward};
 
 /// A frozen affine map `y = x Wᵀ + b` with `W: [out, in]`.
 #[derive(Debug, Clone)]
@@ -71,13 +72,12 @@ pub struct LayerNorm {
     pub eps: f64,
 }
 
-/// What [`LayerNorm::backward`] needs: the normalized input and the reciprocal std.
+/// What [`LayerNorm::backward`] needs: the input (μ and 1/σ are recomputed per row in
+/// the backward, which costs less than storing and re-reading x̂).
 #[derive(Debug, Clone)]
 pub struct LayerNormTape {
-    /// x̂ = (x − μ)·rstd, `[M, D]`.
-    pub xhat: Tensor,
-    /// 1/σ per row, `[M, 1]`.
-    pub rstd: Tensor,
+    /// The input `[M, D]`.
+    pub x: Tensor,
 }
 
 impl LayerNorm {
@@ -101,7 +101,12 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.dtype() == DType::F64 {
             // The fused kernel has no f64 version; f64 is only used by gradient checks.
-            return Ok(self.forward_taped(x)?.0);
+            return Ok(candle_nn::ops::layer_norm_slow(
+                x,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            )?);
         }
         Ok(candle_nn::ops::layer_norm(
             x,
@@ -111,51 +116,15 @@ impl LayerNorm {
         )?)
     }
 
-    /// Forward that keeps x̂ and rstd for the backward.
+    /// Forward that keeps what the backward needs.
     pub fn forward_taped(&self, x: &Tensor) -> Result<(Tensor, LayerNormTape)> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let rstd = (var + self.eps)?.sqrt()?.recip()?;
-        let xhat = xc.broadcast_mul(&rstd)?;
-        let y = self.affine(&xhat)?;
-        Ok((y, LayerNormTape { xhat, rstd }))
+        Ok((self.forward(x)?, LayerNormTape { x: x.clone() }))
     }
 
-    /// γ ⊙ x̂ + β.
-    pub fn affine(&self, xhat: &Tensor) -> Result<Tensor> {
-        Ok(xhat
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)?)
-    }
-
-    /// VJP: `dy: [K, M, D] → dx: [K, M, D]`,
-    /// dx = rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂)) with g = dy ⊙ γ.
+    /// VJP: `dy: [K, M, D] → dx: [K, M, D]`.
     pub fn backward(&self, tape: &LayerNormTape, dy: &Tensor) -> Result<Tensor> {
-        let g = dy.broadcast_mul(&self.weight)?;
-        let xhat = tape.xhat.unsqueeze(0)?;
-        let mean_g = g.mean_keepdim(D::Minus1)?;
-        let mean_gx = g.broadcast_mul(&xhat)?.mean_keepdim(D::Minus1)?;
-        let dx = g
-            .broadcast_sub(&mean_g)?
-            .sub(&xhat.broadcast_mul(&mean_gx)?)?
-            .broadcast_mul(&tape.rstd.unsqueeze(0)?)?;
-        Ok(dx)
+        layer_norm_backward(&tape.x, &self.weight, self.eps, dy)
     }
-}
-
-/// QuickGELU, `x · σ(1.702 x)`, as in OpenAI's CLIP.
-pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    Ok((x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?)
-}
-
-/// VJP of [`quick_gelu`] at pre-activation `h: [M, F]` for `dy: [K, M, F]`:
-/// d/dh = s + 1.702 · h · s · (1 − s) with s = σ(1.702 h).
-pub fn quick_gelu_backward(h: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    let s = candle_nn::ops::sigmoid(&(h * 1.702)?)?;
-    let one_minus = s.affine(-1.0, 1.0)?;
-    let deriv = (&s + ((h * 1.702)? * &s)?.mul(&one_minus)?)?;
-    Ok(dy.broadcast_mul(&deriv.unsqueeze(0)?)?)
 }
 
 /// A causal mask `[S, P + S]` for S queries at absolute positions P..P+S attending to
@@ -163,15 +132,7 @@ pub fn quick_gelu_backward(h: &Tensor, dy: &Tensor) -> Result<Tensor> {
 pub fn causal_mask(past: usize, s: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     let t = past + s;
     let mask: Vec<f32> = (0..s)
-        .flat_map(|i| {
-            (0..t).map(move |j| {
-                if j <= past + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
+        .flat_map(|i| (0..t).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
     Ok(Tensor::from_vec(mask, (s, t), dev)?.to_dtype(dtype)?)
 }
@@ -213,12 +174,7 @@ pub(crate) mod testutil {
     pub fn dot(a: &Tensor, b: &Tensor) -> f64 {
         let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
         let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-        (a * b)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
+        (a * b).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
     }
 
     /// Central finite difference of `f(x)·w` along direction `v`, evaluated in f64.
@@ -283,8 +239,7 @@ mod tests {
         // candle autodiff on the unfused primitive formulation
         for k in 0..2 {
             let xv = Var::from_tensor(&x).unwrap();
-            let y =
-                candle_nn::ops::layer_norm_slow(xv.as_tensor(), &l.weight, &l.bias, 1e-5).unwrap();
+            let y = candle_nn::ops::layer_norm_slow(xv.as_tensor(), &l.weight, &l.bias, 1e-5).unwrap();
             let loss = (y * dy.get(k).unwrap()).unwrap().sum_all().unwrap();
             let grads = loss.backward().unwrap();
             let g = grads.get(xv.as_tensor()).unwrap();

@@ -214,11 +214,30 @@ impl TextEncoder {
             TextPath::Truncated => (0, max_eot + 1),
             TextPath::SharedPrefix(p) => {
                 if p > min_eot {
-                    bail!("shared prefix of {p} positions would cover an EOT token (shortest EOT at {min_eot})");
+                    bail!(
+                        "shared prefix of {p} positions would cover an EOT token (shortest EOT at {min_eot})"
+                    );
                 }
                 (p, max_eot + 1)
             }
         };
+        if let Some(l) = lora {
+            if l.len() != self.blocks.len() {
+                bail!(
+                    "text LoRA: {} layer adapters for {} layers",
+                    l.len(),
+                    self.blocks.len()
+                );
+            }
+            let masked = l
+                .iter()
+                .flat_map(|b| [&b.q, &b.k, &b.v, &b.o])
+                .flatten()
+                .any(|a| a.dropout_mask.is_some());
+            if masked && p > 0 {
+                bail!("text LoRA with dropout masks needs the unshared path (masks are per row)");
+            }
+        }
         let pos = self.positional.narrow(0, 0, s)?;
         let body_len = s - p;
         let mut body = batch
@@ -310,10 +329,7 @@ impl TextEncoder {
     ) -> Result<(TextGrad, Vec<super::block::BlockLoraGrad>)> {
         let (kk, n, e) = d_features.dims3()?;
         if n != tape.n {
-            bail!(
-                "text backward: {n} feature cotangents for a batch of {}",
-                tape.n
-            );
+            bail!("text backward: {n} feature cotangents for a batch of {}", tape.n);
         }
         let d = self.config.width;
         let d_normed = d_features
@@ -336,9 +352,7 @@ impl TextEncoder {
             None
         };
         let mut lora_grads = Vec::with_capacity(self.blocks.len());
-        for (li, (blk, (pre_tape, body_tape))) in
-            self.blocks.iter().zip(&tape.layers).enumerate().rev()
-        {
+        for (li, (blk, (pre_tape, body_tape))) in self.blocks.iter().zip(&tape.layers).enumerate().rev() {
             let l = lora.map(|l| &l[li]);
             let g = blk.backward(body_tape, &d_body, None, l, true)?;
             let mut lg = g.lora;
@@ -392,4 +406,170 @@ fn add_lora_grads(
         v: add(a.v, b.v)?,
         o: add(a.o, b.o)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::model::tests::{expected, fixture_dir, reference_tokens};
+    use crate::clip::model::{Clip, LoadOptions};
+    use crate::clip::ops::testutil::{dot, fd_directional, max_abs_diff, rand_tensor};
+
+    /// CoOp-style prompts: the CIFAR-100 reference prompts with positions 1..=4 replaced
+    /// by shared random context vectors (the start token stays shared too).
+    fn prompt_batch(clip: &Clip, ctx: &Tensor) -> (PromptBatch, usize) {
+        let (ids, eot) = reference_tokens(&expected());
+        let emb = clip.text.embed_tokens(&ids).unwrap();
+        let n = ids.len();
+        let n_ctx = ctx.dim(0).unwrap();
+        let ctx_rows = ctx.unsqueeze(0).unwrap().repeat((n, 1, 1)).unwrap();
+        let emb = Tensor::cat(
+            &[
+                &emb.narrow(1, 0, 1).unwrap(),
+                &ctx_rows,
+                &emb.narrow(1, 1 + n_ctx, 77 - 1 - n_ctx).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
+        (PromptBatch { embeddings: emb, eot }, 1 + n_ctx)
+    }
+
+    #[test]
+    fn fast_paths_match_the_plain_path_forward_and_backward() {
+        let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let ctx = rand_tensor(&[4, 64], 1, 0.05);
+        let (batch, p) = prompt_batch(&clip, &ctx);
+        let d_feat = rand_tensor(&[2, batch.len(), 96], 2, 1.0);
+        let run = |path| {
+            let (f, tape) = clip.text.forward(&batch, path, None, true).unwrap();
+            let (g, _) = clip.text.backward(tape.as_ref().unwrap(), &d_feat, None).unwrap();
+            (f, g.shared_positions(1, 4).unwrap())
+        };
+        let (f_plain, g_plain) = run(TextPath::Plain);
+        for path in [TextPath::Truncated, TextPath::SharedPrefix(p)] {
+            let (f, g) = run(path);
+            let df = max_abs_diff(&f, &f_plain);
+            let dg = max_abs_diff(&g, &g_plain);
+            let gmax = max_abs_diff(&g_plain, &g_plain.zeros_like().unwrap());
+            assert!(df <= 1e-5, "{path:?}: features differ by {df:e}");
+            assert!(
+                dg <= 1e-5 * gmax.max(1.0),
+                "{path:?}: context gradients differ by {dg:e} (max {gmax:e})"
+            );
+        }
+        let (_, tape) = clip
+            .text
+            .forward(&batch, TextPath::SharedPrefix(p), None, true)
+            .unwrap();
+        let tape = tape.unwrap();
+        assert_eq!(tape.prefix_len(), 5);
+        assert!(
+            tape.body_len() < 10,
+            "CIFAR-100 prompts end early: {}",
+            tape.body_len()
+        );
+    }
+
+    #[test]
+    fn context_gradient_matches_finite_differences() {
+        let mut clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        // A few classes keep the f64 finite differences quick.
+        let ctx = rand_tensor(&[4, 64], 3, 0.05);
+        let (batch, p) = prompt_batch(&clip, &ctx);
+        let batch = PromptBatch {
+            embeddings: batch.embeddings.narrow(0, 0, 5).unwrap(),
+            eot: batch.eot[..5].to_vec(),
+        };
+        let d_feat = rand_tensor(&[1, 5, 96], 4, 1.0);
+        let (_, tape) = clip
+            .text
+            .forward(&batch, TextPath::SharedPrefix(p), None, true)
+            .unwrap();
+        let (g, _) = clip.text.backward(tape.as_ref().unwrap(), &d_feat, None).unwrap();
+        let g = g.shared_positions(1, 4).unwrap().get(0).unwrap();
+        let to64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let text64 = {
+            let t = &mut clip.text;
+            for b in t.blocks.iter_mut() {
+                for l in [&mut b.qkv, &mut b.out, &mut b.fc1, &mut b.fc2] {
+                    l.weight = to64(&l.weight);
+                    l.bias = l.bias.as_ref().map(to64);
+                }
+                for n in [&mut b.ln1, &mut b.ln2] {
+                    n.weight = to64(&n.weight);
+                    n.bias = to64(&n.bias);
+                }
+            }
+            t.ln_final.weight = to64(&t.ln_final.weight);
+            t.ln_final.bias = to64(&t.ln_final.bias);
+            t.positional = to64(&t.positional);
+            t.projection = to64(&t.projection);
+            t.clone()
+        };
+        let emb64 = to64(&batch.embeddings);
+        let f = |c: &Tensor| {
+            let rows = c.unsqueeze(0).unwrap().repeat((5, 1, 1)).unwrap();
+            let e = Tensor::cat(
+                &[
+                    &emb64.narrow(1, 0, 1).unwrap(),
+                    &rows,
+                    &emb64.narrow(1, 5, 72).unwrap(),
+                ],
+                1,
+            )
+            .unwrap();
+            text64
+                .forward(
+                    &PromptBatch {
+                        embeddings: e,
+                        eot: batch.eot.clone(),
+                    },
+                    TextPath::Plain,
+                    None,
+                    false,
+                )
+                .unwrap()
+                .0
+        };
+        let v = rand_tensor(&[4, 64], 5, 1.0);
+        let fd = fd_directional(&f, &ctx, &v, &to64(&d_feat.get(0).unwrap()), 1e-5);
+        let an = dot(&g, &v);
+        assert!(
+            (fd - an).abs() < 1e-4 * (1.0 + an.abs()),
+            "fd {fd} vs analytic {an}"
+        );
+    }
+
+    #[test]
+    fn shared_prefix_detection_stops_before_the_first_eot() {
+        let ids = vec![vec![1, 2, 3, 9, 0], vec![1, 2, 3, 4, 9]];
+        assert_eq!(TextEncoder::shared_prefix_len(&ids, &[3, 4]), 3);
+        assert_eq!(TextEncoder::shared_prefix_len(&ids, &[2, 4]), 2);
+    }
+
+    #[test]
+    fn bad_batches_are_rejected() {
+        let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let emb = Tensor::zeros((2, 10, 64), DType::F32, &Device::Cpu).unwrap();
+        let b = PromptBatch {
+            embeddings: emb.clone(),
+            eot: vec![3],
+        };
+        assert!(clip.text.forward(&b, TextPath::Plain, None, false).is_err());
+        let b = PromptBatch {
+            embeddings: emb.clone(),
+            eot: vec![3, 12],
+        };
+        assert!(clip.text.forward(&b, TextPath::Plain, None, false).is_err());
+        let b = PromptBatch {
+            embeddings: emb,
+            eot: vec![3, 5],
+        };
+        assert!(clip
+            .text
+            .forward(&b, TextPath::SharedPrefix(4), None, false)
+            .is_err());
+        assert!(clip.text.embed_tokens(&[vec![49408]]).is_err());
+    }
 }

@@ -66,12 +66,7 @@ impl VisionEncoder {
             .collect::<Result<Vec<_>>>()?;
         Ok(VisionEncoder {
             patch: conv.reshape((c.width, 3 * p * p))?,
-            class_embedding: ck.tensor(
-                "vision_model.embeddings.class_embedding",
-                &[c.width],
-                dtype,
-                dev,
-            )?,
+            class_embedding: ck.tensor("vision_model.embeddings.class_embedding", &[c.width], dtype, dev)?,
             positional: ck.tensor(
                 "vision_model.embeddings.position_embedding.weight",
                 &[c.tokens(), c.width],
@@ -81,12 +76,7 @@ impl VisionEncoder {
             ln_pre: LayerNorm::load(ck, "vision_model.pre_layrnorm", c.width, eps, dtype, dev)?,
             blocks,
             ln_post: LayerNorm::load(ck, "vision_model.post_layernorm", c.width, eps, dtype, dev)?,
-            projection: ck.tensor(
-                "visual_projection.weight",
-                &[embed_dim, c.width],
-                dtype,
-                dev,
-            )?,
+            projection: ck.tensor("visual_projection.weight", &[embed_dim, c.width], dtype, dev)?,
             config: c,
         })
     }
@@ -110,9 +100,7 @@ impl VisionEncoder {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((b * g * g, 3 * p * p))?;
-        let tokens = patches
-            .matmul(&self.patch.t()?)?
-            .reshape((b, g * g, c.width))?;
+        let tokens = patches.matmul(&self.patch.t()?)?.reshape((b, g * g, c.width))?;
         let cls = self
             .class_embedding
             .reshape((1, 1, c.width))?
@@ -131,6 +119,15 @@ impl VisionEncoder {
     ) -> Result<(Tensor, Option<VisionTape>)> {
         let b = pixels.dim(0)?;
         let t = self.config.tokens();
+        if let Some(l) = lora {
+            if l.len() != self.blocks.len() {
+                bail!(
+                    "vision LoRA: {} layer adapters for {} layers",
+                    l.len(),
+                    self.blocks.len()
+                );
+            }
+        }
         let mut x = self.embed(pixels)?;
         let mut layers = Vec::new();
         for (i, blk) in self.blocks.iter().enumerate() {
@@ -177,9 +174,13 @@ impl VisionEncoder {
     ) -> Result<Vec<BlockLoraGrad>> {
         let (kk, b, e) = d_features.dims3()?;
         if b != tape.batch {
+            bail!("vision backward: {b} cotangents for a batch of {}", tape.batch);
+        }
+        if lora.len() != self.blocks.len() {
             bail!(
-                "vision backward: {b} cotangents for a batch of {}",
-                tape.batch
+                "vision LoRA: {} layer adapters for {} layers",
+                lora.len(),
+                self.blocks.len()
             );
         }
         let d = self.config.width;
@@ -206,5 +207,68 @@ impl VisionEncoder {
         }
         grads.reverse();
         Ok(grads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::block::Lora;
+    use crate::clip::model::tests::fixture_dir;
+    use crate::clip::model::{Clip, LoadOptions};
+    use crate::clip::ops::testutil::{dot, fd_directional, rand_tensor};
+
+    #[test]
+    fn lora_gradients_through_the_image_tower_match_finite_differences() {
+        let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let v = &clip.vision;
+        let (w, r) = (v.config.width, 4);
+        let lora: Vec<BlockLora> = (0..v.blocks.len() as u64)
+            .map(|i| {
+                let mk = |k: u64| {
+                    Some(Lora {
+                        a: rand_tensor(&[r, w], 10 * i + k, 0.05),
+                        b: rand_tensor(&[w, r], 10 * i + k + 5, 0.05),
+                        scale: 2.0,
+                        dropout_mask: None,
+                    })
+                };
+                BlockLora {
+                    q: mk(1),
+                    k: None,
+                    v: mk(2),
+                    o: None,
+                }
+            })
+            .collect();
+        let pixels = rand_tensor(&[2, 3, 224, 224], 7, 1.5);
+        let (_, tape) = v.forward(&pixels, Some(&lora), true).unwrap();
+        let d_feat = rand_tensor(&[2, 2, 96], 8, 1.0);
+        let grads = v.backward(tape.as_ref().unwrap(), &d_feat, &lora).unwrap();
+        // Perturb layer 0's value adapter B (the deepest path through the tower).
+        let dir = rand_tensor(&[w, r], 9, 1.0);
+        let f = |b: &Tensor| {
+            let mut l = lora.clone();
+            l[0].v.as_mut().unwrap().b = b.to_dtype(DType::F32).unwrap();
+            v.forward(&pixels, Some(&l), false)
+                .unwrap()
+                .0
+                .to_dtype(DType::F64)
+                .unwrap()
+        };
+        let base = &lora[0].v.as_ref().unwrap().b;
+        let fd = fd_directional(
+            &f,
+            base,
+            &dir,
+            &d_feat.get(1).unwrap().to_dtype(DType::F64).unwrap(),
+            1e-2,
+        );
+        let an = dot(&grads[0].v.as_ref().unwrap().b.get(1).unwrap(), &dir);
+        assert!(
+            (fd - an).abs() < 2e-3 * (1.0 + an.abs()),
+            "fd {fd} vs analytic {an}"
+        );
+        assert!(grads[0].k.is_none() && grads[2].q.is_some());
     }
 }

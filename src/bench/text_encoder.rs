@@ -1,0 +1,253 @@
+//! Text-encoder workload: the ViT-B/16-sized text tower (12 layers, width 512, random
+//! weights) over CoOp prompts "X X X X {class}." for the CIFAR-100 classes, forward plus
+//! a backward for two cotangents, on the plain 77-position path and the exact fast path
+//! (truncation at the longest EOT + shared prefix computed once).
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+
+use super::{best_time, BenchResult};
+use crate::clip::config::{block_flops, ClipConfig};
+use crate::clip::random::{text_encoder, uniform};
+use crate::clip::text::{PromptBatch, TextEncoder, TextPath};
+use crate::clip::tokenizer::ClipTokenizer;
+
+/// CIFAR-100 fine label names in label order (as distributed, underscores included).
+pub const CIFAR100_CLASSES: [&str; 100] = [
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
+];
+
+/// Settings of the text-encoder workload.
+#[derive(Debug, Clone)]
+pub struct TextBenchSettings {
+    /// Number of classes (prompts); class names cycle through CIFAR-100's.
+    pub classes: usize,
+    /// Shared context vectors.
+    pub n_ctx: usize,
+    /// Timed repetitions (best is reported).
+    pub reps: usize,
+    /// Cotangents in the backward (FedPuReL uses 2).
+    pub cotangents: usize,
+}
+
+/// FLOPs of a block's input-VJP for K cotangents: every projection once more per
+/// cotangent, and four attention matmuls instead of two.
+fn block_backward_flops(width: usize, mlp: usize, tokens: f64, keys: f64, k: usize) -> f64 {
+    let d = width as f64;
+    let m = mlp as f64;
+    k as f64 * (2.0 * tokens * (4.0 * d * d + 2.0 * d * m) + 2.0 * 2.0 * 2.0 * tokens * keys * d)
+}
+
+/// Forward and backward FLOPs of one pass of the text tower on a path.
+fn path_flops(cfg: &ClipConfig, n: usize, prefix: usize, seq: usize, k: usize) -> (f64, f64) {
+    let t = &cfg.text;
+    let layers = t.layers as f64;
+    let body_tokens = (n * (seq - prefix)) as f64;
+    let mut fwd = block_flops(t.width, t.mlp_width, body_tokens, seq as f64);
+    let mut bwd = block_backward_flops(t.width, t.mlp_width, body_tokens, seq as f64, k);
+    if prefix > 0 {
+        fwd += block_flops(t.width, t.mlp_width, prefix as f64, prefix as f64);
+        bwd += block_backward_flops(t.width, t.mlp_width, prefix as f64, prefix as f64, k);
+    }
+    (fwd * layers, bwd * layers)
+}
+
+/// Runs the workload and returns one result per path plus the forward-only rows.
+pub fn run(
+    settings: &TextBenchSettings,
+    tokenizer: &ClipTokenizer,
+    device: &Device,
+    peak_gflops: f64,
+) -> Result<Vec<BenchResult>> {
+    let cfg = ClipConfig::vit_b16();
+    let enc = text_encoder(&cfg, cfg.text.vocab_size, 7, device)?;
+    let n = settings.classes;
+    let ctx_words = vec!["X"; settings.n_ctx].join(" ");
+    let prompts: Vec<String> = (0..n)
+        .map(|i| format!("{ctx_words} {}.", CIFAR100_CLASSES[i % 100].replace('_', " ")))
+        .collect();
+    let toks = tokenizer.encode_batch(&prompts)?;
+    let ids: Vec<Vec<u32>> = toks.iter().map(|t| t.ids.clone()).collect();
+    let eot: Vec<usize> = toks.iter().map(|t| t.eot).collect();
+    let emb = enc.embed_tokens(&ids)?;
+    let ctx = uniform(&[settings.n_ctx, cfg.text.width], 11, 0.02, device)?
+        .unsqueeze(0)?
+        .repeat((n, 1, 1))?;
+    let s = cfg.text.context_length;
+    let emb = Tensor::cat(
+        &[
+            &emb.narrow(1, 0, 1)?,
+            &ctx,
+            &emb.narrow(1, 1 + settings.n_ctx, s - 1 - settings.n_ctx)?,
+        ],
+        1,
+    )?;
+    let batch = PromptBatch {
+        embeddings: emb,
+        eot: eot.clone(),
+    };
+    let prefix = 1 + settings.n_ctx;
+    let max_eot = *eot.iter().max().unwrap_or(&0);
+    let k = settings.cotangents;
+    let d_feat = uniform(&[k, n, cfg.embed_dim], 13, 1.0, device)?;
+
+    let mut results = Vec::new();
+    let mut times = Vec::new();
+    for (label, path, seq, pre) in [
+        ("plain-77", TextPath::Plain, s, 0),
+        (
+            "fast-truncated+shared-prefix",
+            TextPath::SharedPrefix(prefix),
+            max_eot + 1,
+            prefix,
+        ),
+    ] {
+        let fb = best_time(settings.reps, || {
+            forward_backward(&enc, &batch, path, &d_feat, settings.n_ctx, device)
+        })?;
+        let fo = best_time(settings.reps, || {
+            let f = enc.forward(&batch, path, None, false)?.0;
+            device.synchronize()?;
+            Ok(f)
+        })?;
+        let (fwd, bwd) = path_flops(&cfg, n, pre, seq, k);
+        let detail = format!("{n} classes × {} positions (prefix {pre}), {k} cotangents", seq);
+        results.push(BenchResult::new(
+            format!("text-encoder/{label}/forward"),
+            fo,
+            fwd,
+            peak_gflops,
+            detail.clone(),
+        ));
+        results.push(BenchResult::new(
+            format!("text-encoder/{label}/forward+backward{k}"),
+            fb,
+            fwd + bwd,
+            peak_gflops,
+            detail,
+        ));
+        times.push(fb);
+    }
+    let speedup = times[0] / times[1];
+    for r in results
+        .iter_mut()
+        .filter(|r| r.name.contains("fast") && r.name.contains("backward"))
+    {
+        r.detail = format!("{}; {speedup:.1}× faster than plain-77", r.detail);
+    }
+    Ok(results)
+}
+
+fn forward_backward(
+    enc: &TextEncoder,
+    batch: &PromptBatch,
+    path: TextPath,
+    d_feat: &Tensor,
+    n_ctx: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let (_, tape) = enc.forward(batch, path, None, true)?;
+    let (grad, _) = enc.backward(tape.as_ref().expect("tape"), d_feat, None)?;
+    let g = grad.shared_positions(1, n_ctx)?;
+    device.synchronize()?;
+    Ok(g.to_dtype(DType::F32)?)
+}

@@ -1,0 +1,213 @@
+//! Fused CPU kernels for the element-wise steps that dominate outside the matmuls.
+//! Each has a plain candle composition as fallback (other devices and dtypes) and a test
+//! that both agree.
+
+use anyhow::Result;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+const GELU_ALPHA: f32 = 1.702;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("fused kernel expects a contiguous tensor"),
+    }
+}
+
+struct QuickGelu;
+
+impl CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(yc, xc)| {
+                for (o, &v) in yc.iter_mut().zip(xc) {
+                    *o = v * sigmoid(GELU_ALPHA * v);
+                }
+            });
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+}
+
+/// `dy [K, M, F] ⊙ quick_gelu'(h [M, F])`.
+struct QuickGeluBackward;
+
+impl CustomOp2 for QuickGeluBackward {
+    fn name(&self) -> &'static str {
+        "quick-gelu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        h_s: &CpuStorage,
+        h_l: &Layout,
+        dy_s: &CpuStorage,
+        dy_l: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let h = contiguous_f32(h_s, h_l)?;
+        let dy = contiguous_f32(dy_s, dy_l)?;
+        let n = h.len();
+        let mut dx = vec![0f32; dy.len()];
+        // Chunks of h's length never straddle two cotangents.
+        let chunk = if n % CHUNK == 0 { CHUNK } else { n };
+        dx.par_chunks_mut(chunk)
+            .zip(dy.par_chunks(chunk))
+            .enumerate()
+            .for_each(|(i, (o, g))| {
+                let start = (i * chunk) % n;
+                for ((o, &g), &v) in o.iter_mut().zip(g).zip(&h[start..start + g.len()]) {
+                    let s = sigmoid(GELU_ALPHA * v);
+                    *o = g * (s + GELU_ALPHA * v * s * (1.0 - s));
+                }
+            });
+        Ok((CpuStorage::F32(dx), dy_l.shape().clone()))
+    }
+}
+
+/// LayerNorm VJP from the saved *input* x `[M, D]`: per row, recompute μ and 1/σ, then
+/// dx = rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂)) with g = dy ⊙ γ, for every cotangent in
+/// `dy [K, M, D]`.
+struct LayerNormBackward {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_s: &CpuStorage,
+        x_l: &Layout,
+        g_s: &CpuStorage,
+        g_l: &Layout,
+        dy_s: &CpuStorage,
+        dy_l: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(x_s, x_l)?;
+        let gamma = contiguous_f32(g_s, g_l)?;
+        let dy = contiguous_f32(dy_s, dy_l)?;
+        let d = gamma.len();
+        let rows = x.len() / d;
+        let mut dx = vec![0f32; dy.len()];
+        let inv_d = 1.0 / d as f32;
+        dx.par_chunks_mut(d)
+            .zip(dy.par_chunks(d))
+            .enumerate()
+            .for_each(|(i, (out, dyr))| {
+                let xr = &x[(i % rows) * d..(i % rows + 1) * d];
+                let mean = xr.iter().sum::<f32>() * inv_d;
+                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() * inv_d;
+                let rstd = 1.0 / (var + self.eps).sqrt();
+                let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                for j in 0..d {
+                    let g = dyr[j] * gamma[j];
+                    sum_g += g;
+                    sum_gx += g * (xr[j] - mean) * rstd;
+                }
+                let (a, b) = (sum_g * inv_d, sum_gx * inv_d);
+                for j in 0..d {
+                    let xhat = (xr[j] - mean) * rstd;
+                    out[j] = rstd * (dyr[j] * gamma[j] - a - xhat * b);
+                }
+            });
+        Ok((CpuStorage::F32(dx), dy_l.shape().clone()))
+    }
+}
+
+/// VJP of LayerNorm(γ, β, eps) at input `x: [M, D]` for cotangents `dy: [K, M, D]`.
+pub fn layer_norm_backward(x: &Tensor, gamma: &Tensor, eps: f64, dy: &Tensor) -> Result<Tensor> {
+    let d = gamma.elem_count();
+    if fused_ok(&[x, gamma, dy]) && d > 0 && dy.elem_count() % x.elem_count().max(1) == 0 {
+        return Ok(x.apply_op3_no_bwd(gamma, dy, &LayerNormBackward { eps: eps as f32 })?);
+    }
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let rstd = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let xhat = xc.broadcast_mul(&rstd)?.unsqueeze(0)?;
+    let g = dy.broadcast_mul(gamma)?;
+    let mean_g = g.mean_keepdim(D::Minus1)?;
+    let mean_gx = g.broadcast_mul(&xhat)?.mean_keepdim(D::Minus1)?;
+    Ok(g.broadcast_sub(&mean_g)?
+        .sub(&xhat.broadcast_mul(&mean_gx)?)?
+        .broadcast_mul(&rstd.unsqueeze(0)?)?)
+}
+
+fn fused_ok(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+}
+
+/// QuickGELU, `x · σ(1.702 x)`, as in OpenAI's CLIP.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    if fused_ok(&[x]) {
+        return Ok(x.apply_op1_no_bwd(&QuickGelu)?);
+    }
+    Ok((x * candle_nn::ops::sigmoid(&(x * GELU_ALPHA as f64)?)?)?)
+}
+
+/// VJP of [`quick_gelu`] at pre-activation `h: [M, F]` for `dy: [K, M, F]`:
+/// d/dh = s + 1.702 · h · s · (1 − s) with s = σ(1.702 h).
+pub fn quick_gelu_backward(h: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    if fused_ok(&[h, dy]) && dy.elem_count() % h.elem_count().max(1) == 0 {
+        return Ok(h.apply_op2_no_bwd(dy, &QuickGeluBackward)?);
+    }
+    let a = GELU_ALPHA as f64;
+    let s = candle_nn::ops::sigmoid(&(h * a)?)?;
+    let one_minus = s.affine(-1.0, 1.0)?;
+    let deriv = (&s + ((h * a)? * &s)?.mul(&one_minus)?)?;
+    Ok(dy.broadcast_mul(&deriv.unsqueeze(0)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::ops::testutil::{max_abs_diff, rand_tensor};
+
+    #[test]
+    fn fused_kernels_match_the_composition() {
+        let h = rand_tensor(&[37, 1000], 1, 4.0);
+        let dy = rand_tensor(&[2, 37, 1000], 2, 1.0);
+        let h64 = h.to_dtype(DType::F64).unwrap();
+        let dy64 = dy.to_dtype(DType::F64).unwrap();
+        assert!(max_abs_diff(&quick_gelu(&h).unwrap(), &quick_gelu(&h64).unwrap()) < 1e-5);
+        let fused = quick_gelu_backward(&h, &dy).unwrap();
+        let plain = quick_gelu_backward(&h64, &dy64).unwrap();
+        assert!(max_abs_diff(&fused, &plain) < 1e-5);
+        // lengths that are multiples of the chunk exercise the chunked path
+        let h = rand_tensor(&[4, CHUNK], 3, 4.0);
+        let dy = rand_tensor(&[3, 4, CHUNK], 4, 1.0);
+        let fused = quick_gelu_backward(&h, &dy).unwrap();
+        let plain = quick_gelu_backward(
+            &h.to_dtype(DType::F64).unwrap(),
+            &dy.to_dtype(DType::F64).unwrap(),
+        )
+        .unwrap();
+        assert!(max_abs_diff(&fused, &plain) < 1e-5);
+    }
+
+    #[test]
+    fn fused_layer_norm_backward_matches_the_composition() {
+        let x = rand_tensor(&[13, 64], 5, 3.0);
+        let gamma = rand_tensor(&[64], 6, 1.0);
+        let dy = rand_tensor(&[2, 13, 64], 7, 1.0);
+        let fused = layer_norm_backward(&x, &gamma, 1e-5, &dy).unwrap();
+        let c = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let plain = layer_norm_backward(&c(&x), &c(&gamma), 1e-5, &c(&dy)).unwrap();
+        assert!(max_abs_diff(&fused, &plain) < 1e-5);
+    }
+}

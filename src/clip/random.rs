@@ -1,0 +1,113 @@
+//! Seeded random weights, for benchmarks at published sizes without downloading a
+//! checkpoint and for tests. A SplitMix64 stream fills each tensor; the same seed gives
+//! the same weights on every machine.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+
+use super::block::Block;
+use super::config::{ClipConfig, TextConfig};
+use super::ops::{LayerNorm, Linear};
+use super::text::TextEncoder;
+
+/// A tensor with entries uniform in [−scale, scale], from `seed`.
+pub fn uniform(shape: &[usize], seed: u64, scale: f32, device: &Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let u = (z >> 40) as f32 / (1u64 << 24) as f32;
+            (2.0 * u - 1.0) * scale
+        })
+        .collect();
+    Ok(Tensor::from_vec(data, shape, &Device::Cpu)?.to_device(device)?)
+}
+
+fn linear(out: usize, inp: usize, seed: u64, dev: &Device) -> Result<Linear> {
+    let s = 1.0 / (inp as f32).sqrt();
+    Ok(Linear {
+        weight: uniform(&[out, inp], seed, s, dev)?,
+        bias: Some(uniform(&[out], seed + 1, 0.02, dev)?),
+    })
+}
+
+fn layer_norm(dim: usize, seed: u64, dev: &Device) -> Result<LayerNorm> {
+    Ok(LayerNorm {
+        weight: (uniform(&[dim], seed, 0.1, dev)? + 1.0)?,
+        bias: uniform(&[dim], seed + 1, 0.1, dev)?,
+        eps: 1e-5,
+    })
+}
+
+/// A residual block with random weights.
+pub fn block(width: usize, mlp: usize, heads: usize, seed: u64, dev: &Device) -> Result<Block> {
+    Ok(Block {
+        ln1: layer_norm(width, seed, dev)?,
+        qkv: linear(3 * width, width, seed + 10, dev)?,
+        out: linear(width, width, seed + 20, dev)?,
+        ln2: layer_norm(width, seed + 30, dev)?,
+        fc1: linear(mlp, width, seed + 40, dev)?,
+        fc2: linear(width, mlp, seed + 50, dev)?,
+        heads,
+        width,
+    })
+}
+
+/// A text tower of the given shape with random weights (vocabulary trimmed to `vocab`
+/// rows, since benchmarks feed embeddings directly).
+pub fn text_encoder(config: &ClipConfig, vocab: usize, seed: u64, dev: &Device) -> Result<TextEncoder> {
+    let c: &TextConfig = &config.text;
+    let blocks = (0..c.layers)
+        .map(|i| block(c.width, c.mlp_width, c.heads, seed + 1000 * (i as u64 + 1), dev))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TextEncoder {
+        token_embedding: uniform(&[vocab, c.width], seed + 1, 0.02, dev)?,
+        positional: uniform(&[c.context_length, c.width], seed + 2, 0.01, dev)?,
+        blocks,
+        ln_final: layer_norm(c.width, seed + 3, dev)?,
+        projection: uniform(
+            &[config.embed_dim, c.width],
+            seed + 4,
+            1.0 / (c.width as f32).sqrt(),
+            dev,
+        )?,
+        config: TextConfig {
+            vocab_size: vocab,
+            ..c.clone()
+        },
+    })
+}
+
+/// A vision tower of the given shape with random weights.
+pub fn vision_encoder(config: &ClipConfig, seed: u64, dev: &Device) -> Result<super::vision::VisionEncoder> {
+    let c = &config.vision;
+    let p = c.patch_size;
+    let blocks = (0..c.layers)
+        .map(|i| block(c.width, c.mlp_width, c.heads, seed + 1000 * (i as u64 + 1), dev))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(super::vision::VisionEncoder {
+        patch: uniform(
+            &[c.width, 3 * p * p],
+            seed + 1,
+            1.0 / ((3 * p * p) as f32).sqrt(),
+            dev,
+        )?,
+        class_embedding: uniform(&[c.width], seed + 2, 0.02, dev)?,
+        positional: uniform(&[c.tokens(), c.width], seed + 3, 0.01, dev)?,
+        ln_pre: layer_norm(c.width, seed + 4, dev)?,
+        blocks,
+        ln_post: layer_norm(c.width, seed + 5, dev)?,
+        projection: uniform(
+            &[config.embed_dim, c.width],
+            seed + 6,
+            1.0 / (c.width as f32).sqrt(),
+            dev,
+        )?,
+        config: c.clone(),
+    })
+}

@@ -7,6 +7,7 @@
 pub mod block;
 pub mod checkpoint;
 pub mod config;
+pub mod head;
 pub mod kernels;
 pub mod model;
 pub mod ops;

@@ -1,0 +1,4 @@
+//! Federated training: the optimizer clients use, and (in later steps) the round loop and
+//! one file per algorithm behind one trait.
+
+pub mod sgd;

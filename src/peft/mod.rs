@@ -1,0 +1,7 @@
+//! Trainable parameter sets that plug into the frozen CLIP: the CoOp prompt learner,
+//! LoRA on attention projections, and the CLIP-Adapter.
+
+pub mod adapter;
+pub mod lora;
+pub mod params;
+pub mod prompt;

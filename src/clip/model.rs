@@ -157,6 +157,7 @@ pub(crate) mod tests {
                 * clip.logit_scale_exp())
             .unwrap();
             let dl = max_abs_diff(&logits, &exp["logits"]);
+            println!("{layout}: max abs diff image {di:e}, text {dt:e}, logits {dl:e}");
             assert!(
                 di < 1e-4 && dt < 1e-4 && dl < 1e-4,
                 "{layout}: image {di:e}, text {dt:e}, logits {dl:e}"
@@ -192,6 +193,7 @@ pub(crate) mod tests {
             let ri = rel(&img, &exp["image_features"].narrow(0, 0, 2).unwrap());
             let rt = rel(&txt, &exp["text_features"].narrow(0, 0, 8).unwrap());
             let tol = if dtype == DType::F16 { 2e-2 } else { 8e-2 };
+            println!("{dtype:?}: relative error image {ri:e}, text {rt:e}");
             assert!(
                 ri < tol && rt < tol,
                 "{dtype:?}: relative error image {ri:e}, text {rt:e}"

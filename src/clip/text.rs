@@ -452,6 +452,7 @@ mod tests {
             let df = max_abs_diff(&f, &f_plain);
             let dg = max_abs_diff(&g, &g_plain);
             let gmax = max_abs_diff(&g_plain, &g_plain.zeros_like().unwrap());
+            println!("{path:?}: features differ by {df:e}, context gradients by {dg:e} (max {gmax:e})");
             assert!(df <= 1e-5, "{path:?}: features differ by {df:e}");
             assert!(
                 dg <= 1e-5 * gmax.max(1.0),

@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod cli;
 pub mod clip;
+pub mod data;
 pub mod device;
 pub mod fed;
 pub mod objective;

@@ -1,0 +1,217 @@
+//! Image-feature cache. The image encoder is frozen for prompt tuning and the adapter, so
+//! its outputs can be stored: test features once, train features for V augmented views
+//! (V = 0 means live encoding and no cache). A cache file is keyed by the model's
+//! fingerprint, the dataset, the split, the transform and the view count; any difference
+//! rebuilds it. Files are safetensors with the key in the metadata, memory-mapped when
+//! read, and written atomically (temporary file, then rename).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever the cache layout or the feature computation changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything the cached features depend on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CacheKey {
+    /// [`model_fingerprint`] of the checkpoint.
+    pub model: String,
+    /// Dataset name and any parameters that change its images.
+    pub dataset: String,
+    /// `train` or `test`.
+    pub split: String,
+    /// Transform name and parameters.
+    pub transform: String,
+    /// Views per image (1 for deterministic transforms).
+    pub views: usize,
+    /// Images in the split.
+    pub count: usize,
+    /// [`FORMAT_VERSION`].
+    pub format: u32,
+}
+
+impl CacheKey {
+    /// The file name of this key's cache inside a cache directory.
+    pub fn file_name(&self) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(self).expect("serializable").hash(&mut h);
+        let safe: String = self
+            .dataset
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!("{safe}-{}-{:016x}.safetensors", self.split, h.finish())
+    }
+}
+
+/// Whether [`load_or_build`] found the features or computed them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Read from an up-to-date file.
+    Hit,
+    /// Computed and written (no file, or a stale one).
+    Built,
+}
+
+const KEY_FIELD: &str = "fedpurel.feature_cache.key";
+const TENSOR: &str = "features";
+
+/// A cheap, content-based fingerprint of a weights file: its length, its safetensors
+/// header, and 64 blocks of 4 KiB spread over the data. Two checkpoints that differ in any
+/// sampled block, header or size get different fingerprints; the file is not read whole.
+pub fn model_fingerprint(weights: &Path) -> Result<String> {
+    let mut f =
+        std::fs::File::open(weights).with_context(|| format!("{}: cannot open", weights.display()))?;
+    let len = f.metadata()?.len();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    len.hash(&mut h);
+    let mut block = vec![0u8; 4096];
+    for i in 0..64u64 {
+        let pos = if len > 4096 { (len - 4096) * i / 63 } else { 0 };
+        f.seek(SeekFrom::Start(pos))?;
+        let n = f.read(&mut block)?;
+        block[..n].hash(&mut h);
+    }
+    Ok(format!("{:016x}-{len}", h.finish()))
+}
+
+fn read_key(path: &Path) -> Result<CacheKey> {
+    let mut f = std::fs::File::open(path)?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)?;
+    let n = u64::from_le_bytes(n);
+    if n > 100_000_000 {
+        bail!("header of {n} bytes is implausible");
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)?;
+    let v: serde_json::Value = serde_json::from_slice(&header)?;
+    let key = v["__metadata__"][KEY_FIELD]
+        .as_str()
+        .ok_or_else(|| anyhow!("no cache key in the metadata"))?;
+    Ok(serde_json::from_str(key)?)
+}
+
+/// Returns the features for `key` from `dir`, computing them with `build` (shape
+/// `[views·count, E]` or `[count, E]`) when the cache is missing or stale.
+pub fn load_or_build(
+    dir: &Path,
+    key: &CacheKey,
+    device: &Device,
+    build: impl FnOnce() -> Result<Tensor>,
+) -> Result<(Tensor, CacheStatus)> {
+    let path = dir.join(key.file_name());
+    if path.is_file() {
+        match read_key(&path) {
+            Ok(found) if &found == key => {
+                // SAFETY: read-only map of a file this process wrote atomically.
+                let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }
+                    .map_err(|e| anyhow!("{}: unreadable feature cache: {e}", path.display()))?;
+                let t = st
+                    .load(TENSOR, device)
+                    .map_err(|e| anyhow!("{}: unreadable feature cache: {e}", path.display()))?;
+                if t.dim(0)? == key.count * key.views.max(1) {
+                    return Ok((t, CacheStatus::Hit));
+                }
+                tracing::warn!(
+                    "{}: feature count does not match the key, rebuilding",
+                    path.display()
+                );
+            }
+            Ok(_) => tracing::info!("{}: stale feature cache, rebuilding", path.display()),
+            Err(e) => tracing::warn!("{}: unreadable feature cache ({e}), rebuilding", path.display()),
+        }
+    }
+    let features = build()?;
+    let rows = features.dim(0)?;
+    if rows != key.count * key.views.max(1) {
+        bail!(
+            "feature cache: built {rows} rows for {} images × {} views",
+            key.count,
+            key.views.max(1)
+        );
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the cache directory", dir.display()))?;
+    write_atomic(&path, &features, key)?;
+    Ok((features, CacheStatus::Built))
+}
+
+fn write_atomic(path: &Path, features: &Tensor, key: &CacheKey) -> Result<()> {
+    let tmp: PathBuf = path.with_extension(format!("tmp{}", std::process::id()));
+    let meta = HashMap::from([(KEY_FIELD.to_string(), serde_json::to_string(key)?)]);
+    let cpu = features.to_device(&Device::Cpu)?.contiguous()?;
+    safetensors::serialize_to_file([(TENSOR, &cpu)], Some(meta), &tmp)
+        .map_err(|e| anyhow!("{}: cannot write the feature cache: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot move the feature cache into place", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    fn key(dataset: &str) -> CacheKey {
+        CacheKey {
+            model: "m".into(),
+            dataset: dataset.into(),
+            split: "test".into(),
+            transform: "cifar".into(),
+            views: 1,
+            count: 3,
+            format: FORMAT_VERSION,
+        }
+    }
+
+    #[test]
+    fn builds_once_then_hits_and_rebuilds_when_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let feats = Tensor::arange(0f32, 12.0, &Device::Cpu)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
+        let (a, s) = load_or_build(dir.path(), &key("cifar100"), &Device::Cpu, || Ok(feats.clone())).unwrap();
+        assert_eq!(s, CacheStatus::Built);
+        let (b, s) = load_or_build(dir.path(), &key("cifar100"), &Device::Cpu, || {
+            panic!("must not rebuild")
+        })
+        .unwrap();
+        assert_eq!(s, CacheStatus::Hit);
+        assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+        // Same file name, different content of the key → stale.
+        let path = dir.path().join(key("cifar100").file_name());
+        let mut other = key("cifar100");
+        other.model = "other".into();
+        write_atomic(&path, &feats, &other).unwrap();
+        let (_, s) = load_or_build(dir.path(), &key("cifar100"), &Device::Cpu, || Ok(feats.clone())).unwrap();
+        assert_eq!(s, CacheStatus::Built);
+        // A corrupt file is rebuilt, not trusted.
+        std::fs::write(&path, b"garbage").unwrap();
+        let (_, s) = load_or_build(dir.path(), &key("cifar100"), &Device::Cpu, || Ok(feats.clone())).unwrap();
+        assert_eq!(s, CacheStatus::Built);
+        // A build with the wrong row count is an error and leaves no file behind.
+        let wrong = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(load_or_build(dir.path(), &key("other-set"), &Device::Cpu, || Ok(wrong)).is_err());
+        assert!(!dir.path().join(key("other-set").file_name()).exists());
+    }
+
+    #[test]
+    fn fingerprint_changes_with_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.safetensors");
+        std::fs::write(&p, vec![1u8; 100_000]).unwrap();
+        let a = model_fingerprint(&p).unwrap();
+        let mut bytes = vec![1u8; 100_000];
+        bytes[99_999] = 2;
+        std::fs::write(&p, bytes).unwrap();
+        assert_ne!(a, model_fingerprint(&p).unwrap());
+    }
+}

@@ -1,0 +1,3 @@
+//! Datasets, long-tail profiles, client splits, transforms and the image-feature cache.
+
+pub mod features;

@@ -1,6 +1,6 @@
-//! Seeded random weights, for benchmarks at published sizes without downloading a
-//! checkpoint and for tests. A SplitMix64 stream fills each tensor; the same seed gives
-//! the same weights on every machine.
+//! Seeded random tensors: parameter initialization, and weights for benchmarks at
+//! published sizes without downloading a checkpoint. A SplitMix64 stream fills each
+//! tensor; the same seed gives the same values on every machine.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -10,21 +10,46 @@ use super::config::{ClipConfig, TextConfig};
 use super::ops::{LayerNorm, Linear};
 use super::text::TextEncoder;
 
+/// SplitMix64: a tiny, well-mixed generator whose stream depends only on its seed.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 24 random bits.
+    fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
 /// A tensor with entries uniform in [−scale, scale], from `seed`.
 pub fn uniform(shape: &[usize], seed: u64, scale: f32, device: &Device) -> Result<Tensor> {
     let n: usize = shape.iter().product();
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let u = (z >> 40) as f32 / (1u64 << 24) as f32;
-            (2.0 * u - 1.0) * scale
-        })
-        .collect();
+    let mut g = SplitMix(seed ^ 0x9E37_79B9_7F4A_7C15);
+    let data: Vec<f32> = (0..n).map(|_| (2.0 * g.unit() - 1.0) * scale).collect();
+    Ok(Tensor::from_vec(data, shape, &Device::Cpu)?.to_device(device)?)
+}
+
+/// A tensor with entries N(0, std²) (Box–Muller), from `seed`.
+pub fn normal(shape: &[usize], seed: u64, std: f32, device: &Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut g = SplitMix(seed ^ 0xD1B5_4A32_D192_ED03);
+    let mut data = Vec::with_capacity(n + 1);
+    while data.len() < n {
+        let u1 = (g.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let u2 = (g.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let r = (-2.0 * (1.0 - u1).ln()).sqrt();
+        let t = std::f64::consts::TAU * u2;
+        data.push((r * t.cos()) as f32 * std);
+        data.push((r * t.sin()) as f32 * std);
+    }
+    data.truncate(n);
     Ok(Tensor::from_vec(data, shape, &Device::Cpu)?.to_device(device)?)
 }
 
@@ -110,4 +135,36 @@ pub fn vision_encoder(config: &ClipConfig, seed: u64, dev: &Device) -> Result<su
         )?,
         config: c.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_has_the_requested_moments_and_is_seeded() {
+        let t = normal(&[20_000], 5, 0.02, &Device::Cpu).unwrap();
+        let v: Vec<f32> = t.to_vec1().unwrap();
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32;
+        assert!(
+            mean.abs() < 1e-3 && (var.sqrt() - 0.02).abs() < 1e-3,
+            "mean {mean}, std {}",
+            var.sqrt()
+        );
+        assert_eq!(
+            v,
+            normal(&[20_000], 5, 0.02, &Device::Cpu)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
+        assert_ne!(
+            v,
+            normal(&[20_000], 6, 0.02, &Device::Cpu)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
+    }
 }

@@ -1,4 +1,5 @@
 //! Federated training: the optimizer clients use, and (in later steps) the round loop and
 //! one file per algorithm behind one trait.
 
+pub mod local;
 pub mod sgd;

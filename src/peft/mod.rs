@@ -3,5 +3,6 @@
 
 pub mod adapter;
 pub mod lora;
+pub mod model;
 pub mod params;
 pub mod prompt;

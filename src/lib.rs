@@ -5,12 +5,16 @@
 //! * [`clip`] — CLIP itself: configuration, checkpoint loading (Hugging Face and OpenAI
 //!   key layouts), the BPE tokenizer, image preprocessing, the text and vision encoders
 //!   with explicit backward passes, and the zero-shot head.
+//! * [`data`] — datasets, the long-tail profile, client partitions and transforms;
+//!   [`rng`] — the named random streams that make every split reproducible.
 //! * [`bench`] — benchmark workloads that print achieved GFLOP/s against the machine's
 //!   measured matmul rate.
 //!
-//! Later layers (`peft`, `data`, `objective`, `fed`, `metrics`, `report`) build on these.
+//! Later layers (`peft`, `objective`, `fed`, `metrics`, `report`) build on these.
 
 pub mod bench;
 pub mod clip;
+pub mod data;
 pub mod device;
+pub mod rng;
 pub mod cli;

@@ -1,0 +1,20 @@
+//! Everything between files on disk and "client k's training batch".
+//!
+//! * [`dataset`] — the [`Dataset`] type (class names, train/test splits, images in memory
+//!   or on disk) every reader produces.
+//! * Readers: [`cifar`] (CIFAR-100, pickle and binary, over [`pickle`]), [`listfile`]
+//!   (ImageNet-LT / Places-LT list files), [`folder`] (`root/<class>/<image>`),
+//!   [`synthetic`] (seeded coloured patterns). [`load`] picks one by name.
+//! * [`longtail`] — the exponential long-tail profile, the sub-sampling, and the
+//!   Many / Medium / Few [`ClassGroups`].
+//! * [`partition`] — client splits (`labeldir100`, `dirichlet`, `iid`, `capped`, import of
+//!   a reference split) and the [`Partition`] type written to `partition.json`.
+//! * [`transforms`] — the CIFAR and CLIP pipelines and a parallel batch iterator.
+//!
+//! Randomness comes from named streams of the run seed ([`crate::rng`]).
+
+pub mod cifar;
+pub mod dataset;
+pub mod pickle;
+
+pub use dataset::{Dataset, Images, Split, SplitKind};

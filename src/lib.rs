@@ -13,8 +13,8 @@
 //! Later layers (`peft`, `objective`, `fed`, `metrics`, `report`) build on these.
 
 pub mod bench;
+pub mod cli;
 pub mod clip;
 pub mod data;
 pub mod device;
 pub mod rng;
-pub mod cli;

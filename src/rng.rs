@@ -79,7 +79,10 @@ pub fn shuffle<T>(rng: &mut StreamRng, items: &mut [T]) {
 /// Computed in log space (ln G with G ~ Gamma(α+1) · U^{1/α}), so small α (0.01, 0.1) does
 /// not underflow to an all-zero vector. `alpha` must be positive and finite; `k ≥ 1`.
 pub fn dirichlet(rng: &mut StreamRng, alpha: f64, k: usize) -> Vec<f64> {
-    assert!(alpha > 0.0 && alpha.is_finite(), "dirichlet: alpha must be > 0");
+    assert!(
+        alpha > 0.0 && alpha.is_finite(),
+        "dirichlet: alpha must be > 0"
+    );
     let gamma = Gamma::new(alpha + 1.0, 1.0).expect("alpha + 1 > 0");
     let logs: Vec<f64> = (0..k)
         .map(|_| {

@@ -77,16 +77,33 @@ pub fn load(root: &Path) -> Result<Dataset> {
     let (classes, coarse_classes, train, test) = match format {
         Format::Python => {
             let (fine, coarse) = parse_pickle_meta(&read("meta")?, &label("meta"))?;
-            let train = parse_pickle_split(&read("train")?, &label("train"), fine.len(), coarse.len())?;
-            let test = parse_pickle_split(&read("test")?, &label("test"), fine.len(), coarse.len())?;
+            let train =
+                parse_pickle_split(&read("train")?, &label("train"), fine.len(), coarse.len())?;
+            let test =
+                parse_pickle_split(&read("test")?, &label("test"), fine.len(), coarse.len())?;
             (fine, coarse, train, test)
         }
         Format::Binary => {
-            let fine = parse_names(&read("fine_label_names.txt")?, &label("fine_label_names.txt"))?;
-            let coarse =
-                parse_names(&read("coarse_label_names.txt")?, &label("coarse_label_names.txt"))?;
-            let train = parse_binary_split(&read("train.bin")?, &label("train.bin"), fine.len(), coarse.len())?;
-            let test = parse_binary_split(&read("test.bin")?, &label("test.bin"), fine.len(), coarse.len())?;
+            let fine = parse_names(
+                &read("fine_label_names.txt")?,
+                &label("fine_label_names.txt"),
+            )?;
+            let coarse = parse_names(
+                &read("coarse_label_names.txt")?,
+                &label("coarse_label_names.txt"),
+            )?;
+            let train = parse_binary_split(
+                &read("train.bin")?,
+                &label("train.bin"),
+                fine.len(),
+                coarse.len(),
+            )?;
+            let test = parse_binary_split(
+                &read("test.bin")?,
+                &label("test.bin"),
+                fine.len(),
+                coarse.len(),
+            )?;
             (fine, coarse, train, test)
         }
     };
@@ -115,15 +132,21 @@ fn field<'a>(dict: &'a Value, file: &str, name: &str) -> Result<&'a Value> {
 }
 
 fn string_list(v: &Value, file: &str, name: &str) -> Result<Vec<String>> {
-    let items = v
-        .as_seq()
-        .with_context(|| format!("{file}: field `{name}` is {}, expected a list", pickle::kind(v)))?;
+    let items = v.as_seq().with_context(|| {
+        format!(
+            "{file}: field `{name}` is {}, expected a list",
+            pickle::kind(v)
+        )
+    })?;
     let names = items
         .iter()
         .enumerate()
         .map(|(i, s)| {
             s.to_string_lossless().with_context(|| {
-                format!("{file}: field `{name}` entry {i} is {}, expected a string", pickle::kind(s))
+                format!(
+                    "{file}: field `{name}` entry {i} is {}, expected a string",
+                    pickle::kind(s)
+                )
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -134,17 +157,20 @@ fn string_list(v: &Value, file: &str, name: &str) -> Result<Vec<String>> {
 }
 
 fn label_list(v: &Value, file: &str, name: &str, n_classes: usize) -> Result<Vec<u32>> {
-    let items = v
-        .as_seq()
-        .with_context(|| format!("{file}: field `{name}` is {}, expected a list", pickle::kind(v)))?;
+    let items = v.as_seq().with_context(|| {
+        format!(
+            "{file}: field `{name}` is {}, expected a list",
+            pickle::kind(v)
+        )
+    })?;
     items
         .iter()
         .enumerate()
         .map(|(i, x)| match x {
             Value::Int(y) if (0..n_classes as i64).contains(y) => Ok(*y as u32),
-            Value::Int(y) => bail!(
-                "{file}: field `{name}` entry {i} is {y}, expected a label in 0..{n_classes}"
-            ),
+            Value::Int(y) => {
+                bail!("{file}: field `{name}` entry {i} is {y}, expected a label in 0..{n_classes}")
+            }
             other => bail!(
                 "{file}: field `{name}` entry {i} is {}, expected an int",
                 pickle::kind(other)
@@ -159,13 +185,26 @@ pub fn parse_pickle_meta(bytes: &[u8], file: &str) -> Result<(Vec<String>, Vec<S
     if !matches!(v, Value::Dict(_)) {
         bail!("{file}: holds {}, expected a dict", pickle::kind(&v));
     }
-    let fine = string_list(field(&v, file, "fine_label_names")?, file, "fine_label_names")?;
-    let coarse = string_list(field(&v, file, "coarse_label_names")?, file, "coarse_label_names")?;
+    let fine = string_list(
+        field(&v, file, "fine_label_names")?,
+        file,
+        "fine_label_names",
+    )?;
+    let coarse = string_list(
+        field(&v, file, "coarse_label_names")?,
+        file,
+        "coarse_label_names",
+    )?;
     Ok((fine, coarse))
 }
 
 /// Parses `cifar-100-python/train` or `test`, checking shapes, lengths and label ranges.
-pub fn parse_pickle_split(bytes: &[u8], file: &str, n_fine: usize, n_coarse: usize) -> Result<Split> {
+pub fn parse_pickle_split(
+    bytes: &[u8],
+    file: &str,
+    n_fine: usize,
+    n_coarse: usize,
+) -> Result<Split> {
     let v = pickle::parse(bytes).with_context(|| format!("{file}: not a valid pickle"))?;
     if !matches!(v, Value::Dict(_)) {
         bail!("{file}: holds {}, expected a dict", pickle::kind(&v));
@@ -180,8 +219,16 @@ pub fn parse_pickle_split(bytes: &[u8], file: &str, n_fine: usize, n_coarse: usi
     }
     let n = arr.shape[0];
     let labels = label_list(field(&v, file, "fine_labels")?, file, "fine_labels", n_fine)?;
-    let coarse = label_list(field(&v, file, "coarse_labels")?, file, "coarse_labels", n_coarse)?;
-    for (name, len) in [("fine_labels", labels.len()), ("coarse_labels", coarse.len())] {
+    let coarse = label_list(
+        field(&v, file, "coarse_labels")?,
+        file,
+        "coarse_labels",
+        n_coarse,
+    )?;
+    for (name, len) in [
+        ("fine_labels", labels.len()),
+        ("coarse_labels", coarse.len()),
+    ] {
         if len != n {
             bail!("{file}: field `{name}` has {len} entries but `data` has {n} images");
         }
@@ -198,7 +245,12 @@ pub fn parse_pickle_split(bytes: &[u8], file: &str, n_fine: usize, n_coarse: usi
 }
 
 /// Parses `cifar-100-binary/train.bin` or `test.bin`.
-pub fn parse_binary_split(bytes: &[u8], file: &str, n_fine: usize, n_coarse: usize) -> Result<Split> {
+pub fn parse_binary_split(
+    bytes: &[u8],
+    file: &str,
+    n_fine: usize,
+    n_coarse: usize,
+) -> Result<Split> {
     const RECORD: usize = 2 + IMAGE_BYTES;
     if bytes.is_empty() {
         bail!("{file}: empty file");
@@ -218,10 +270,16 @@ pub fn parse_binary_split(bytes: &[u8], file: &str, n_fine: usize, n_coarse: usi
     for (i, rec) in bytes.chunks_exact(RECORD).enumerate() {
         let (c, f) = (rec[0] as usize, rec[1] as usize);
         if c >= n_coarse {
-            bail!("{file}: record {i} (byte {}): coarse label {c}, expected 0..{n_coarse}", i * RECORD);
+            bail!(
+                "{file}: record {i} (byte {}): coarse label {c}, expected 0..{n_coarse}",
+                i * RECORD
+            );
         }
         if f >= n_fine {
-            bail!("{file}: record {i} (byte {}): fine label {f}, expected 0..{n_fine}", i * RECORD + 1);
+            bail!(
+                "{file}: record {i} (byte {}): fine label {f}, expected 0..{n_fine}",
+                i * RECORD + 1
+            );
         }
         coarse.push(c as u32);
         labels.push(f as u32);
@@ -261,11 +319,21 @@ pub(crate) mod fixture {
     use std::path::Path;
 
     /// A deterministic tiny split: `n` images with labels `i % n_fine`, coarse `f % n_coarse`.
-    pub fn split(n: usize, n_fine: usize, n_coarse: usize, salt: u8) -> (Vec<i64>, Vec<i64>, Vec<u8>) {
+    pub fn split(
+        n: usize,
+        n_fine: usize,
+        n_coarse: usize,
+        salt: u8,
+    ) -> (Vec<i64>, Vec<i64>, Vec<u8>) {
         let fine: Vec<i64> = (0..n).map(|i| (i % n_fine) as i64).collect();
         let coarse: Vec<i64> = fine.iter().map(|&f| f % n_coarse as i64).collect();
         let data: Vec<u8> = (0..n * super::IMAGE_BYTES)
-            .map(|k| (k as u32).wrapping_mul(2654435761).wrapping_add(salt as u32) as u8 >> 1)
+            .map(|k| {
+                (k as u32)
+                    .wrapping_mul(2654435761)
+                    .wrapping_add(salt as u32) as u8
+                    >> 1
+            })
             .collect();
         (fine, coarse, data)
     }
@@ -275,11 +343,26 @@ pub(crate) mod fixture {
         let mut w = W::new(flavour);
         let n = data.len() / super::IMAGE_BYTES;
         w.dict(vec![
-            ("filenames", Box::new(move |w: &mut W| w.list_of(&vec!["x.png"; n], |w, s| w.text(s)))),
-            ("batch_label", Box::new(|w: &mut W| w.text("training batch 1 of 1"))),
-            ("fine_labels", Box::new(|w: &mut W| w.list_of(fine, |w, &v| w.int(v)))),
-            ("coarse_labels", Box::new(|w: &mut W| w.list_of(coarse, |w, &v| w.int(v)))),
-            ("data", Box::new(move |w: &mut W| w.ndarray_u8(&[n, super::IMAGE_BYTES], data))),
+            (
+                "filenames",
+                Box::new(move |w: &mut W| w.list_of(&vec!["x.png"; n], |w, s| w.text(s))),
+            ),
+            (
+                "batch_label",
+                Box::new(|w: &mut W| w.text("training batch 1 of 1")),
+            ),
+            (
+                "fine_labels",
+                Box::new(|w: &mut W| w.list_of(fine, |w, &v| w.int(v))),
+            ),
+            (
+                "coarse_labels",
+                Box::new(|w: &mut W| w.list_of(coarse, |w, &v| w.int(v))),
+            ),
+            (
+                "data",
+                Box::new(move |w: &mut W| w.ndarray_u8(&[n, super::IMAGE_BYTES], data)),
+            ),
         ]);
         w.finish()
     }
@@ -288,8 +371,14 @@ pub(crate) mod fixture {
     pub fn pickle_meta(flavour: Flavour, fine: &[String], coarse: &[String]) -> Vec<u8> {
         let mut w = W::new(flavour);
         w.dict(vec![
-            ("fine_label_names", Box::new(|w: &mut W| w.list_of(fine, |w, s| w.text(s)))),
-            ("coarse_label_names", Box::new(|w: &mut W| w.list_of(coarse, |w, s| w.text(s)))),
+            (
+                "fine_label_names",
+                Box::new(|w: &mut W| w.list_of(fine, |w, s| w.text(s))),
+            ),
+            (
+                "coarse_label_names",
+                Box::new(|w: &mut W| w.list_of(coarse, |w, s| w.text(s))),
+            ),
         ]);
         w.finish()
     }
@@ -312,7 +401,14 @@ pub(crate) mod fixture {
 
     /// Writes a tiny CIFAR-100-like folder (`n_train`, `n_test` images) in the reference's
     /// layout `root/cifar-100/cifar-100-{python,binary}`.
-    pub fn write(root: &Path, python: bool, n_fine: usize, n_coarse: usize, n_train: usize, n_test: usize) {
+    pub fn write(
+        root: &Path,
+        python: bool,
+        n_fine: usize,
+        n_coarse: usize,
+        n_train: usize,
+        n_test: usize,
+    ) {
         let fine_names = names("fine", n_fine);
         let coarse_names = names("coarse", n_coarse);
         let (trf, trc, trd) = split(n_train, n_fine, n_coarse, 1);
@@ -320,13 +416,29 @@ pub(crate) mod fixture {
         if python {
             let dir = root.join("cifar-100/cifar-100-python");
             std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("meta"), pickle_meta(Flavour::Py2, &fine_names, &coarse_names)).unwrap();
-            std::fs::write(dir.join("train"), pickle_split(Flavour::Py2, &trf, &trc, &trd)).unwrap();
-            std::fs::write(dir.join("test"), pickle_split(Flavour::Py3, &tef, &tec, &ted)).unwrap();
+            std::fs::write(
+                dir.join("meta"),
+                pickle_meta(Flavour::Py2, &fine_names, &coarse_names),
+            )
+            .unwrap();
+            std::fs::write(
+                dir.join("train"),
+                pickle_split(Flavour::Py2, &trf, &trc, &trd),
+            )
+            .unwrap();
+            std::fs::write(
+                dir.join("test"),
+                pickle_split(Flavour::Py3, &tef, &tec, &ted),
+            )
+            .unwrap();
         } else {
             let dir = root.join("cifar-100/cifar-100-binary");
             std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("fine_label_names.txt"), fine_names.join("\n") + "\n").unwrap();
+            std::fs::write(
+                dir.join("fine_label_names.txt"),
+                fine_names.join("\n") + "\n",
+            )
+            .unwrap();
             std::fs::write(dir.join("coarse_label_names.txt"), coarse_names.join("\n")).unwrap();
             std::fs::write(dir.join("train.bin"), binary_split(&trf, &trc, &trd)).unwrap();
             std::fs::write(dir.join("test.bin"), binary_split(&tef, &tec, &ted)).unwrap();
@@ -354,12 +466,17 @@ mod tests {
         assert_eq!(pa.test.coarse, pb.test.coarse);
         assert_eq!(pa.train.len(), 30);
         assert_eq!(pa.test.len(), 20);
-        let (Images::Planes { data: da, .. }, Images::Planes { data: db, .. }) = (&pa.train.images, &pb.train.images) else {
+        let (Images::Planes { data: da, .. }, Images::Planes { data: db, .. }) =
+            (&pa.train.images, &pb.train.images)
+        else {
             panic!()
         };
         assert_eq!(da, db);
         assert_eq!(pa.train.decode(3).unwrap(), pb.train.decode(3).unwrap());
-        assert_eq!(pa.fine_to_coarse().unwrap(), (0..10).map(|f| f % 5).collect::<Vec<u32>>());
+        assert_eq!(
+            pa.fine_to_coarse().unwrap(),
+            (0..10).map(|f| f % 5).collect::<Vec<u32>>()
+        );
         // Pointing at the format folder itself works too.
         assert!(load(&a.path().join("cifar-100/cifar-100-python")).is_ok());
     }
@@ -375,8 +492,13 @@ mod tests {
     fn truncated_binary_names_file_and_size() {
         let (f, c, d) = fixture::split(3, 10, 5, 0);
         let bytes = binary_split_prefix(&f, &c, &d, 100);
-        let err = parse_binary_split(&bytes, "train.bin", 10, 5).unwrap_err().to_string();
-        assert!(err.contains("train.bin") && err.contains("truncated"), "{err}");
+        let err = parse_binary_split(&bytes, "train.bin", 10, 5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("train.bin") && err.contains("truncated"),
+            "{err}"
+        );
     }
 
     fn binary_split_prefix(f: &[i64], c: &[i64], d: &[u8], cut: usize) -> Vec<u8> {
@@ -390,27 +512,49 @@ mod tests {
         let (mut f, c, d) = fixture::split(4, 10, 5, 0);
         f[2] = 10;
         let bytes = fixture::pickle_split(Flavour::Py3, &f, &c, &d);
-        let err = parse_pickle_split(&bytes, "train", 10, 5).unwrap_err().to_string();
+        let err = parse_pickle_split(&bytes, "train", 10, 5)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`fine_labels` entry 2 is 10"), "{err}");
         let bytes = fixture::binary_split(&f, &c, &d);
-        let err = parse_binary_split(&bytes, "train.bin", 10, 5).unwrap_err().to_string();
-        assert!(err.contains("record 2") && err.contains("fine label 10"), "{err}");
+        let err = parse_binary_split(&bytes, "train.bin", 10, 5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("record 2") && err.contains("fine label 10"),
+            "{err}"
+        );
     }
 
     #[test]
     fn wrong_lengths_are_errors() {
         let (f, c, d) = fixture::split(4, 10, 5, 0);
         let bytes = fixture::pickle_split(Flavour::Py2, &f[..3], &c, &d);
-        let err = format!("{:#}", parse_pickle_split(&bytes, "test", 10, 5).unwrap_err());
+        let err = format!(
+            "{:#}",
+            parse_pickle_split(&bytes, "test", 10, 5).unwrap_err()
+        );
         assert!(err.contains("`fine_labels` has 3 entries"), "{err}");
-        let err = format!("{:#}", parse_pickle_split(&bytes[..bytes.len() / 2], "test", 10, 5).unwrap_err());
-        assert!(err.contains("test: not a valid pickle") && err.contains("truncated"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse_pickle_split(&bytes[..bytes.len() / 2], "test", 10, 5).unwrap_err()
+        );
+        assert!(
+            err.contains("test: not a valid pickle") && err.contains("truncated"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_field_is_named() {
-        let bytes = fixture::pickle_meta(Flavour::Py3, &fixture::names("a", 3), &fixture::names("b", 2));
-        let err = parse_pickle_split(&bytes, "train", 10, 5).unwrap_err().to_string();
+        let bytes = fixture::pickle_meta(
+            Flavour::Py3,
+            &fixture::names("a", 3),
+            &fixture::names("b", 2),
+        );
+        let err = parse_pickle_split(&bytes, "train", 10, 5)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("field `data` is missing"), "{err}");
     }
 

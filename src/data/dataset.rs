@@ -87,7 +87,10 @@ impl Split {
     /// Decodes sample `i` to an RGB image.
     pub fn decode(&self, i: usize) -> Result<RgbImage> {
         if i >= self.len() {
-            bail!("sample index {i} out of range (split has {} samples)", self.len());
+            bail!(
+                "sample index {i} out of range (split has {} samples)",
+                self.len()
+            );
         }
         match &self.images {
             Images::Planes {
@@ -149,7 +152,9 @@ impl Dataset {
 
     /// Every class's prompt name, in label order.
     pub fn prompt_names(&self) -> Vec<String> {
-        (0..self.num_classes()).map(|c| self.prompt_name(c)).collect()
+        (0..self.num_classes())
+            .map(|c| self.prompt_name(c))
+            .collect()
     }
 
     /// Checks the invariants every reader guarantees: labels in range, one image per

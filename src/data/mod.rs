@@ -15,6 +15,10 @@
 
 pub mod cifar;
 pub mod dataset;
+pub mod longtail;
+pub mod partition;
 pub mod pickle;
 
 pub use dataset::{Dataset, Images, Split, SplitKind};
+pub use longtail::{ClassGroups, Group, LongTail};
+pub use partition::{ClientSplit, ClientTest, Partition, Scheme, SplitConfig};

@@ -186,7 +186,10 @@ fn utf8(bytes: &[u8], at: usize) -> Result<Rc<str>> {
 
 fn int_le(bytes: &[u8], at: usize) -> Result<i64> {
     if bytes.len() > 8 {
-        bail!("integer of {} bytes at byte {at} does not fit in 64 bits", bytes.len());
+        bail!(
+            "integer of {} bytes at byte {at} does not fit in 64 bits",
+            bytes.len()
+        );
     }
     if bytes.is_empty() {
         return Ok(0);
@@ -259,9 +262,9 @@ pub fn parse(buf: &[u8]) -> Result<Value> {
                 let v = stack.last().cloned();
                 match v {
                     Some(v) => {
-                        copy_budget = copy_budget.checked_sub(v.size()).ok_or_else(|| {
-                            anyhow::anyhow!("too many copies (DUP) at byte {at}")
-                        })?;
+                        copy_budget = copy_budget
+                            .checked_sub(v.size())
+                            .ok_or_else(|| anyhow::anyhow!("too many copies (DUP) at byte {at}"))?;
                         stack.push(v)
                     }
                     None => bail!("stack underflow at byte {at}"),
@@ -505,7 +508,9 @@ fn dtype_is_u8(dtype: &Value) -> Result<()> {
 }
 
 fn shape_of(v: &Value) -> Result<Vec<usize>> {
-    let dims = v.as_seq().ok_or_else(|| anyhow::anyhow!("array shape is not a tuple"))?;
+    let dims = v
+        .as_seq()
+        .ok_or_else(|| anyhow::anyhow!("array shape is not a tuple"))?;
     dims.iter()
         .map(|d| match d {
             Value::Int(n) if *n >= 0 => Ok(*n as usize),
@@ -683,7 +688,8 @@ pub(crate) mod writer {
         }
         pub fn global(&mut self, module: &str, name: &str) {
             self.out.push(b'c');
-            self.out.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+            self.out
+                .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
             self.memo();
         }
         pub fn list_of<T>(&mut self, items: &[T], mut each: impl FnMut(&mut Self, &T)) {
@@ -764,9 +770,18 @@ mod tests {
         let mut w = W::new(flavour);
         let data: Vec<u8> = (0..12).collect();
         w.dict(vec![
-            ("labels", Box::new(|w: &mut W| w.list_of(&[3i64, 300, 70000], |w, &v| w.int(v)))),
-            ("data", Box::new(move |w: &mut W| w.ndarray_u8(&[2, 6], &data))),
-            ("names", Box::new(|w: &mut W| w.list_of(&["a_b", "c"], |w, s| w.text(s)))),
+            (
+                "labels",
+                Box::new(|w: &mut W| w.list_of(&[3i64, 300, 70000], |w, &v| w.int(v))),
+            ),
+            (
+                "data",
+                Box::new(move |w: &mut W| w.ndarray_u8(&[2, 6], &data)),
+            ),
+            (
+                "names",
+                Box::new(|w: &mut W| w.list_of(&["a_b", "c"], |w, s| w.text(s))),
+            ),
         ]);
         w.finish()
     }
@@ -790,7 +805,12 @@ mod tests {
             let arr = ndarray_u8(v.get("data").unwrap()).unwrap();
             assert_eq!(arr.shape, vec![2, 6]);
             assert_eq!(&arr.data[..], &(0..12).collect::<Vec<u8>>()[..]);
-            let names: Vec<String> = v.get("names").unwrap().as_seq().unwrap().iter()
+            let names: Vec<String> = v
+                .get("names")
+                .unwrap()
+                .as_seq()
+                .unwrap()
+                .iter()
                 .map(|s| s.to_string_lossless().unwrap())
                 .collect();
             assert_eq!(names, vec!["a_b", "c"]);

@@ -15,9 +15,12 @@
 
 pub mod cifar;
 pub mod dataset;
+pub mod folder;
+pub mod listfile;
 pub mod longtail;
 pub mod partition;
 pub mod pickle;
+pub mod synthetic;
 
 pub use dataset::{Dataset, Images, Split, SplitKind};
 pub use longtail::{ClassGroups, Group, LongTail};

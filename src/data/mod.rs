@@ -9,7 +9,8 @@
 //!   Many / Medium / Few [`ClassGroups`].
 //! * [`partition`] — client splits (`labeldir100`, `dirichlet`, `iid`, `capped`, import of
 //!   a reference split) and the [`Partition`] type written to `partition.json`.
-//! * [`transforms`] — the CIFAR and CLIP pipelines and a parallel batch iterator.
+//! * [`transforms`] — the CIFAR and CLIP pipelines; [`loader`] — a parallel, bounded-
+//!   prefetch batch iterator over a client's samples.
 //!
 //! Randomness comes from named streams of the run seed ([`crate::rng`]).
 
@@ -17,10 +18,13 @@ pub mod cifar;
 pub mod dataset;
 pub mod folder;
 pub mod listfile;
+pub mod loader;
 pub mod longtail;
 pub mod partition;
 pub mod pickle;
+mod preprocess_shim;
 pub mod synthetic;
+pub mod transforms;
 
 pub use dataset::{Dataset, Images, Split, SplitKind};
 pub use longtail::{ClassGroups, Group, LongTail};

@@ -7,6 +7,7 @@
 //!   with explicit backward passes, and the zero-shot head.
 //! * [`data`] — datasets, the long-tail profile, client partitions and transforms;
 //!   [`rng`] — the named random streams that make every split reproducible.
+//! * [`report`] — atomic writes and plots (the partition heatmap).
 //! * [`bench`] — benchmark workloads that print achieved GFLOP/s against the machine's
 //!   measured matmul rate.
 //!
@@ -17,4 +18,5 @@ pub mod cli;
 pub mod clip;
 pub mod data;
 pub mod device;
+pub mod report;
 pub mod rng;

@@ -4,6 +4,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+pub mod partition;
+
 /// Federated, long-tailed, personalized fine-tuning of CLIP.
 #[derive(Debug, Parser)]
 #[command(name = "fedpurel", version, about)]
@@ -15,11 +17,16 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Cut the long tail, split a dataset over clients, write partition.json + a heatmap.
+    Partition(partition::PartitionArgs),
+}
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Partition(args) => partition::run(args),
+    }
 }
 
 /// Sends `tracing` output to stderr, filtered by `RUST_LOG` (default: warnings).

@@ -589,9 +589,8 @@ mod tests {
 
         #[test]
         fn binary_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..8000)) {
-            match parse_binary_split(&bytes, "f", 100, 20) {
-                Ok(s) => prop_assert_eq!(s.len() * 3074, bytes.len()),
-                Err(_) => {}
+            if let Ok(s) = parse_binary_split(&bytes, "f", 100, 20) {
+                prop_assert_eq!(s.len() * 3074, bytes.len());
             }
             let _ = parse_names(&bytes, "f");
         }

@@ -4,7 +4,7 @@
 //!   or on disk) every reader produces.
 //! * Readers: [`cifar`] (CIFAR-100, pickle and binary, over [`pickle`]), [`listfile`]
 //!   (ImageNet-LT / Places-LT list files), [`folder`] (`root/<class>/<image>`),
-//!   [`synthetic`] (seeded coloured patterns). [`load`] picks one by name.
+//!   [`synthetic`] (seeded coloured patterns). [`source`] picks one by name.
 //! * [`longtail`] — the exponential long-tail profile, the sub-sampling, and the
 //!   Many / Medium / Few [`ClassGroups`].
 //! * [`partition`] — client splits (`labeldir100`, `dirichlet`, `iid`, `capped`, import of
@@ -23,6 +23,7 @@ pub mod longtail;
 pub mod partition;
 pub mod pickle;
 mod preprocess_shim;
+pub mod source;
 pub mod synthetic;
 pub mod transforms;
 

@@ -619,6 +619,9 @@ pub(crate) mod writer {
         Py3,
     }
 
+    /// Writes one dict value.
+    pub type Entry<'a> = (&'a str, Box<dyn Fn(&mut W) + 'a>);
+
     /// Builds pickle bytes.
     pub struct W {
         pub out: Vec<u8>,
@@ -744,7 +747,7 @@ pub(crate) mod writer {
             self.out.push(b'b');
         }
         /// A dict of `(key, writer)` entries, then STOP.
-        pub fn dict(&mut self, entries: Vec<(&str, Box<dyn Fn(&mut Self) + '_>)>) {
+        pub fn dict(&mut self, entries: Vec<Entry<'_>>) {
             self.out.push(b'}');
             self.memo();
             self.out.push(b'(');

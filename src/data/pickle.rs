@@ -519,6 +519,34 @@ fn shape_of(v: &Value) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// The bytes of an array's raw data: `bytes` (Python 3, or a Python 2 `str`), a `str` of
+/// Latin-1 code points, or `_codecs.encode(str, "latin1")` (how Python 3 writes bytes at
+/// protocol 2).
+fn latin1_bytes(v: &Value) -> Result<Rc<[u8]>> {
+    let from_str = |s: &str| -> Result<Rc<[u8]>> {
+        let mut out = Vec::with_capacity(s.len());
+        for ch in s.chars() {
+            let c = ch as u32;
+            if c > 255 {
+                bail!("numpy array data string is not Latin-1");
+            }
+            out.push(c as u8);
+        }
+        Ok(Rc::from(out))
+    };
+    match v {
+        Value::Bytes(b) => Ok(b.clone()),
+        Value::Str(s) => from_str(s),
+        Value::Object(c) if is_global(&c.items[0], "_codecs", "encode") => {
+            match c.items[1].as_seq() {
+                Some([Value::Str(s), enc]) if enc.as_text() == Some(b"latin1") => from_str(s),
+                _ => bail!("numpy array data: unsupported _codecs.encode arguments"),
+            }
+        }
+        _ => bail!("numpy array data is not a byte string"),
+    }
+}
+
 /// Reads a pickled numpy `uint8` array (`numpy.core.multiarray._reconstruct` with a
 /// `__setstate__` tuple, as protocols 2–4 write it, or `numpy.core.numeric._frombuffer`
 /// with in-band data, as protocol 5 writes it) and checks its byte count against its shape.
@@ -539,23 +567,7 @@ pub fn ndarray_u8(v: &Value) -> Result<U8Array> {
         if state[3] == Value::Bool(true) {
             bail!("Fortran-ordered arrays are not supported");
         }
-        let data = match &state[4] {
-            Value::Bytes(b) => b.clone(),
-            // Python 3 reading a Python 2 pickle with encoding="latin1" would give str;
-            // a raw str here holds Latin-1 code points.
-            Value::Str(s) => {
-                let mut out = Vec::with_capacity(s.len());
-                for ch in s.chars() {
-                    let c = ch as u32;
-                    if c > 255 {
-                        bail!("numpy array data string is not Latin-1");
-                    }
-                    out.push(c as u8);
-                }
-                Rc::from(out)
-            }
-            _ => bail!("numpy array data is not a byte string"),
-        };
+        let data = latin1_bytes(&state[4])?;
         (shape_of(&state[1])?, data)
     } else if is_global(&c.items[0], "numeric", "_frombuffer") {
         let args = c.items[1]
@@ -817,6 +829,42 @@ mod tests {
                 .map(|s| s.to_string_lossless().unwrap())
                 .collect();
             assert_eq!(names, vec!["a_b", "c"]);
+        }
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn reads_pickles_written_by_python_and_numpy() {
+        // pickle.dumps({'data': np.arange(6, dtype=np.uint8).reshape(2, 3) * 40,
+        //   'fine_labels': [1, 99], 'names': ['apple', 'aquarium_fish']}, protocol=p)
+        // with Python 3 and numpy 2.4, for p = 2, 4, 5.
+        let cases = [
+            "80027d7100285804000000646174617101636e756d70792e5f636f72652e6d756c746961727261790a5f7265636f6e7374727563740a7102636e756d70790a6e6461727261790a71034b00857104635f636f646563730a656e636f64650a7105580100000062710658060000006c6174696e31710786710852710987710a52710b284b014b024b0386710c636e756d70790a64747970650a710d58020000007531710e898887710f527110284b0358010000007c71114e4e4e4affffffff4affffffff4b0074711262896805580800000000285078c2a0c3887113680786711452711574711662580b00000066696e655f6c6162656c7371175d7118284b014b636558050000006e616d657371195d711a2858050000006170706c65711b580d000000617175617269756d5f66697368711c65752e",
+            "800495d6000000000000007d94288c0464617461948c166e756d70792e5f636f72652e6d756c74696172726179948c0c5f7265636f6e7374727563749493948c056e756d7079948c076e6461727261799493944b0085944301629487945294284b014b024b03869468058c0564747970659493948c02753194898887945294284b038c017c944e4e4e4affffffff4affffffff4b0074946289430600285078a0c8947494628c0b66696e655f6c6162656c73945d94284b014b63658c056e616d6573945d94288c056170706c65948c0d617175617269756d5f666973689465752e",
+            "800595c1000000000000007d94288c0464617461948c136e756d70792e5f636f72652e6e756d65726963948c0b5f66726f6d6275666665729493942896060000000000000000285078a0c8948c056e756d7079948c0564747970659493948c02753194898887945294284b038c017c944e4e4e4affffffff4affffffff4b007494624b024b0386948c014394749452948c0b66696e655f6c6162656c73945d94284b014b63658c056e616d6573945d94288c056170706c65948c0d617175617269756d5f666973689465752e",
+        ];
+        for (p, h) in cases.iter().enumerate() {
+            let v = parse(&hex(h)).unwrap_or_else(|e| panic!("case {p}: {e:#}"));
+            let arr =
+                ndarray_u8(v.get("data").unwrap()).unwrap_or_else(|e| panic!("case {p}: {e:#}"));
+            assert_eq!(arr.shape, vec![2, 3], "case {p}");
+            assert_eq!(&arr.data[..], &[0, 40, 80, 120, 160, 200], "case {p}");
+            assert_eq!(
+                v.get("fine_labels").unwrap().as_seq().unwrap()[1],
+                Value::Int(99)
+            );
+            assert_eq!(
+                v.get("names").unwrap().as_seq().unwrap()[1]
+                    .to_string_lossless()
+                    .unwrap(),
+                "aquarium_fish"
+            );
         }
     }
 

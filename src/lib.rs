@@ -5,11 +5,16 @@
 //! * [`clip`] — CLIP itself: configuration, checkpoint loading (Hugging Face and OpenAI
 //!   key layouts), the BPE tokenizer, image preprocessing, the text and vision encoders
 //!   with explicit backward passes, and the zero-shot head.
+//! * [`data`] — datasets, the long-tail profile, client partitions, transforms and the
+//!   image-feature cache; [`rng`] — the named random streams that make every split
+//!   reproducible.
 //! * [`peft`] — trainable parameter sets (prompt learner, LoRA, adapter) and their
 //!   (de)serialization.
 //! * [`objective`] — cross-entropy, TKL, gradient purification, the stage-2 loss: values
 //!   and gradients w.r.t. logits.
-//! * [`fed`] — federated training (the optimizer so far).
+//! * [`fed`] — federated training: the optimizer and the local steps of both stages.
+//! * [`metrics`] — accuracy per Many/Medium/Few group, balancedness, per-class tables.
+//! * [`report`] — atomic writes and plots (the partition heatmap).
 //! * [`bench`] — benchmark workloads that print achieved GFLOP/s against the machine's
 //!   measured matmul rate.
 
@@ -19,5 +24,8 @@ pub mod clip;
 pub mod data;
 pub mod device;
 pub mod fed;
+pub mod metrics;
 pub mod objective;
 pub mod peft;
+pub mod report;
+pub mod rng;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod model;
+pub mod partition;
 pub mod zeroshot;
 
 /// Federated, long-tailed, personalized fine-tuning of CLIP.
@@ -26,6 +27,8 @@ pub enum Command {
     Model(model::ModelArgs),
     /// Measure speed: wall time, GFLOP/s, fraction of the matmul peak.
     Bench(bench::BenchArgs),
+    /// Cut the long tail, split a dataset over clients, write partition.json + a heatmap.
+    Partition(partition::PartitionArgs),
 }
 
 /// Runs the parsed command line.
@@ -34,6 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Zeroshot(a) => zeroshot::run(a),
         Command::Model(a) => model::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Partition(args) => partition::run(args),
     }
 }
 

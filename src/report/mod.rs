@@ -1,0 +1,7 @@
+//! Run outputs: files written atomically, and plots.
+//!
+//! * [`atomic`] — write-to-temporary-then-rename, so a reader never sees half a file.
+//! * [`heatmap`] — the clients × classes heatmap of a partition (PNG).
+
+pub mod atomic;
+pub mod heatmap;

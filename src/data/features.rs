@@ -10,9 +10,16 @@ use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+
+use super::dataset::{Dataset, Images, Split, SplitKind};
+use super::loader::{BatchLoader, LoaderConfig};
+use super::transforms::{Mode, Transform};
+use crate::clip::Clip;
 
 /// Bumped whenever the cache layout or the feature computation changes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -154,6 +161,102 @@ fn write_atomic(path: &Path, features: &Tensor, key: &CacheKey) -> Result<()> {
     Ok(())
 }
 
+/// A content fingerprint of a split: its labels and its images (all bytes for in-memory
+/// images, the paths for files).
+pub fn split_fingerprint(split: &Split) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    split.labels.hash(&mut h);
+    match &split.images {
+        Images::Planes { width, height, data } => (width, height, data).hash(&mut h),
+        Images::Files(paths) => paths.hash(&mut h),
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// What to encode: a split of a dataset through a transform, `views` times.
+#[derive(Debug, Clone)]
+pub struct EncodeRequest {
+    /// Which split.
+    pub split: SplitKind,
+    /// The pipeline.
+    pub transform: Transform,
+    /// Train (augmenting) or test mode.
+    pub mode: Mode,
+    /// Views per image (each with its own augmentation draw; 1 when deterministic).
+    pub views: usize,
+    /// Run seed for the augmentation streams.
+    pub seed: u64,
+    /// Images per encoder call.
+    pub batch_size: usize,
+}
+
+/// Encodes every image of a split with the frozen image tower: `[views · N, E]`, view-major
+/// (row v·N + i is view v of sample i).
+pub fn encode_split(clip: &Clip, dataset: &Arc<Dataset>, req: &EncodeRequest) -> Result<Tensor> {
+    let n = dataset.split(req.split).len();
+    let res = req.transform.resolution as usize;
+    let mut rows = Vec::new();
+    for view in 0..req.views.max(1) {
+        let loader = BatchLoader::new(
+            Arc::clone(dataset),
+            LoaderConfig {
+                split: req.split,
+                indices: (0..n).collect(),
+                batch_size: req.batch_size.max(1),
+                drop_last: false,
+                transform: req.transform,
+                mode: req.mode,
+                seed: req.seed,
+                path: vec![view as u64],
+                prefetch: 2,
+            },
+        );
+        for batch in loader {
+            let batch = batch?;
+            let b = batch.labels.len();
+            let pixels = Tensor::from_vec(batch.data, (b, 3, res, res), clip.device())?;
+            rows.push(clip.encode_images(&pixels)?.to_dtype(candle_core::DType::F32)?);
+        }
+    }
+    Ok(Tensor::cat(&rows, 0)?)
+}
+
+/// The cached features of a split, computing and storing them when missing or stale.
+/// `weights` is the checkpoint's weights file (for the model fingerprint).
+pub fn cached_split_features(
+    cache_dir: &Path,
+    weights: &Path,
+    clip: &Clip,
+    dataset: &Arc<Dataset>,
+    req: &EncodeRequest,
+) -> Result<(Tensor, CacheStatus)> {
+    let split = dataset.split(req.split);
+    let views = if req.transform.is_deterministic(req.mode) {
+        1
+    } else {
+        req.views.max(1)
+    };
+    let key = CacheKey {
+        model: model_fingerprint(weights)?,
+        dataset: format!("{}-{}", dataset.name, split_fingerprint(split)),
+        split: req.split.to_string(),
+        transform: format!(
+            "{:?}-{}-{:?}-seed{}",
+            req.transform.kind,
+            req.transform.resolution,
+            req.mode,
+            if views > 1 { req.seed } else { 0 }
+        ),
+        views,
+        count: split.len(),
+        format: FORMAT_VERSION,
+    };
+    let req = EncodeRequest { views, ..req.clone() };
+    load_or_build(cache_dir, &key, clip.device(), || {
+        encode_split(clip, dataset, &req)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +304,48 @@ mod tests {
         let wrong = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
         assert!(load_or_build(dir.path(), &key("other-set"), &Device::Cpu, || Ok(wrong)).is_err());
         assert!(!dir.path().join(key("other-set").file_name()).exists());
+    }
+
+    /// Cached features equal the live encoder's, and a second call hits the cache.
+    #[test]
+    fn cached_features_equal_live_encoding() {
+        use crate::clip::model::tests::fixture_dir;
+        use crate::data::synthetic;
+        use crate::data::transforms::TransformKind;
+        let clip = Clip::load(&fixture_dir("hf"), &crate::clip::LoadOptions::default()).unwrap();
+        let ds = Arc::new(
+            synthetic::generate(&synthetic::SyntheticSpec {
+                classes: 3,
+                train_per_class: 2,
+                test_per_class: 2,
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let req = EncodeRequest {
+            split: SplitKind::Test,
+            transform: Transform::new(TransformKind::Cifar),
+            mode: Mode::Test,
+            views: 1,
+            seed: 0,
+            batch_size: 4,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let weights = fixture_dir("hf").join("model.safetensors");
+        let (a, s) = cached_split_features(dir.path(), &weights, &clip, &ds, &req).unwrap();
+        assert_eq!(s, CacheStatus::Built);
+        assert_eq!(a.dims(), &[6, 96]);
+        let (b, s) = cached_split_features(dir.path(), &weights, &clip, &ds, &req).unwrap();
+        assert_eq!(s, CacheStatus::Hit);
+        assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+        // Image by image through the live path.
+        let img = ds.test.decode(4).unwrap();
+        let px = crate::data::transforms::cifar(&img, 224);
+        let live = clip
+            .encode_images(&Tensor::from_vec(px, (1, 3, 224, 224), &Device::Cpu).unwrap())
+            .unwrap();
+        let e = crate::clip::ops::testutil::max_abs_diff(&live.squeeze(0).unwrap(), &a.get(4).unwrap());
+        assert!(e < 1e-5, "cached vs live: {e}");
     }
 
     #[test]

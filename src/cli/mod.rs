@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod data_args;
 pub mod model;
 pub mod partition;
 pub mod zeroshot;

@@ -145,3 +145,119 @@ fn bad_inputs_fail_with_a_message_naming_them() {
     assert!(!ok && stderr.contains("not-an-image.png"), "{stderr}");
     assert!(!Path::new("tests/fixtures/images/missing.png").exists());
 }
+
+fn run_args<'a>(out: &'a str, cache: &'a str, peft: &'a str, rounds: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--dataset",
+        "synthetic",
+        "--synthetic-classes",
+        "10",
+        "--synthetic-train-per-class",
+        "30",
+        "--synthetic-test-per-class",
+        "6",
+        "--imb-factor",
+        "10",
+        "--clients",
+        "4",
+        "--model",
+        "tests/fixtures/tiny-clip/hf",
+        "--peft",
+        peft,
+        "--rounds",
+        rounds,
+        "--batch-size",
+        "8",
+        "--out",
+        out,
+        "--cache-dir",
+        cache,
+    ]
+}
+
+/// Numbers of a metrics record, without timings.
+fn numbers(v: &serde_json::Value, path: &str, out: &mut Vec<(String, f64)>) {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .filter(|(k, _)| !k.contains("seconds"))
+            .for_each(|(k, x)| numbers(x, &format!("{path}.{k}"), out)),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| numbers(x, &format!("{path}[{i}]"), out)),
+        serde_json::Value::Number(n) => out.push((path.to_string(), n.as_f64().unwrap())),
+        _ => {}
+    }
+}
+
+/// A run stopped after round 1 and resumed ends with the numbers of an uninterrupted run,
+/// and leaves the documented run directory.
+#[test]
+fn run_resumes_to_the_same_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, cache) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("cache"),
+    );
+    let (a, b, cache) = (a.to_str().unwrap(), b.to_str().unwrap(), cache.to_str().unwrap());
+    let (ok, _, err) = fedpurel(&run_args(a, cache, "prompt", "2"));
+    assert!(ok, "{err}");
+    let (ok, _, err) = fedpurel(&run_args(b, cache, "prompt", "1"));
+    assert!(ok, "{err}");
+    let (ok, _, err) = fedpurel(&run_args(b, cache, "prompt", "2"));
+    assert!(ok && err.contains("resuming"), "{err}");
+    let read = |d: &str| {
+        let text = std::fs::read_to_string(Path::new(d).join("metrics.jsonl")).unwrap();
+        let mut out = Vec::new();
+        for (i, l) in text.lines().enumerate() {
+            numbers(&serde_json::from_str(l).unwrap(), &format!("round{i}"), &mut out);
+        }
+        out
+    };
+    let (ra, rb) = (read(a), read(b));
+    assert_eq!(ra.len(), rb.len());
+    for ((pa, x), (pb, y)) in ra.iter().zip(&rb) {
+        assert_eq!(pa, pb);
+        assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{pa}: {x} vs {y}");
+    }
+    assert_eq!(
+        std::fs::read(Path::new(a).join("checkpoints/global.safetensors")).unwrap(),
+        std::fs::read(Path::new(b).join("checkpoints/global.safetensors")).unwrap()
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(a).join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["rounds_completed"], 2);
+    for model in ["gm", "pm", "zeroshot"] {
+        for field in ["all", "many", "medium", "few", "balancedness", "tkl", "best_all"] {
+            assert!(summary[model].get(field).is_some(), "summary.{model}.{field}");
+        }
+    }
+    for f in ["config.toml", "summary.md", "checkpoints/state.json"] {
+        assert!(Path::new(a).join(f).is_file(), "{f}");
+    }
+    // Another run's settings in the same directory are refused.
+    let mut other = run_args(b, cache, "prompt", "2");
+    other.extend(["--lambda", "0.5"]);
+    let (ok, _, err) = fedpurel(&other);
+    assert!(!ok && err.contains("other settings"), "{err}");
+}
+
+#[test]
+fn lora_and_adapter_runs_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    for peft in ["lora", "adapter"] {
+        let out = tmp.path().join(peft);
+        let cache = tmp.path().join("cache");
+        let (ok, stdout, err) = fedpurel(&run_args(
+            out.to_str().unwrap(),
+            cache.to_str().unwrap(),
+            peft,
+            "1",
+        ));
+        assert!(ok, "{peft}: {err}");
+        assert!(stdout.contains("| GM |") && stdout.contains("| PM |"), "{stdout}");
+    }
+}

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod data_args;
 pub mod model;
 pub mod partition;
+pub mod run;
 pub mod zeroshot;
 
 /// Federated, long-tailed, personalized fine-tuning of CLIP.
@@ -30,6 +31,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Cut the long tail, split a dataset over clients, write partition.json + a heatmap.
     Partition(partition::PartitionArgs),
+    /// Train and evaluate FedPuReL; leaves a run directory (resumable).
+    Run(Box<run::RunArgs>),
 }
 
 /// Runs the parsed command line.
@@ -39,6 +42,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Model(a) => model::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Partition(args) => partition::run(args),
+        Command::Run(args) => run::run(*args),
     }
 }
 

@@ -178,6 +178,8 @@ pub fn split_fingerprint(split: &Split) -> String {
 pub struct EncodeRequest {
     /// Which split.
     pub split: SplitKind,
+    /// Samples to encode, in order (None: the whole split).
+    pub indices: Option<Vec<usize>>,
     /// The pipeline.
     pub transform: Transform,
     /// Train (augmenting) or test mode.
@@ -190,10 +192,13 @@ pub struct EncodeRequest {
     pub batch_size: usize,
 }
 
-/// Encodes every image of a split with the frozen image tower: `[views · N, E]`, view-major
-/// (row v·N + i is view v of sample i).
+/// Encodes the requested images of a split with the frozen image tower: `[views · N, E]`,
+/// view-major (row v·N + i is view v of the i-th requested sample).
 pub fn encode_split(clip: &Clip, dataset: &Arc<Dataset>, req: &EncodeRequest) -> Result<Tensor> {
-    let n = dataset.split(req.split).len();
+    let indices: Vec<usize> = req
+        .indices
+        .clone()
+        .unwrap_or_else(|| (0..dataset.split(req.split).len()).collect());
     let res = req.transform.resolution as usize;
     let mut rows = Vec::new();
     for view in 0..req.views.max(1) {
@@ -201,7 +206,7 @@ pub fn encode_split(clip: &Clip, dataset: &Arc<Dataset>, req: &EncodeRequest) ->
             Arc::clone(dataset),
             LoaderConfig {
                 split: req.split,
-                indices: (0..n).collect(),
+                indices: indices.clone(),
                 batch_size: req.batch_size.max(1),
                 drop_last: false,
                 transform: req.transform,
@@ -236,9 +241,18 @@ pub fn cached_split_features(
     } else {
         req.views.max(1)
     };
+    let subset = match &req.indices {
+        Some(ix) => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            ix.hash(&mut h);
+            format!("-subset{:016x}", h.finish())
+        }
+        None => String::new(),
+    };
+    let count = req.indices.as_ref().map_or(split.len(), Vec::len);
     let key = CacheKey {
         model: model_fingerprint(weights)?,
-        dataset: format!("{}-{}", dataset.name, split_fingerprint(split)),
+        dataset: format!("{}-{}{subset}", dataset.name, split_fingerprint(split)),
         split: req.split.to_string(),
         transform: format!(
             "{:?}-{}-{:?}-seed{}",
@@ -248,7 +262,7 @@ pub fn cached_split_features(
             if views > 1 { req.seed } else { 0 }
         ),
         views,
-        count: split.len(),
+        count,
         format: FORMAT_VERSION,
     };
     let req = EncodeRequest { views, ..req.clone() };
@@ -324,6 +338,7 @@ mod tests {
         );
         let req = EncodeRequest {
             split: SplitKind::Test,
+            indices: None,
             transform: Transform::new(TransformKind::Cifar),
             mode: Mode::Test,
             views: 1,

@@ -22,7 +22,8 @@ use crate::peft::model::{Inputs, Peft};
 use crate::peft::params::ParamSet;
 
 /// The alignment loss of stage 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum AlignLoss {
     /// Temperature-aligned KL (the paper).
     Tkl,

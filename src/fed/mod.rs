@@ -3,3 +3,4 @@
 
 pub mod local;
 pub mod sgd;
+pub mod train;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::peft::params::ParamSet;
 
 /// SGD hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SgdConfig {
     /// Learning rate.
     pub lr: f64,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use candle_core::{DType, Device, Tensor};
 
 /// An ordered map from parameter name to tensor.
@@ -103,16 +103,14 @@ impl ParamSet {
 
     /// Writes the set as safetensors, atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("safetensors.tmp");
-        let map: std::collections::HashMap<&str, Tensor> = self
+        let cpu: Vec<(&str, Tensor)> = self
             .tensors
             .iter()
-            .map(|(k, v)| (k.as_str(), v.clone()))
-            .collect();
-        candle_core::safetensors::save(&map, &tmp)
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot move into place", path.display()))?;
-        Ok(())
+            .map(|(k, v)| Ok((k.as_str(), v.to_device(&Device::Cpu)?.contiguous()?)))
+            .collect::<Result<_>>()?;
+        let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (*k, v)), None)
+            .map_err(|e| anyhow!("{}: cannot serialize parameters: {e}", path.display()))?;
+        crate::report::atomic::write(path, &bytes)
     }
 
     /// Reads a set written by [`save`](Self::save).

@@ -5,3 +5,4 @@
 
 pub mod atomic;
 pub mod heatmap;
+pub mod run_dir;

@@ -1,0 +1,269 @@
+//! `fedpurel run`: train and evaluate FedPuReL on a federated long-tailed split, leaving a
+//! run directory (config.toml, metrics.jsonl, summary.json/.md, checkpoints/). Re-running
+//! the same command on the same `--out` resumes after the last completed round.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::data_args::DataArgs;
+use crate::clip::tokenizer::ClipTokenizer;
+use crate::clip::zeroshot::ZeroShotHead;
+use crate::clip::{Checkpoint, Clip, LoadOptions};
+use crate::data::features::{cached_split_features, EncodeRequest};
+use crate::data::transforms::{Mode, Transform, TransformKind};
+use crate::fed::local::AlignLoss;
+use crate::fed::sgd::SgdConfig;
+use crate::fed::train::{Federation, TrainSettings};
+use crate::peft::lora::LoraSpec;
+use crate::peft::model::Peft;
+use crate::peft::prompt::PromptLearner;
+use crate::report::run_dir::RunDir;
+
+/// Which parameter-efficient fine-tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeftKind {
+    /// CoOp context vectors (n_ctx = 4, shared).
+    Prompt,
+    /// LoRA on the vision encoder's q, k, v (rank 8, α 16, scale α/√r, dropout 0.25).
+    Lora,
+    /// The gated image-feature adapter.
+    Adapter,
+}
+
+/// Arguments of `fedpurel run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Dataset, long-tail cut and client split (as `fedpurel partition`).
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// CLIP checkpoint directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// PEFT kind.
+    #[arg(long, value_enum, default_value = "prompt")]
+    pub peft: PeftKind,
+    /// Communication rounds.
+    #[arg(long, default_value_t = 100)]
+    pub rounds: usize,
+    /// Fraction of clients sampled per round after round 0.
+    #[arg(long, default_value_t = 0.4)]
+    pub frac: f64,
+    /// Local batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Learning rate of both stages.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// λ of stage 2 (weight of the personal CE; the paper's 0.9, the code's 0.99).
+    #[arg(long, default_value_t = 0.9)]
+    pub lambda: f64,
+    /// Purification strength (0 disables the projection).
+    #[arg(long, default_value_t = 1.0)]
+    pub lambda_proj: f64,
+    /// Stage-1 alignment loss.
+    #[arg(long, value_enum, default_value = "tkl")]
+    pub align: AlignLoss,
+    /// Carry the stage-1 momentum across clients and rounds, as the reference code does.
+    #[arg(long)]
+    pub carry_momentum: bool,
+    /// Prompt context vectors.
+    #[arg(long, default_value_t = 4)]
+    pub n_ctx: usize,
+    /// LoRA rank (α = 2·rank).
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// Image pipeline (default: the dataset's: cifar for CIFAR-100 and synthetic, clip else).
+    #[arg(long, value_enum)]
+    pub transform: Option<TransformKind>,
+    /// Zero-shot prompt template.
+    #[arg(long, default_value = "a photo of a {}.")]
+    pub template: String,
+    /// Run directory.
+    #[arg(long, default_value = "runs/latest")]
+    pub out: PathBuf,
+    /// Image-feature cache directory.
+    #[arg(long, default_value = "runs/feature-cache")]
+    pub cache_dir: PathBuf,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Test images per evaluation batch.
+    #[arg(long, default_value_t = 256)]
+    pub eval_batch: usize,
+}
+
+/// The resolved configuration written to `config.toml`.
+#[derive(Serialize)]
+struct ResolvedConfig {
+    dataset: String,
+    root: Option<PathBuf>,
+    imb_factor: Option<f64>,
+    clients: usize,
+    alpha: f64,
+    split: String,
+    split_file: Option<PathBuf>,
+    model: PathBuf,
+    peft: PeftKind,
+    algorithm: &'static str,
+    transform: TransformKind,
+    template: String,
+    n_ctx: usize,
+    lora_rank: usize,
+    train: TrainSettings,
+}
+
+/// Runs `fedpurel run`.
+pub fn run(args: RunArgs) -> Result<()> {
+    let device = crate::device::parse_device(&args.device)?;
+    let (ds, partition) = args.data.load()?;
+    let ds = Arc::new(ds);
+    let ck = Checkpoint::open(&args.model)?;
+    let clip = Clip::from_checkpoint(
+        &ck,
+        &LoadOptions {
+            device,
+            ..LoadOptions::default()
+        },
+    )?;
+    let tok = ClipTokenizer::from_dir(&args.model)?;
+    let transform = Transform::new(args.transform.unwrap_or(args.data.dataset.default_transform()));
+    let settings = TrainSettings {
+        rounds: args.rounds,
+        frac: args.frac,
+        batch_size: args.batch_size,
+        stage1: SgdConfig {
+            lr: args.lr,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+        },
+        carry_momentum: args.carry_momentum,
+        stage2: SgdConfig {
+            lr: args.lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
+        lambda: args.lambda,
+        lambda_proj: args.lambda_proj,
+        align: args.align,
+        seed: args.data.seed,
+        eval_batch: args.eval_batch,
+    };
+    let config = ResolvedConfig {
+        dataset: ds.name.clone(),
+        root: args.data.root.clone(),
+        imb_factor: partition.meta.imb_factor,
+        clients: partition.clients.len(),
+        alpha: args.data.alpha,
+        split: partition.meta.scheme.clone(),
+        split_file: args.data.split_file.clone(),
+        model: args.model.clone(),
+        peft: args.peft,
+        algorithm: "fedpurel",
+        transform: transform.kind,
+        template: args.template.clone(),
+        n_ctx: args.n_ctx,
+        lora_rank: args.lora_rank,
+        train: settings.clone(),
+    };
+    let dir = RunDir::new(&args.out);
+    dir.write_config(&config, true)?;
+    let classes = ds.prompt_names();
+    let zs = ZeroShotHead::build(&clip, &tok, &classes, &args.template)?;
+    let fixed = ZeroShotHead::build(&clip, &tok, &classes, "a photo of a {}.")?.text_features;
+    let peft = match args.peft {
+        PeftKind::Prompt => Peft::Prompt(PromptLearner::new(&clip, &tok, &classes, args.n_ctx, false)?),
+        PeftKind::Lora => Peft::Lora {
+            spec: LoraSpec {
+                rank: args.lora_rank,
+                alpha: 2.0 * args.lora_rank as f64,
+                ..LoraSpec::default()
+            },
+            text: fixed,
+        },
+        PeftKind::Adapter => Peft::Adapter { text: fixed },
+    };
+    let encode = |split, idx: &[usize]| {
+        let req = EncodeRequest {
+            split,
+            indices: Some(idx.to_vec()),
+            transform,
+            mode: Mode::Test,
+            views: 1,
+            seed: args.data.seed,
+            batch_size: 64,
+        };
+        let spinner = ProgressBar::new_spinner().with_message(format!(
+            "encoding {} {split} images (cached after the first run)",
+            idx.len()
+        ));
+        spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+        let r = cached_split_features(&args.cache_dir, &ck.file, &clip, &ds, &req).map(|(t, _)| t);
+        spinner.finish_and_clear();
+        r
+    };
+    let fed = Federation::new(
+        &clip,
+        peft,
+        Arc::clone(&ds),
+        partition,
+        transform,
+        zs.text_features.clone(),
+        settings,
+        encode,
+    )?;
+    let zeroshot = fed.evaluate_zero_shot()?;
+    let mut state = match dir.load_state(clip.device())? {
+        Some(s) => {
+            eprintln!("resuming {} after round {}", args.out.display(), s.rounds_done);
+            s
+        }
+        None => fed.initial_state()?,
+    };
+    let mut records = dir.read_records(state.rounds_done)?;
+    if records.len() != state.rounds_done {
+        anyhow::bail!(
+            "{}: metrics.jsonl has {} rounds, the checkpoint {}",
+            args.out.display(),
+            records.len(),
+            state.rounds_done
+        );
+    }
+    let bar = ProgressBar::new(args.rounds as u64).with_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} rounds  {msg}")
+            .context("progress template")?,
+    );
+    bar.set_prefix("fedpurel");
+    bar.set_position(state.rounds_done as u64);
+    while state.rounds_done < args.rounds {
+        bar.set_message(format!(
+            "round {}: stage 1, aggregation, stage 2, evaluation",
+            state.rounds_done
+        ));
+        let rec = fed.run_round(&mut state)?;
+        bar.set_message(format!(
+            "GM {:.2} PM {:.2}",
+            rec.gm.accuracy.all, rec.pm.accuracy.all
+        ));
+        records.push(rec);
+        dir.write_records(&records)?;
+        dir.save_state(&state)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let summary = dir.write_summary(&records, &zeroshot)?;
+    println!(
+        "{}",
+        crate::report::run_dir::summary_markdown(
+            &summary,
+            &crate::report::run_dir::summarize(&[&zeroshot.1])
+        )
+    );
+    println!("run directory: {}", args.out.display());
+    Ok(())
+}

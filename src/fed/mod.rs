@@ -2,5 +2,6 @@
 //! one file per algorithm behind one trait.
 
 pub mod local;
+pub mod replay;
 pub mod sgd;
 pub mod train;

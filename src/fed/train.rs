@@ -4,7 +4,8 @@
 //! models are evaluated: GM on the global test set, PM on every client's own test set.
 //!
 //! Randomness is keyed, never carried: client sampling draws from the `"client-sampling"`
-//! stream of round t, batch orders from `"batches"` of (round, client, stage), LoRA dropout
+//! stream of round t, batch orders from `"batches"` of (round, client, stage) (both through
+//! a [`Schedule`], which a replay of a recorded run can replace), LoRA dropout
 //! from `"dropout"` of (round, client, stage, step), initial parameters from `"init"`. A
 //! run resumed after round t therefore continues with exactly the numbers it would have
 //! produced uninterrupted; the only state is the parameters and the momentum buffer.
@@ -124,6 +125,71 @@ pub struct FedState {
     pub momentum: Option<ParamSet>,
 }
 
+/// Which clients train in a round and how each client's epoch is batched. The default
+/// [`KeyedSchedule`] draws both from keyed random streams; a replay of a recorded run
+/// (see [`super::replay`]) supplies them from files.
+pub trait Schedule {
+    /// Clients of round `round`, in training order.
+    fn clients(&self, round: usize) -> Result<Vec<usize>>;
+    /// Batches (lists of train indices) of `client`'s epoch in `stage` (1 or 2).
+    fn batches(&self, round: usize, client: usize, stage: u8, indices: &[usize]) -> Result<Vec<Vec<usize>>>;
+}
+
+/// Round 0: all clients; later rounds max(⌊frac·K⌋, 1) without replacement from the
+/// `"client-sampling"` stream of the round. Each epoch a fresh permutation from the
+/// `"batches"` stream of (round, client, stage), ⌊n/B⌋ full batches (one partial batch when
+/// n < B) — the reference loader's `drop_last = n ≥ B`.
+#[derive(Debug, Clone)]
+pub struct KeyedSchedule {
+    /// Run seed.
+    pub seed: u64,
+    /// Participation fraction.
+    pub frac: f64,
+    /// Clients K.
+    pub clients: usize,
+    /// Batch size B.
+    pub batch_size: usize,
+}
+
+impl Schedule for KeyedSchedule {
+    fn clients(&self, t: usize) -> Result<Vec<usize>> {
+        let k = self.clients;
+        let mut all: Vec<usize> = (0..k).collect();
+        if t == 0 {
+            return Ok(all);
+        }
+        let m = ((self.frac * k as f64).floor() as usize).clamp(1, k);
+        rng::shuffle(
+            &mut rng::substream(self.seed, "client-sampling", &[t as u64]),
+            &mut all,
+        );
+        all.truncate(m);
+        Ok(all)
+    }
+
+    fn batches(&self, t: usize, client: usize, stage: u8, indices: &[usize]) -> Result<Vec<Vec<usize>>> {
+        let mut order = indices.to_vec();
+        rng::shuffle(
+            &mut rng::substream(self.seed, "batches", &[t as u64, client as u64, stage as u64]),
+            &mut order,
+        );
+        Ok(batches_of(&order, self.batch_size))
+    }
+}
+
+/// Cuts an epoch order into batches as the reference loader does: ⌊n/B⌋ full batches, or
+/// one partial batch when n < B.
+pub fn batches_of(order: &[usize], b: usize) -> Vec<Vec<usize>> {
+    if order.len() < b {
+        return if order.is_empty() {
+            Vec::new()
+        } else {
+            vec![order.to_vec()]
+        };
+    }
+    order.chunks_exact(b).map(<[usize]>::to_vec).collect()
+}
+
 /// Frozen-feature banks for the splits (None where features must be computed live).
 struct FeatureBank {
     /// Train features, one row per index in `train_rows`.
@@ -145,6 +211,7 @@ pub struct Federation<'a> {
     bank: FeatureBank,
     settings: TrainSettings,
     private_init: ParamSet,
+    schedule: Box<dyn Schedule + 'a>,
 }
 
 impl<'a> Federation<'a> {
@@ -184,6 +251,12 @@ impl<'a> Federation<'a> {
         let all_test: Vec<usize> = (0..dataset.test.len()).collect();
         let test = encode(SplitKind::Test, &all_test)?;
         let private_init = peft.init(clip, rng::stream(settings.seed, "init-private").next_u64_seed())?;
+        let schedule = Box::new(KeyedSchedule {
+            seed: settings.seed,
+            frac: settings.frac,
+            clients: partition.clients.len(),
+            batch_size: settings.batch_size,
+        });
         Ok(Federation {
             clip,
             peft,
@@ -198,7 +271,20 @@ impl<'a> Federation<'a> {
             },
             settings,
             private_init,
+            schedule,
         })
+    }
+
+    /// Replaces the client and batch schedule (e.g. to replay a recorded run).
+    pub fn set_schedule(&mut self, schedule: Box<dyn Schedule + 'a>) {
+        self.schedule = schedule;
+    }
+
+    /// Replaces the shared initial private parameters (e.g. a recorded run's).
+    pub fn set_private_init(&mut self, init: ParamSet) -> Result<()> {
+        init.check_compatible(&self.private_init)?;
+        self.private_init = init;
+        Ok(())
     }
 
     /// The initial state: φ_g from the `"init-global"` stream, no private parameters.
@@ -223,37 +309,6 @@ impl<'a> Federation<'a> {
     /// The settings.
     pub fn settings(&self) -> &TrainSettings {
         &self.settings
-    }
-
-    /// Clients of round `t`: all in round 0, else max(⌊frac·K⌋, 1) without replacement.
-    pub fn sample_clients(&self, t: usize) -> Vec<usize> {
-        let k = self.clients();
-        let mut all: Vec<usize> = (0..k).collect();
-        if t == 0 {
-            return all;
-        }
-        let m = ((self.settings.frac * k as f64).floor() as usize).clamp(1, k);
-        rng::shuffle(
-            &mut rng::substream(self.settings.seed, "client-sampling", &[t as u64]),
-            &mut all,
-        );
-        all.truncate(m);
-        all
-    }
-
-    /// Batches of one local epoch: a fresh permutation, ⌊n/B⌋ full batches (one partial
-    /// batch when n < B), as the reference's loader with `drop_last = n ≥ B`.
-    fn epoch_batches(&self, indices: &[usize], path: &[u64]) -> Vec<Vec<usize>> {
-        let mut order = indices.to_vec();
-        rng::shuffle(
-            &mut rng::substream(self.settings.seed, "batches", path),
-            &mut order,
-        );
-        let b = self.settings.batch_size;
-        if order.len() < b {
-            return if order.is_empty() { Vec::new() } else { vec![order] };
-        }
-        order.chunks_exact(b).map(<[usize]>::to_vec).collect()
     }
 
     /// Model inputs and frozen features of training samples `idx`.
@@ -322,7 +377,13 @@ impl<'a> Federation<'a> {
     pub fn run_round(&self, state: &mut FedState) -> Result<RoundRecord> {
         let t = state.rounds_done;
         let s = &self.settings;
-        let clients = self.sample_clients(t);
+        let clients = self.schedule.clients(t)?;
+        if let Some(&bad) = clients.iter().find(|&&k| k >= self.clients()) {
+            bail!(
+                "round {t}: client {bad} does not exist ({} clients)",
+                self.clients()
+            );
+        }
         // Stage 1.
         let t1 = Instant::now();
         let mut acc1 = Accum::default();
@@ -339,11 +400,7 @@ impl<'a> Federation<'a> {
                 opt.momentum = state.momentum.take();
             }
             let idx = &self.partition.clients[k].train;
-            for (step, batch) in self
-                .epoch_batches(idx, &[t as u64, k as u64, 1])
-                .iter()
-                .enumerate()
-            {
+            for (step, batch) in self.schedule.batches(t, k, 1, idx)?.iter().enumerate() {
                 let path = [t as u64, k as u64, 1, step as u64];
                 let (inputs, frozen) = self.train_inputs(batch, &path)?;
                 let z = self.zero_shot_logits(&frozen)?;
@@ -383,11 +440,7 @@ impl<'a> Federation<'a> {
                 .unwrap_or_else(|| self.private_init.clone());
             let mut opt = Sgd::new(s.stage2);
             let idx = &self.partition.clients[k].train;
-            for (step, batch) in self
-                .epoch_batches(idx, &[t as u64, k as u64, 2])
-                .iter()
-                .enumerate()
-            {
+            for (step, batch) in self.schedule.batches(t, k, 2, idx)?.iter().enumerate() {
                 let path = [t as u64, k as u64, 2, step as u64];
                 let (inputs, _) = self.train_inputs(batch, &path)?;
                 let y = self.labels(SplitKind::Train, batch);

@@ -1,6 +1,6 @@
 //! The `fedpurel` command-line tool.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 /// mimalloc reuses freed pages instead of returning large blocks to the kernel, which
 /// removes most page-fault time from the tensor-heavy loops (measured in docs/perf-notes.md).
@@ -16,8 +16,11 @@ fn main() {
     // SAFETY: sets a process-wide allocator option before any worker thread exists.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     fedpurel::cli::init_tracing();
-    let cli = fedpurel::cli::Cli::parse();
-    if let Err(err) = fedpurel::cli::run(cli) {
+    let matches = fedpurel::cli::Cli::command().get_matches();
+    let result = fedpurel::cli::Cli::from_arg_matches(&matches)
+        .map_err(anyhow::Error::from)
+        .and_then(|cli| fedpurel::cli::run(cli, &matches));
+    if let Err(err) = result {
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }

@@ -13,10 +13,11 @@ use crate::rng;
 
 /// The data flags shared by `partition` and `run`: which dataset, the long-tail cut and
 /// the client split.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DataArgs {
     /// Dataset to split.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, default_value = "cifar100")]
     pub dataset: DatasetName,
     /// Data root (the folder holding cifar-100-python/, the LT list files, or the class
     /// folders). Not needed for `synthetic`.

@@ -9,6 +9,7 @@ pub mod data_args;
 pub mod model;
 pub mod partition;
 pub mod run;
+pub mod run_config;
 pub mod zeroshot;
 
 /// Federated, long-tailed, personalized fine-tuning of CLIP.
@@ -36,13 +37,13 @@ pub enum Command {
 }
 
 /// Runs the parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     match cli.command {
         Command::Zeroshot(a) => zeroshot::run(a),
         Command::Model(a) => model::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Partition(args) => partition::run(args),
-        Command::Run(args) => run::run(*args),
+        Command::Run(args) => run::run(*args, matches.subcommand_matches("run")),
     }
 }
 

@@ -11,21 +11,21 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::data_args::DataArgs;
+use super::run_config::resolve;
 use crate::clip::tokenizer::ClipTokenizer;
 use crate::clip::zeroshot::ZeroShotHead;
 use crate::clip::{Checkpoint, Clip, LoadOptions};
 use crate::data::features::{cached_split_features, EncodeRequest};
 use crate::data::transforms::{Mode, Transform, TransformKind};
 use crate::fed::local::AlignLoss;
-use crate::fed::sgd::SgdConfig;
-use crate::fed::train::{Federation, TrainSettings};
+use crate::fed::train::Federation;
 use crate::peft::lora::LoraSpec;
 use crate::peft::model::Peft;
 use crate::peft::prompt::PromptLearner;
 use crate::report::run_dir::RunDir;
 
 /// Which parameter-efficient fine-tuning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PeftKind {
     /// CoOp context vectors (n_ctx = 4, shared).
@@ -36,15 +36,25 @@ pub enum PeftKind {
     Adapter,
 }
 
-/// Arguments of `fedpurel run`.
+/// Arguments of `fedpurel run`. With `--preset` or `--config`, only the flags typed on the
+/// command line override the base; the defaults shown here apply otherwise.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Start from a named preset (e.g. cifar100-lt-prompt, places-lt-lora-reference-code).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Start from a configuration file (e.g. a run directory's config.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Federated algorithm.
+    #[arg(long, default_value = "fedpurel")]
+    pub algorithm: String,
     /// Dataset, long-tail cut and client split (as `fedpurel partition`).
     #[command(flatten)]
     pub data: DataArgs,
     /// CLIP checkpoint directory.
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// PEFT kind.
     #[arg(long, value_enum, default_value = "prompt")]
     pub peft: PeftKind,
@@ -98,32 +108,13 @@ pub struct RunArgs {
     pub eval_batch: usize,
 }
 
-/// The resolved configuration written to `config.toml`.
-#[derive(Serialize)]
-struct ResolvedConfig {
-    dataset: String,
-    root: Option<PathBuf>,
-    imb_factor: Option<f64>,
-    clients: usize,
-    alpha: f64,
-    split: String,
-    split_file: Option<PathBuf>,
-    model: PathBuf,
-    peft: PeftKind,
-    algorithm: &'static str,
-    transform: TransformKind,
-    template: String,
-    n_ctx: usize,
-    lora_rank: usize,
-    train: TrainSettings,
-}
-
-/// Runs `fedpurel run`.
-pub fn run(args: RunArgs) -> Result<()> {
-    let device = crate::device::parse_device(&args.device)?;
-    let (ds, partition) = args.data.load()?;
+/// Runs `fedpurel run`; `matches` tells which flags were typed (for preset overrides).
+pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
+    let cfg = resolve(&args, matches)?;
+    let device = crate::device::parse_device(&cfg.device)?;
+    let (ds, partition) = cfg.data.load()?;
     let ds = Arc::new(ds);
-    let ck = Checkpoint::open(&args.model)?;
+    let ck = Checkpoint::open(&cfg.model)?;
     let clip = Clip::from_checkpoint(
         &ck,
         &LoadOptions {
@@ -131,53 +122,16 @@ pub fn run(args: RunArgs) -> Result<()> {
             ..LoadOptions::default()
         },
     )?;
-    let tok = ClipTokenizer::from_dir(&args.model)?;
-    let transform = Transform::new(args.transform.unwrap_or(args.data.dataset.default_transform()));
-    let settings = TrainSettings {
-        rounds: args.rounds,
-        frac: args.frac,
-        batch_size: args.batch_size,
-        stage1: SgdConfig {
-            lr: args.lr,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-        },
-        carry_momentum: args.carry_momentum,
-        stage2: SgdConfig {
-            lr: args.lr,
-            momentum: 0.0,
-            weight_decay: 0.0,
-        },
-        lambda: args.lambda,
-        lambda_proj: args.lambda_proj,
-        align: args.align,
-        seed: args.data.seed,
-        eval_batch: args.eval_batch,
-    };
-    let config = ResolvedConfig {
-        dataset: ds.name.clone(),
-        root: args.data.root.clone(),
-        imb_factor: partition.meta.imb_factor,
-        clients: partition.clients.len(),
-        alpha: args.data.alpha,
-        split: partition.meta.scheme.clone(),
-        split_file: args.data.split_file.clone(),
-        model: args.model.clone(),
-        peft: args.peft,
-        algorithm: "fedpurel",
-        transform: transform.kind,
-        template: args.template.clone(),
-        n_ctx: args.n_ctx,
-        lora_rank: args.lora_rank,
-        train: settings.clone(),
-    };
-    let dir = RunDir::new(&args.out);
-    dir.write_config(&config, true)?;
+    let tok = ClipTokenizer::from_dir(&cfg.model)?;
+    let transform = Transform::new(cfg.transform.unwrap_or(cfg.data.dataset.default_transform()));
+    let settings = cfg.train.clone();
+    let dir = RunDir::new(&cfg.out);
+    dir.write_config(&cfg, true)?;
     let classes = ds.prompt_names();
-    let zs = ZeroShotHead::build(&clip, &tok, &classes, &args.template)?;
+    let zs = ZeroShotHead::build(&clip, &tok, &classes, &cfg.template)?;
     let fixed = ZeroShotHead::build(&clip, &tok, &classes, "a photo of a {}.")?.text_features;
     let peft = match args.peft {
-        PeftKind::Prompt => Peft::Prompt(PromptLearner::new(&clip, &tok, &classes, args.n_ctx, false)?),
+        PeftKind::Prompt => Peft::Prompt(PromptLearner::new(&clip, &tok, &classes, cfg.n_ctx, false)?),
         PeftKind::Lora => Peft::Lora {
             spec: LoraSpec {
                 rank: args.lora_rank,
@@ -203,7 +157,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             idx.len()
         ));
         spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-        let r = cached_split_features(&args.cache_dir, &ck.file, &clip, &ds, &req).map(|(t, _)| t);
+        let r = cached_split_features(&cfg.cache_dir, &ck.file, &clip, &ds, &req).map(|(t, _)| t);
         spinner.finish_and_clear();
         r
     };
@@ -220,7 +174,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let zeroshot = fed.evaluate_zero_shot()?;
     let mut state = match dir.load_state(clip.device())? {
         Some(s) => {
-            eprintln!("resuming {} after round {}", args.out.display(), s.rounds_done);
+            eprintln!("resuming {} after round {}", cfg.out.display(), s.rounds_done);
             s
         }
         None => fed.initial_state()?,
@@ -229,18 +183,18 @@ pub fn run(args: RunArgs) -> Result<()> {
     if records.len() != state.rounds_done {
         anyhow::bail!(
             "{}: metrics.jsonl has {} rounds, the checkpoint {}",
-            args.out.display(),
+            cfg.out.display(),
             records.len(),
             state.rounds_done
         );
     }
-    let bar = ProgressBar::new(args.rounds as u64).with_style(
+    let bar = ProgressBar::new(cfg.train.rounds as u64).with_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} rounds  {msg}")
             .context("progress template")?,
     );
     bar.set_prefix("fedpurel");
     bar.set_position(state.rounds_done as u64);
-    while state.rounds_done < args.rounds {
+    while state.rounds_done < cfg.train.rounds {
         bar.set_message(format!(
             "round {}: stage 1, aggregation, stage 2, evaluation",
             state.rounds_done
@@ -264,6 +218,6 @@ pub fn run(args: RunArgs) -> Result<()> {
             &crate::report::run_dir::summarize(&[&zeroshot.1])
         )
     );
-    println!("run directory: {}", args.out.display());
+    println!("run directory: {}", cfg.out.display());
     Ok(())
 }

@@ -14,7 +14,8 @@ use super::transforms::TransformKind;
 use super::{cifar, folder, listfile, synthetic};
 
 /// The datasets fedpurel reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DatasetName {
     /// CIFAR-100 (`cifar-100-python/` or `cifar-100-binary/` under the root).
     Cifar100,

@@ -57,6 +57,14 @@ pub struct StepStats {
     pub correct: usize,
 }
 
+/// A non-finite loss stops training: the caller adds round, client and step.
+fn check_finite(loss: f32, what: &str) -> Result<()> {
+    if !loss.is_finite() {
+        anyhow::bail!("the {what} loss is {loss} (not finite)");
+    }
+    Ok(())
+}
+
 fn correct(logits: &Tensor, y: &[u32]) -> Result<usize> {
     let pred: Vec<u32> = logits.argmax(1)?.to_vec1()?;
     Ok(pred.iter().zip(y).filter(|(p, t)| p == t).count())
@@ -82,6 +90,8 @@ pub fn stage1_step(
         AlignLoss::SoftDistillation => soft_distillation(&f, zero_shot_logits)?,
     };
     let task = cross_entropy(&f, y)?;
+    check_finite(task.loss, "task")?;
+    check_finite(align.loss, "alignment")?;
     let d = Tensor::stack(
         &[align.grad.to_dtype(f.dtype())?, task.grad.to_dtype(f.dtype())?],
         0,
@@ -123,6 +133,7 @@ pub fn stage2_step(
 ) -> Result<StepStats> {
     let (lp, tape) = peft.forward(clip, private, inputs, dropout_seed)?;
     let loss = stage2_loss(global_logits, &lp, y, lambda)?;
+    check_finite(loss.loss, "stage-2")?;
     let grads = peft.backward(
         clip,
         private,
@@ -149,6 +160,49 @@ mod tests {
     use crate::clip::LoadOptions;
     use crate::fed::sgd::SgdConfig;
     use crate::peft::prompt::PromptLearner;
+
+    #[test]
+    fn non_finite_losses_stop_the_step_and_leave_parameters_alone() {
+        let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let tok = ClipTokenizer::from_dir(&fixture_dir("hf")).unwrap();
+        let classes: Vec<String> = ["apple", "bear"].iter().map(|s| s.to_string()).collect();
+        let peft = Peft::Prompt(PromptLearner::new(&clip, &tok, &classes, 4, false).unwrap());
+        let feats = clip
+            .encode_images(&rand_tensor(&[2, 3, 224, 224], 1, 1.5))
+            .unwrap();
+        let z = Tensor::new(&[[f32::NAN, 0.0], [0.0, 1.0]], &candle_core::Device::Cpu).unwrap();
+        let p0 = peft.init(&clip, 3).unwrap();
+        let mut p = p0.clone();
+        let mut opt = Sgd::new(SgdConfig {
+            lr: 1e-2,
+            momentum: 0.9,
+            weight_decay: 0.0,
+        });
+        let settings = Stage1Settings {
+            align: AlignLoss::Tkl,
+            lambda_proj: 1.0,
+        };
+        let err = stage1_step(
+            &clip,
+            &peft,
+            &mut p,
+            &mut opt,
+            &Inputs::Features(feats),
+            &[0, 1],
+            &z,
+            &settings,
+            None,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not finite"), "{err:#}");
+        assert_eq!(
+            crate::clip::ops::testutil::max_abs_diff(
+                p.get(crate::peft::model::CTX).unwrap(),
+                p0.get(crate::peft::model::CTX).unwrap()
+            ),
+            0.0
+        );
+    }
 
     /// With λ_proj = 1 the applied update never opposes the alignment gradient, and with
     /// λ_proj = 0 it is exactly the task gradient.

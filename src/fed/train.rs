@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +74,9 @@ pub struct Evaluation {
     pub tkl: f64,
     /// Per-class accuracy (%), null for classes without test samples.
     pub per_class: Vec<Option<f64>>,
+    /// Micro accuracy over all evaluated samples (%); for PM, the client accuracies
+    /// weighted by test-set size (the unweighted client mean is `accuracy.all`).
+    pub weighted_all: f64,
 }
 
 /// Mean statistics of one stage over a round.
@@ -416,7 +419,8 @@ impl<'a> Federation<'a> {
                     &z,
                     &stage1,
                     dropout,
-                )?;
+                )
+                .with_context(|| format!("stage 1, round {t}, client {k}, step {step}"))?;
                 acc1.add(&st, y.len());
             }
             if s.carry_momentum {
@@ -434,6 +438,12 @@ impl<'a> Federation<'a> {
         let t2 = Instant::now();
         let mut acc2 = Accum::default();
         let global_text = self.peft.text_features(self.clip, &state.global)?;
+        // SPEC §5: the adapter's private branch learns only through the fused logits.
+        let lambda = if matches!(self.peft, Peft::Adapter { .. }) {
+            0.0
+        } else {
+            s.lambda
+        };
         for &k in &clients {
             let mut private = state.private[k]
                 .clone()
@@ -456,9 +466,10 @@ impl<'a> Federation<'a> {
                     &inputs,
                     &y,
                     &l_g,
-                    s.lambda,
+                    lambda,
                     dropout,
-                )?;
+                )
+                .with_context(|| format!("stage 2, round {t}, client {k}, step {step}"))?;
                 acc2.add(&st, y.len());
             }
             state.private[k] = Some(private);
@@ -550,6 +561,7 @@ impl<'a> Federation<'a> {
             balancedness: balancedness(&gm_conf, groups),
             tkl: gm_tkl,
             per_class: gm_conf.per_class(),
+            weighted_all: gm_conf.micro(),
         };
         let mut confs = Vec::with_capacity(self.clients());
         let mut pooled = Confusion::new(c);
@@ -571,6 +583,7 @@ impl<'a> Federation<'a> {
             balancedness: balancedness(&pooled, groups),
             tkl: tkl_sum / n.max(1) as f64,
             per_class: pooled.per_class(),
+            weighted_all: pooled.micro(),
         };
         Ok((gm_eval, pm_eval))
     }

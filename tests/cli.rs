@@ -238,6 +238,19 @@ fn run_resumes_to_the_same_numbers() {
     for f in ["config.toml", "summary.md", "checkpoints/state.json"] {
         assert!(Path::new(a).join(f).is_file(), "{f}");
     }
+    // Re-evaluating the checkpoints gives the recorded numbers (GM of round 0, GM and PM of
+    // the last round), and GM/PM accuracies are percentages.
+    for round in ["0", "1"] {
+        let (ok, stdout, err) = fedpurel(&["eval", "--run", a, "--round", round, "--json"]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["matches_record"]["gm"], true, "{stdout}");
+        let all = v["gm"]["accuracy"]["all"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&all));
+        if round == "1" {
+            assert_eq!(v["matches_record"]["pm"], true, "{stdout}");
+        }
+    }
     // Another run's settings in the same directory are refused.
     let mut other = run_args(b, cache, "prompt", "2");
     other.extend(["--lambda", "0.5"]);

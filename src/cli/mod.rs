@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod data_args;
+pub mod eval;
 pub mod model;
 pub mod partition;
 pub mod run;
@@ -34,6 +35,8 @@ pub enum Command {
     Partition(partition::PartitionArgs),
     /// Train and evaluate FedPuReL; leaves a run directory (resumable).
     Run(Box<run::RunArgs>),
+    /// Re-evaluate a saved run from its checkpoints.
+    Eval(eval::EvalArgs),
 }
 
 /// Runs the parsed command line.
@@ -44,6 +47,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Partition(args) => partition::run(args),
         Command::Run(args) => run::run(*args, matches.subcommand_matches("run")),
+        Command::Eval(args) => eval::run(args),
     }
 }
 

@@ -11,18 +11,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::data_args::DataArgs;
-use super::run_config::resolve;
+use super::run_config::{resolve, RunConfig};
 use crate::clip::tokenizer::ClipTokenizer;
 use crate::clip::zeroshot::ZeroShotHead;
 use crate::clip::{Checkpoint, Clip, LoadOptions};
 use crate::data::features::{cached_split_features, EncodeRequest};
 use crate::data::transforms::{Mode, Transform, TransformKind};
+use crate::data::{Dataset, Partition};
 use crate::fed::local::AlignLoss;
 use crate::fed::train::Federation;
 use crate::peft::lora::LoraSpec;
 use crate::peft::model::Peft;
 use crate::peft::prompt::PromptLearner;
-use crate::report::run_dir::RunDir;
+use crate::report::run_dir::{summarize, summary_markdown, RunDir};
 
 /// Which parameter-efficient fine-tuning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
@@ -108,12 +109,28 @@ pub struct RunArgs {
     pub eval_batch: usize,
 }
 
-/// Runs `fedpurel run`; `matches` tells which flags were typed (for preset overrides).
-pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
-    let cfg = resolve(&args, matches)?;
+/// Everything a run directory's configuration loads: data, split, model, tokenizer.
+pub struct Loaded {
+    /// The resolved configuration.
+    pub cfg: RunConfig,
+    /// The dataset.
+    pub ds: Arc<Dataset>,
+    /// Its federated split.
+    pub partition: Partition,
+    /// The opened checkpoint (for the feature-cache fingerprint).
+    pub ck: Checkpoint,
+    /// CLIP.
+    pub clip: Clip,
+    /// CLIP's tokenizer.
+    pub tok: ClipTokenizer,
+    /// The image pipeline.
+    pub transform: Transform,
+}
+
+/// Loads data, split, model and tokenizer of a configuration.
+pub fn load(cfg: RunConfig) -> Result<Loaded> {
     let device = crate::device::parse_device(&cfg.device)?;
     let (ds, partition) = cfg.data.load()?;
-    let ds = Arc::new(ds);
     let ck = Checkpoint::open(&cfg.model)?;
     let clip = Clip::from_checkpoint(
         &ck,
@@ -124,18 +141,29 @@ pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
     )?;
     let tok = ClipTokenizer::from_dir(&cfg.model)?;
     let transform = Transform::new(cfg.transform.unwrap_or(cfg.data.dataset.default_transform()));
-    let settings = cfg.train.clone();
-    let dir = RunDir::new(&cfg.out);
-    dir.write_config(&cfg, true)?;
-    let classes = ds.prompt_names();
-    let zs = ZeroShotHead::build(&clip, &tok, &classes, &cfg.template)?;
-    let fixed = ZeroShotHead::build(&clip, &tok, &classes, "a photo of a {}.")?.text_features;
-    let peft = match args.peft {
-        PeftKind::Prompt => Peft::Prompt(PromptLearner::new(&clip, &tok, &classes, cfg.n_ctx, false)?),
+    Ok(Loaded {
+        cfg,
+        ds: Arc::new(ds),
+        partition,
+        ck,
+        clip,
+        tok,
+        transform,
+    })
+}
+
+/// The federation of a loaded configuration: PEFT, zero-shot teacher, frozen features.
+pub fn federation(l: &Loaded) -> Result<Federation<'_>> {
+    let cfg = &l.cfg;
+    let classes = l.ds.prompt_names();
+    let zs = ZeroShotHead::build(&l.clip, &l.tok, &classes, &cfg.template)?;
+    let fixed = ZeroShotHead::build(&l.clip, &l.tok, &classes, "a photo of a {}.")?.text_features;
+    let peft = match cfg.peft {
+        PeftKind::Prompt => Peft::Prompt(PromptLearner::new(&l.clip, &l.tok, &classes, cfg.n_ctx, false)?),
         PeftKind::Lora => Peft::Lora {
             spec: LoraSpec {
-                rank: args.lora_rank,
-                alpha: 2.0 * args.lora_rank as f64,
+                rank: cfg.lora_rank,
+                alpha: 2.0 * cfg.lora_rank as f64,
                 ..LoraSpec::default()
             },
             text: fixed,
@@ -146,10 +174,10 @@ pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
         let req = EncodeRequest {
             split,
             indices: Some(idx.to_vec()),
-            transform,
+            transform: l.transform,
             mode: Mode::Test,
             views: 1,
-            seed: args.data.seed,
+            seed: cfg.data.seed,
             batch_size: 64,
         };
         let spinner = ProgressBar::new_spinner().with_message(format!(
@@ -157,22 +185,32 @@ pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
             idx.len()
         ));
         spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-        let r = cached_split_features(&cfg.cache_dir, &ck.file, &clip, &ds, &req).map(|(t, _)| t);
+        let r = cached_split_features(&cfg.cache_dir, &l.ck.file, &l.clip, &l.ds, &req).map(|(t, _)| t);
         spinner.finish_and_clear();
         r
     };
-    let fed = Federation::new(
-        &clip,
+    Federation::new(
+        &l.clip,
         peft,
-        Arc::clone(&ds),
-        partition,
-        transform,
-        zs.text_features.clone(),
-        settings,
+        Arc::clone(&l.ds),
+        l.partition.clone(),
+        l.transform,
+        zs.text_features,
+        cfg.train.clone(),
         encode,
-    )?;
+    )
+}
+
+/// Runs `fedpurel run`; `matches` tells which flags were typed (for preset overrides).
+pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
+    let cfg = resolve(&args, matches)?;
+    let dir = RunDir::new(&cfg.out);
+    dir.write_config(&cfg, true)?;
+    let loaded = load(cfg)?;
+    let cfg = &loaded.cfg;
+    let fed = federation(&loaded)?;
     let zeroshot = fed.evaluate_zero_shot()?;
-    let mut state = match dir.load_state(clip.device())? {
+    let mut state = match dir.load_state(loaded.clip.device())? {
         Some(s) => {
             eprintln!("resuming {} after round {}", cfg.out.display(), s.rounds_done);
             s
@@ -211,13 +249,7 @@ pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
     }
     bar.finish_and_clear();
     let summary = dir.write_summary(&records, &zeroshot)?;
-    println!(
-        "{}",
-        crate::report::run_dir::summary_markdown(
-            &summary,
-            &crate::report::run_dir::summarize(&[&zeroshot.1])
-        )
-    );
+    println!("{}", summary_markdown(&summary, &summarize(&[&zeroshot.1])));
     println!("run directory: {}", cfg.out.display());
     Ok(())
 }

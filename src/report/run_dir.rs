@@ -1,7 +1,7 @@
 //! The run directory: `config.toml` (the resolved configuration), `metrics.jsonl` (one
 //! record per round), `summary.json` + `summary.md` (final tables), and `checkpoints/`
-//! (global parameters, each client's private parameters, the carried momentum and the
-//! number of completed rounds — enough to resume exactly). Every file is written
+//! (the global parameters after every round, each client's latest private parameters, the
+//! carried momentum and the number of completed rounds — enough to resume exactly). Every file is written
 //! atomically, the state last, so an interrupted run resumes from its last full round.
 
 use std::path::{Path, PathBuf};
@@ -130,6 +130,9 @@ impl RunDir {
     /// Saves the state after a round: parameters first, `state.json` last.
     pub fn save_state(&self, state: &FedState) -> Result<()> {
         state.global.save(&self.ckpt("global.safetensors"))?;
+        if state.rounds_done > 0 {
+            state.global.save(&self.round_global(state.rounds_done - 1))?;
+        }
         let mut trained = Vec::new();
         for (k, p) in state.private.iter().enumerate() {
             if let Some(p) = p {
@@ -150,6 +153,11 @@ impl RunDir {
             &self.ckpt("state.json"),
             serde_json::to_string_pretty(&sf)?.as_bytes(),
         )
+    }
+
+    /// The global parameters after round `round` (kept for every round).
+    pub fn round_global(&self, round: usize) -> PathBuf {
+        self.ckpt(&format!("rounds/global-{round:04}.safetensors"))
     }
 
     /// Loads a saved state, if the directory has one.

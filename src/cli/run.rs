@@ -86,6 +86,13 @@ pub struct RunArgs {
     /// Prompt context vectors.
     #[arg(long, default_value_t = 4)]
     pub n_ctx: usize,
+    /// Initialize the prompt context from words, e.g. "a photo of a" (as many tokens as
+    /// --n-ctx).
+    #[arg(long)]
+    pub ctx_init: Option<String>,
+    /// One prompt context per class (CoOp's class-specific context).
+    #[arg(long)]
+    pub class_specific: bool,
     /// LoRA rank (α = 2·rank).
     #[arg(long, default_value_t = 8)]
     pub lora_rank: usize,
@@ -159,7 +166,13 @@ pub fn federation(l: &Loaded) -> Result<Federation<'_>> {
     let zs = ZeroShotHead::build(&l.clip, &l.tok, &classes, &cfg.template)?;
     let fixed = ZeroShotHead::build(&l.clip, &l.tok, &classes, "a photo of a {}.")?.text_features;
     let peft = match cfg.peft {
-        PeftKind::Prompt => Peft::Prompt(PromptLearner::new(&l.clip, &l.tok, &classes, cfg.n_ctx, false)?),
+        PeftKind::Prompt => {
+            let learner = PromptLearner::new(&l.clip, &l.tok, &classes, cfg.n_ctx, cfg.class_specific)?;
+            Peft::Prompt(match &cfg.ctx_init {
+                Some(words) => learner.with_word_init(&l.clip, &l.tok, words)?,
+                None => learner,
+            })
+        }
         PeftKind::Lora => Peft::Lora {
             spec: LoraSpec {
                 rank: cfg.lora_rank,
@@ -210,12 +223,27 @@ pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
     let cfg = &loaded.cfg;
     let fed = federation(&loaded)?;
     let zeroshot = fed.evaluate_zero_shot()?;
+    let fresh = fed.initial_state()?;
     let mut state = match dir.load_state(loaded.clip.device())? {
         Some(s) => {
+            s.global.check_compatible(&fresh.global).map_err(|e| {
+                e.context(format!(
+                    "{}: the checkpoint does not fit this model and data",
+                    cfg.out.display()
+                ))
+            })?;
+            if s.private.len() != fresh.private.len() {
+                anyhow::bail!(
+                    "{}: the checkpoint has {} clients, the split {}",
+                    cfg.out.display(),
+                    s.private.len(),
+                    fresh.private.len()
+                );
+            }
             eprintln!("resuming {} after round {}", cfg.out.display(), s.rounds_done);
             s
         }
-        None => fed.initial_state()?,
+        None => fresh,
     };
     let mut records = dir.read_records(state.rounds_done)?;
     if records.len() != state.rounds_done {
@@ -233,11 +261,10 @@ pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
     bar.set_prefix("fedpurel");
     bar.set_position(state.rounds_done as u64);
     while state.rounds_done < cfg.train.rounds {
-        bar.set_message(format!(
-            "round {}: stage 1, aggregation, stage 2, evaluation",
-            state.rounds_done
-        ));
-        let rec = fed.run_round(&mut state)?;
+        let t = state.rounds_done;
+        let rec = fed.run_round(&mut state, &|phase| {
+            bar.set_message(format!("round {t}: {phase}"))
+        })?;
         bar.set_message(format!(
             "GM {:.2} PM {:.2}",
             rec.gm.accuracy.all, rec.pm.accuracy.all

@@ -39,6 +39,12 @@ pub struct RunConfig {
     pub peft: PeftKind,
     /// Prompt context vectors.
     pub n_ctx: usize,
+    /// Initialize the prompt context from these words (CoOp's CTX_INIT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx_init: Option<String>,
+    /// One context per class (CoOp's CSC) instead of a shared one.
+    #[serde(default)]
+    pub class_specific: bool,
     /// LoRA rank (α = 2·rank).
     pub lora_rank: usize,
     /// Image pipeline (None: the dataset's default).
@@ -150,6 +156,8 @@ pub fn preset(name: &str, model: &Path, out: &Path, cache: &Path) -> Result<RunC
         model: model.to_path_buf(),
         peft,
         n_ctx: 4,
+        ctx_init: None,
+        class_specific: false,
         lora_rank: 8,
         transform: None,
         template: "a photo of a {}.".into(),
@@ -184,6 +192,8 @@ fn from_args(a: &RunArgs) -> RunConfig {
         model: a.model.clone().unwrap_or_default(),
         peft: a.peft,
         n_ctx: a.n_ctx,
+        ctx_init: a.ctx_init.clone(),
+        class_specific: a.class_specific,
         lora_rank: a.lora_rank,
         transform: a.transform,
         template: a.template.clone(),
@@ -229,6 +239,8 @@ pub fn resolve(a: &RunArgs, m: Option<&ArgMatches>) -> Result<RunConfig> {
         "algorithm" => c.algorithm, flags.algorithm.clone();
         "peft" => c.peft, flags.peft;
         "n_ctx" => c.n_ctx, flags.n_ctx;
+        "ctx_init" => c.ctx_init, flags.ctx_init.clone();
+        "class_specific" => c.class_specific, flags.class_specific;
         "lora_rank" => c.lora_rank, flags.lora_rank;
         "transform" => c.transform, flags.transform;
         "template" => c.template, flags.template.clone();

@@ -249,7 +249,7 @@ mod tests {
         let mut state = fed.initial_state().unwrap();
         state.global = global;
         for round in 0..2 {
-            let rec = fed.run_round(&mut state).unwrap();
+            let rec = fed.run_round(&mut state, &|_| {}).unwrap();
             let want =
                 candle_core::safetensors::load(dir().join(format!("params_round{round}.safetensors")), &dev)
                     .unwrap();

@@ -376,8 +376,9 @@ impl<'a> Federation<'a> {
         Ok((l2_normalize(frozen)?.matmul(&self.zs_text.t()?)? * self.clip.logit_scale_exp())?)
     }
 
-    /// Runs round `t = state.rounds_done` and returns its record.
-    pub fn run_round(&self, state: &mut FedState) -> Result<RoundRecord> {
+    /// Runs round `t = state.rounds_done` and returns its record; `phase` is told each
+    /// phase as it starts (for progress display).
+    pub fn run_round(&self, state: &mut FedState, phase: &dyn Fn(&str)) -> Result<RoundRecord> {
         let t = state.rounds_done;
         let s = &self.settings;
         let clients = self.schedule.clients(t)?;
@@ -388,6 +389,7 @@ impl<'a> Federation<'a> {
             );
         }
         // Stage 1.
+        phase(&format!("stage 1 ({} clients)", clients.len()));
         let t1 = Instant::now();
         let mut acc1 = Accum::default();
         let mut locals = Vec::with_capacity(clients.len());
@@ -435,6 +437,7 @@ impl<'a> Federation<'a> {
         }
         let stage1_stats = acc1.finish(t1.elapsed().as_secs_f64());
         // Stage 2.
+        phase("stage 2");
         let t2 = Instant::now();
         let mut acc2 = Accum::default();
         let global_text = self.peft.text_features(self.clip, &state.global)?;
@@ -476,6 +479,7 @@ impl<'a> Federation<'a> {
         }
         let stage2_stats = acc2.finish(t2.elapsed().as_secs_f64());
         // Evaluation.
+        phase("GM and PM evaluation");
         let te = Instant::now();
         let (gm, pm) = self.evaluate(state)?;
         state.rounds_done = t + 1;

@@ -78,7 +78,10 @@ impl Peft {
         let dev = clip.device();
         match self {
             Peft::Prompt(l) => {
-                let ctx = crate::clip::random::normal(&l.ctx_shape()?, seed, 0.02, dev)?;
+                let ctx = match &l.word_init {
+                    Some(w) => w.clone(),
+                    None => crate::clip::random::normal(&l.ctx_shape()?, seed, 0.02, dev)?,
+                };
                 Ok(ParamSet::from_pairs([(CTX.to_string(), ctx)]))
             }
             Peft::Lora { spec, .. } => {

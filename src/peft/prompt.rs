@@ -25,6 +25,8 @@ pub struct PromptLearner {
     token_embeddings: Tensor,
     /// EOT position per class.
     eot: Vec<usize>,
+    /// Context initialized from words (CoOp's `CTX_INIT`) instead of N(0, 0.02²).
+    pub word_init: Option<Tensor>,
 }
 
 impl PromptLearner {
@@ -60,7 +62,30 @@ impl PromptLearner {
             class_specific,
             token_embeddings: clip.text.embed_tokens(&ids)?,
             eot: toks.iter().map(|t| t.eot).collect(),
+            word_init: None,
         })
+    }
+
+    /// Initializes the context from the token embeddings of `words` (e.g. "a photo of a"),
+    /// as CoOp's `CTX_INIT`: the words must tokenize to exactly n_ctx tokens. With
+    /// class-specific context every class starts from the same words.
+    pub fn with_word_init(mut self, clip: &Clip, tokenizer: &ClipTokenizer, words: &str) -> Result<Self> {
+        let t = tokenizer.encode_prompt(&words.replace('_', " "))?;
+        let n = t.eot - 1;
+        if n != self.n_ctx {
+            bail!(
+                "--ctx-init `{words}` is {n} tokens; the prompt has n_ctx = {} context vectors",
+                self.n_ctx
+            );
+        }
+        let emb = clip.text.embed_tokens(&[t.ids])?.squeeze(0)?.narrow(0, 1, n)?;
+        let init = if self.class_specific {
+            emb.unsqueeze(0)?.repeat((self.classes(), 1, 1))?
+        } else {
+            emb
+        };
+        self.word_init = Some(init);
+        Ok(self)
     }
 
     /// Number of classes.
@@ -180,5 +205,37 @@ mod tests {
             "shared vs class-specific context gradient: {diff:e} (scale {scale:e})"
         );
         assert!(shared.batch(&ctx_csc).is_err());
+    }
+}
+
+#[cfg(test)]
+mod word_init_tests {
+    use super::*;
+    use crate::clip::model::tests::fixture_dir;
+    use crate::clip::ops::testutil::max_abs_diff;
+    use crate::clip::LoadOptions;
+
+    /// Word-initialized context reproduces the hand-written prompt exactly.
+    #[test]
+    fn word_init_equals_the_written_prompt() {
+        let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let tok = ClipTokenizer::from_dir(&fixture_dir("hf")).unwrap();
+        let classes: Vec<String> = ["apple", "sweet_pepper"].iter().map(|s| s.to_string()).collect();
+        let l = PromptLearner::new(&clip, &tok, &classes, 4, false)
+            .unwrap()
+            .with_word_init(&clip, &tok, "a photo of a")
+            .unwrap();
+        let (f, _) = l
+            .text_features(&clip, l.word_init.as_ref().unwrap(), false)
+            .unwrap();
+        let written =
+            crate::clip::zeroshot::ZeroShotHead::build(&clip, &tok, &classes, "a photo of a {}.").unwrap();
+        let f = crate::clip::model::l2_normalize(&f).unwrap();
+        assert!(max_abs_diff(&f, &written.text_features) < 1e-5);
+        let e = PromptLearner::new(&clip, &tok, &classes, 4, false)
+            .unwrap()
+            .with_word_init(&clip, &tok, "a photo")
+            .unwrap_err();
+        assert!(e.to_string().contains("2 tokens"), "{e}");
     }
 }

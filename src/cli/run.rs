@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::data_args::DataArgs;
 use super::run_config::{resolve, RunConfig};
+use crate::clip::text::PromptBatch;
 use crate::clip::tokenizer::ClipTokenizer;
 use crate::clip::zeroshot::ZeroShotHead;
 use crate::clip::{Checkpoint, Clip, LoadOptions};
@@ -21,7 +22,7 @@ use crate::data::{Dataset, Partition};
 use crate::fed::local::AlignLoss;
 use crate::fed::train::Federation;
 use crate::peft::lora::LoraSpec;
-use crate::peft::model::Peft;
+use crate::peft::model::{Peft, TextLora};
 use crate::peft::prompt::PromptLearner;
 use crate::report::run_dir::{summarize, summary_markdown, RunDir};
 
@@ -35,6 +36,19 @@ pub enum PeftKind {
     Lora,
     /// The gated image-feature adapter.
     Adapter,
+}
+
+/// Which encoders carry LoRA adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraEncoder {
+    /// The image tower (the reference's choice).
+    #[default]
+    Vision,
+    /// The text tower (image features stay frozen and cached).
+    Text,
+    /// Both towers.
+    Both,
 }
 
 /// Arguments of `fedpurel run`. With `--preset` or `--config`, only the flags typed on the
@@ -96,6 +110,9 @@ pub struct RunArgs {
     /// LoRA rank (α = 2·rank).
     #[arg(long, default_value_t = 8)]
     pub lora_rank: usize,
+    /// Encoders with LoRA adapters.
+    #[arg(long, value_enum, default_value = "vision")]
+    pub lora_encoder: LoraEncoder,
     /// Image pipeline (default: the dataset's: cifar for CIFAR-100 and synthetic, clip else).
     #[arg(long, value_enum)]
     pub transform: Option<TransformKind>,
@@ -173,14 +190,31 @@ pub fn federation(l: &Loaded) -> Result<Federation<'_>> {
                 None => learner,
             })
         }
-        PeftKind::Lora => Peft::Lora {
-            spec: LoraSpec {
-                rank: cfg.lora_rank,
-                alpha: 2.0 * cfg.lora_rank as f64,
-                ..LoraSpec::default()
-            },
-            text: fixed,
-        },
+        PeftKind::Lora => {
+            let text_lora = if cfg.lora_encoder == LoraEncoder::Vision {
+                None
+            } else {
+                let prompts: Vec<String> = classes.iter().map(|c| format!("a photo of a {c}.")).collect();
+                let toks = l.tok.encode_batch(&prompts)?;
+                let ids: Vec<Vec<u32>> = toks.iter().map(|t| t.ids.clone()).collect();
+                Some(TextLora {
+                    prompts: PromptBatch {
+                        embeddings: l.clip.text.embed_tokens(&ids)?,
+                        eot: toks.iter().map(|t| t.eot).collect(),
+                    },
+                })
+            };
+            Peft::Lora {
+                spec: LoraSpec {
+                    rank: cfg.lora_rank,
+                    alpha: 2.0 * cfg.lora_rank as f64,
+                    ..LoraSpec::default()
+                },
+                vision: cfg.lora_encoder != LoraEncoder::Text,
+                text_lora,
+                text: fixed,
+            }
+        }
         PeftKind::Adapter => Peft::Adapter { text: fixed },
     };
     let encode = |split, idx: &[usize]| {

@@ -18,7 +18,7 @@ use clap::ArgMatches;
 use serde::{Deserialize, Serialize};
 
 use super::data_args::DataArgs;
-use super::run::{PeftKind, RunArgs};
+use super::run::{LoraEncoder, PeftKind, RunArgs};
 use crate::data::source::DatasetName;
 use crate::data::transforms::TransformKind;
 use crate::fed::local::AlignLoss;
@@ -47,6 +47,9 @@ pub struct RunConfig {
     pub class_specific: bool,
     /// LoRA rank (α = 2·rank).
     pub lora_rank: usize,
+    /// Encoders with LoRA adapters.
+    #[serde(default)]
+    pub lora_encoder: LoraEncoder,
     /// Image pipeline (None: the dataset's default).
     pub transform: Option<TransformKind>,
     /// Zero-shot template.
@@ -159,6 +162,7 @@ pub fn preset(name: &str, model: &Path, out: &Path, cache: &Path) -> Result<RunC
         ctx_init: None,
         class_specific: false,
         lora_rank: 8,
+        lora_encoder: LoraEncoder::Vision,
         transform: None,
         template: "a photo of a {}.".into(),
         train,
@@ -195,6 +199,7 @@ fn from_args(a: &RunArgs) -> RunConfig {
         ctx_init: a.ctx_init.clone(),
         class_specific: a.class_specific,
         lora_rank: a.lora_rank,
+        lora_encoder: a.lora_encoder,
         transform: a.transform,
         template: a.template.clone(),
         train,
@@ -242,6 +247,7 @@ pub fn resolve(a: &RunArgs, m: Option<&ArgMatches>) -> Result<RunConfig> {
         "ctx_init" => c.ctx_init, flags.ctx_init.clone();
         "class_specific" => c.class_specific, flags.class_specific;
         "lora_rank" => c.lora_rank, flags.lora_rank;
+        "lora_encoder" => c.lora_encoder, flags.lora_encoder;
         "transform" => c.transform, flags.transform;
         "template" => c.template, flags.template.clone();
         "rounds" => c.train.rounds, flags.train.rounds;

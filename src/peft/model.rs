@@ -4,7 +4,7 @@
 //! | kind | trained | image side | text side |
 //! | --- | --- | --- | --- |
 //! | prompt | context vectors | cached frozen features | text tower on the learned prompts |
-//! | LoRA | A/B on vision q, k, v | vision tower with adapters, live | fixed "a photo of a {}." |
+//! | LoRA | A/B on q, k, v of the vision tower (default), the text tower, or both | vision tower with adapters, live (else cached) | fixed "a photo of a {}." features, or the text tower with adapters |
 //! | adapter | gated MLP on image features | cached features through the adapter | fixed template |
 
 use anyhow::{bail, Result};
@@ -14,9 +14,10 @@ use super::adapter::{self, AdapterTape};
 use super::lora::LoraSpec;
 use super::params::ParamSet;
 use super::prompt::PromptLearner;
+use crate::clip::block::BlockLora;
 use crate::clip::head::{logits, logits_backward};
 use crate::clip::model::l2_normalize;
-use crate::clip::text::TextTape;
+use crate::clip::text::{PromptBatch, TextPath, TextTape};
 use crate::clip::vision::VisionTape;
 use crate::clip::Clip;
 
@@ -24,17 +25,30 @@ use crate::clip::Clip;
 pub const CTX: &str = "prompt.ctx";
 /// Prefix of vision LoRA parameters.
 pub const LORA_VISION: &str = "lora.vision";
+/// Prefix of text LoRA parameters.
+pub const LORA_TEXT: &str = "lora.text";
+
+/// The class prompts the text-side LoRA runs through the text tower.
+#[derive(Debug, Clone)]
+pub struct TextLora {
+    /// Token embeddings and EOT positions of "a photo of a {class}." for every class.
+    pub prompts: PromptBatch,
+}
 
 /// The PEFT kind with its frozen, per-dataset state.
 #[derive(Debug, Clone)]
 pub enum Peft {
     /// CoOp context vectors.
     Prompt(PromptLearner),
-    /// LoRA on the vision tower; the text side is fixed features `[C, E]` (normalized).
+    /// LoRA on the vision tower, the text tower, or both.
     Lora {
         /// Hyper-parameters.
         spec: LoraSpec,
-        /// Normalized class text features.
+        /// Adapters on the vision tower.
+        vision: bool,
+        /// Adapters on the text tower (with its class prompts), else fixed text features.
+        text_lora: Option<TextLora>,
+        /// Normalized fixed class text features (used when the text tower has no LoRA).
         text: Tensor,
     },
     /// The gated image-feature adapter; fixed normalized text features `[C, E]`.
@@ -57,23 +71,23 @@ pub enum Inputs {
 pub struct PeftTape {
     image: Tensor,
     text: Tensor,
-    side: SideTape,
+    image_side: Option<ImageTape>,
+    text_side: Option<(TextTape, Option<Vec<BlockLora>>)>,
 }
 
-enum SideTape {
-    Prompt(TextTape),
-    Lora(VisionTape, Vec<crate::clip::block::BlockLora>),
+enum ImageTape {
+    Lora(VisionTape, Vec<BlockLora>),
     Adapter(AdapterTape),
 }
 
 impl Peft {
     /// Whether batches must carry pixels (the image tower is trained).
     pub fn needs_pixels(&self) -> bool {
-        matches!(self, Peft::Lora { .. })
+        matches!(self, Peft::Lora { vision: true, .. })
     }
 
-    /// Fresh parameters from `seed`: prompt context N(0, 0.02²), LoRA A Kaiming-uniform and
-    /// B zero, adapter as `nn.Linear`.
+    /// Fresh parameters from `seed`: prompt context N(0, 0.02²) (or word init), LoRA A
+    /// Kaiming-uniform and B zero, adapter as `nn.Linear`.
     pub fn init(&self, clip: &Clip, seed: u64) -> Result<ParamSet> {
         let dev = clip.device();
         match self {
@@ -84,18 +98,69 @@ impl Peft {
                 };
                 Ok(ParamSet::from_pairs([(CTX.to_string(), ctx)]))
             }
-            Peft::Lora { spec, .. } => {
-                let v = &clip.config.vision;
-                spec.init(LORA_VISION, v.layers, v.width, seed, dev)
+            Peft::Lora {
+                spec,
+                vision,
+                text_lora,
+                ..
+            } => {
+                let mut set = ParamSet::default();
+                if *vision {
+                    let v = &clip.config.vision;
+                    set.tensors
+                        .extend(spec.init(LORA_VISION, v.layers, v.width, seed, dev)?.tensors);
+                }
+                if text_lora.is_some() {
+                    let t = &clip.config.text;
+                    set.tensors.extend(
+                        spec.init(LORA_TEXT, t.layers, t.width, seed ^ 0x7E47, dev)?
+                            .tensors,
+                    );
+                }
+                if set.tensors.is_empty() {
+                    bail!("LoRA needs the vision tower, the text tower, or both");
+                }
+                Ok(set)
             }
             Peft::Adapter { .. } => adapter::init(clip.config.embed_dim, seed, dev),
         }
     }
 
-    /// Normalized class text features for `params` (constant for LoRA and the adapter).
+    /// Text features through the text tower with LoRA (rows of the truncated path).
+    fn lora_text(
+        &self,
+        clip: &Clip,
+        params: &ParamSet,
+        tl: &TextLora,
+        dropout_seed: Option<u64>,
+        keep_tape: bool,
+    ) -> Result<(Tensor, Option<TextTape>, Vec<BlockLora>)> {
+        let Peft::Lora { spec, .. } = self else {
+            bail!("not a LoRA PEFT")
+        };
+        let t = &clip.config.text;
+        let s = tl.prompts.eot.iter().max().map_or(0, |m| m + 1);
+        let rows = tl.prompts.len() * s;
+        let lora = spec.block_loras(
+            params,
+            LORA_TEXT,
+            t.layers,
+            rows,
+            dropout_seed.map(|d| d ^ 0x7E47),
+        )?;
+        let (f, tape) = clip
+            .text
+            .forward(&tl.prompts, TextPath::Truncated, Some(&lora), keep_tape)?;
+        Ok((f, tape, lora))
+    }
+
+    /// Normalized class text features for `params` (constant for fixed text sides).
     pub fn text_features(&self, clip: &Clip, params: &ParamSet) -> Result<Tensor> {
         match self {
             Peft::Prompt(l) => l2_normalize(&l.text_features(clip, params.get(CTX)?, false)?.0),
+            Peft::Lora {
+                text_lora: Some(tl), ..
+            } => l2_normalize(&self.lora_text(clip, params, tl, None, false)?.0),
             Peft::Lora { text, .. } | Peft::Adapter { text } => Ok(text.clone()),
         }
     }
@@ -112,7 +177,6 @@ impl Peft {
         logits(&image, text, clip.logit_scale_exp())
     }
 
-    #[allow(clippy::type_complexity)]
     fn image_features(
         &self,
         clip: &Clip,
@@ -120,17 +184,22 @@ impl Peft {
         inputs: &Inputs,
         dropout_seed: Option<u64>,
         keep_tape: bool,
-    ) -> Result<(Tensor, Option<SideTape>)> {
+    ) -> Result<(Tensor, Option<ImageTape>)> {
         match (self, inputs) {
-            (Peft::Lora { spec, .. }, Inputs::Pixels(px)) => {
+            (
+                Peft::Lora {
+                    spec, vision: true, ..
+                },
+                Inputs::Pixels(px),
+            ) => {
                 let v = &clip.config.vision;
                 let rows = px.dim(0)? * v.tokens();
                 let lora = spec.block_loras(params, LORA_VISION, v.layers, rows, dropout_seed)?;
                 let (f, tape) = clip.vision.forward(px, Some(&lora), keep_tape)?;
-                Ok((f, tape.map(|t| SideTape::Lora(t, lora))))
+                Ok((f, tape.map(|t| ImageTape::Lora(t, lora))))
             }
-            (Peft::Lora { .. }, Inputs::Features(_)) => {
-                bail!("LoRA trains the image tower: batches must carry pixels")
+            (Peft::Lora { vision: true, .. }, Inputs::Features(_)) => {
+                bail!("LoRA on the vision tower trains the image tower: batches must carry pixels")
             }
             (_, Inputs::Pixels(px)) => {
                 let f = clip.encode_images(px)?;
@@ -138,9 +207,9 @@ impl Peft {
             }
             (Peft::Adapter { .. }, Inputs::Features(f)) => {
                 let (out, tape) = adapter::forward(params, f)?;
-                Ok((out, keep_tape.then_some(SideTape::Adapter(tape))))
+                Ok((out, keep_tape.then_some(ImageTape::Adapter(tape))))
             }
-            (Peft::Prompt(_), Inputs::Features(f)) => Ok((f.clone(), None)),
+            (Peft::Prompt(_) | Peft::Lora { .. }, Inputs::Features(f)) => Ok((f.clone(), None)),
         }
     }
 
@@ -153,18 +222,30 @@ impl Peft {
         inputs: &Inputs,
         dropout_seed: Option<u64>,
     ) -> Result<(Tensor, PeftTape)> {
-        let (image, side_img) = self.image_features(clip, params, inputs, dropout_seed, true)?;
-        let (text, side) = match self {
+        let (image, image_side) = self.image_features(clip, params, inputs, dropout_seed, true)?;
+        let (text, text_side) = match self {
             Peft::Prompt(l) => {
                 let (t, tape) = l.text_features(clip, params.get(CTX)?, true)?;
-                (t, SideTape::Prompt(tape.expect("tape requested")))
+                (t, Some((tape.expect("tape requested"), None)))
             }
-            Peft::Lora { text, .. } | Peft::Adapter { text } => {
-                (text.clone(), side_img.expect("tape requested"))
+            Peft::Lora {
+                text_lora: Some(tl), ..
+            } => {
+                let (t, tape, lora) = self.lora_text(clip, params, tl, dropout_seed, true)?;
+                (t, Some((tape.expect("tape requested"), Some(lora))))
             }
+            Peft::Lora { text, .. } | Peft::Adapter { text } => (text.clone(), None),
         };
         let l = logits(&image, &text, clip.logit_scale_exp())?;
-        Ok((l, PeftTape { image, text, side }))
+        Ok((
+            l,
+            PeftTape {
+                image,
+                text,
+                image_side,
+                text_side,
+            },
+        ))
     }
 
     /// Per-cotangent parameter gradients for logit cotangents `[K, B, C]`.
@@ -177,20 +258,40 @@ impl Peft {
     ) -> Result<Vec<ParamSet>> {
         let k = d_logits.dim(0)?;
         let g = logits_backward(&tape.image, &tape.text, clip.logit_scale_exp(), d_logits)?;
-        match (self, &tape.side) {
-            (Peft::Prompt(l), SideTape::Prompt(tt)) => {
-                let grad = l.ctx_grad(clip, tt, &g.text)?;
-                (0..k)
-                    .map(|i| Ok(ParamSet::from_pairs([(CTX.to_string(), grad.get(i)?)])))
-                    .collect()
+        let mut sets = vec![ParamSet::default(); k];
+        let mut merge = |parts: Vec<ParamSet>| {
+            for (set, part) in sets.iter_mut().zip(parts) {
+                set.tensors.extend(part.tensors);
             }
-            (Peft::Lora { spec, .. }, SideTape::Lora(vt, lora)) => {
+        };
+        match (self, &tape.image_side) {
+            (Peft::Lora { spec, .. }, Some(ImageTape::Lora(vt, lora))) => {
                 let grads = clip.vision.backward(vt, &g.image, lora)?;
-                spec.grads_to_params(&grads, LORA_VISION, k)
+                merge(spec.grads_to_params(&grads, LORA_VISION, k)?);
             }
-            (Peft::Adapter { .. }, SideTape::Adapter(at)) => adapter::backward(params, at, &g.image),
+            (Peft::Adapter { .. }, Some(ImageTape::Adapter(at))) => {
+                merge(adapter::backward(params, at, &g.image)?)
+            }
+            (_, None) => {}
             _ => bail!("tape does not belong to this PEFT kind"),
         }
+        match (self, &tape.text_side) {
+            (Peft::Prompt(l), Some((tt, None))) => {
+                let grad = l.ctx_grad(clip, tt, &g.text)?;
+                merge(
+                    (0..k)
+                        .map(|i| Ok(ParamSet::from_pairs([(CTX.to_string(), grad.get(i)?)])))
+                        .collect::<Result<_>>()?,
+                );
+            }
+            (Peft::Lora { spec, .. }, Some((tt, Some(lora)))) => {
+                let (_, grads) = clip.text.backward(tt, &g.text, Some(lora))?;
+                merge(spec.grads_to_params(&grads, LORA_TEXT, k)?);
+            }
+            (_, None) => {}
+            _ => bail!("tape does not belong to this PEFT kind"),
+        }
+        Ok(sets)
     }
 }
 
@@ -220,13 +321,29 @@ mod tests {
             .unwrap();
         match kind {
             "prompt" => Peft::Prompt(PromptLearner::new(clip, &tok, &classes(), 4, false).unwrap()),
-            "lora" => Peft::Lora {
-                spec: LoraSpec {
-                    dropout: 0.0,
-                    ..LoraSpec::default()
-                },
-                text,
-            },
+            "lora" | "lora-text" | "lora-both" => {
+                let prompts: Vec<String> = classes()
+                    .iter()
+                    .map(|c| format!("a photo of a {}.", c.replace('_', " ")))
+                    .collect();
+                let toks = tok.encode_batch(&prompts).unwrap();
+                let ids: Vec<Vec<u32>> = toks.iter().map(|t| t.ids.clone()).collect();
+                let text_lora = (kind != "lora").then(|| TextLora {
+                    prompts: PromptBatch {
+                        embeddings: clip.text.embed_tokens(&ids).unwrap(),
+                        eot: toks.iter().map(|t| t.eot).collect(),
+                    },
+                });
+                Peft::Lora {
+                    spec: LoraSpec {
+                        dropout: 0.0,
+                        ..LoraSpec::default()
+                    },
+                    vision: kind != "lora-text",
+                    text_lora,
+                    text,
+                }
+            }
             _ => Peft::Adapter { text },
         }
     }
@@ -245,11 +362,11 @@ mod tests {
         )
         .unwrap();
         let pixels = rand_tensor(&[2, 3, 224, 224], 3, 1.5);
-        for kind in ["prompt", "lora", "adapter"] {
+        for kind in ["prompt", "lora", "lora-text", "lora-both", "adapter"] {
             let peft = build(&clip, kind);
             let peft64 = build(&clip64, kind);
             let mut params = peft.init(&clip, 11).unwrap();
-            if kind == "lora" {
+            if kind.starts_with("lora") {
                 // B = 0 at init makes A's gradient vanish; use random B to test both.
                 params = params
                     .map(|n, t| {
@@ -261,7 +378,7 @@ mod tests {
                     })
                     .unwrap();
             }
-            let inputs = if kind == "lora" {
+            let inputs = if peft.needs_pixels() {
                 Inputs::Pixels(pixels.clone())
             } else {
                 Inputs::Features(clip.encode_images(&pixels).unwrap())

@@ -274,3 +274,110 @@ fn lora_and_adapter_runs_complete() {
         assert!(stdout.contains("| GM |") && stdout.contains("| PM |"), "{stdout}");
     }
 }
+
+fn compare_args<'a>(
+    out: &'a str,
+    cache: &'a str,
+    peft: &'a str,
+    algorithms: &'a str,
+    seeds: &'a str,
+) -> Vec<&'a str> {
+    let mut a = run_args(out, cache, peft, "2");
+    a[0] = "compare";
+    a.extend(["--algorithms", algorithms, "--seeds", seeds]);
+    a
+}
+
+/// Every accuracy-like number of a summary lies in [0, 100].
+fn summary_in_range(path: &Path) {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for model in ["gm", "pm", "zeroshot"] {
+        for key in ["all", "many", "medium", "few", "balancedness", "best_all"] {
+            if let Some(x) = v[model][key].as_f64() {
+                assert!(
+                    (0.0..=100.0).contains(&x),
+                    "{}: {model}.{key} = {x}",
+                    path.display()
+                );
+            }
+        }
+        assert!(v[model]["tkl"].as_f64().unwrap() >= 0.0);
+    }
+}
+
+/// Every algorithm × PEFT combination that exists runs end to end through `compare`
+/// (two seeds for prompts: mean ± std), leaves in-range summaries, and resumes finished
+/// cells; combinations that do not exist, bad seed lists and grids whose cells saw
+/// different splits are refused with messages that say why.
+#[test]
+fn every_algorithm_runs_and_compare_tables_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    let common = "zeroshot,fedpurel,fedpurel-kl,fedpurel-nopurify,fedpurel-fusion,promptfl,promptfl+la,promptfl+la-posthoc,promptfl+fedgrab";
+    let prompt_only = format!("{common},promptfolio,promptfolio+fedgrab");
+    for (peft, algorithms, seeds) in [
+        ("prompt", prompt_only.as_str(), "1,2"),
+        ("lora", common, "1"),
+        ("adapter", common, "1"),
+    ] {
+        let out = tmp.path().join(peft);
+        let out = out.to_str().unwrap();
+        let (ok, stdout, err) = fedpurel(&compare_args(out, cache, peft, algorithms, seeds));
+        assert!(ok, "{peft}: {err}");
+        let table = std::fs::read_to_string(Path::new(out).join("compare.md")).unwrap();
+        for a in algorithms.split(',') {
+            assert!(
+                table.contains(&format!("| {a} | {seeds} |")),
+                "{peft}/{a}:\n{table}"
+            );
+            for s in seeds.split(',') {
+                summary_in_range(
+                    &Path::new(out)
+                        .join(a)
+                        .join(format!("seed-{s}"))
+                        .join("summary.json"),
+                );
+            }
+        }
+        if seeds.contains(',') {
+            assert!(stdout.contains(" ± "), "{stdout}");
+            assert!(Path::new(out).join("compare.csv").is_file());
+        }
+    }
+    // Finished cells are not re-run.
+    let out = tmp.path().join("prompt");
+    let (ok, _, err) = fedpurel(&compare_args(
+        out.to_str().unwrap(),
+        cache,
+        "prompt",
+        "zeroshot,fedpurel",
+        "1,2",
+    ));
+    assert!(ok && err.matches("finished earlier").count() == 4, "{err}");
+    // A cell whose split differs from the others' is refused.
+    let cell = out.join("fedpurel/seed-1/summary.json");
+    let text = std::fs::read_to_string(&cell).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let split = v["run"]["split"].as_str().unwrap().to_string();
+    std::fs::write(&cell, text.replace(&split, "0000000000000000")).unwrap();
+    let (ok, _, err) = fedpurel(&compare_args(
+        out.to_str().unwrap(),
+        cache,
+        "prompt",
+        "zeroshot,fedpurel",
+        "1",
+    ));
+    assert!(!ok && err.contains("disagree on data or split"), "{err}");
+    // Combinations and lists that do not exist.
+    let bad = tmp.path().join("bad");
+    let bad = bad.to_str().unwrap();
+    let (ok, _, err) = fedpurel(&compare_args(bad, cache, "lora", "promptfolio", "1"));
+    assert!(!ok && err.contains("prompt learning only"), "{err}");
+    let (ok, _, err) = fedpurel(&compare_args(bad, cache, "prompt", "fedpurel", "1,two"));
+    assert!(!ok && err.contains("`two` is not a seed"), "{err}");
+    let mut run = run_args(bad, cache, "adapter", "1");
+    run.extend(["--algorithm", "promptfolio"]);
+    let (ok, _, err) = fedpurel(&run);
+    assert!(!ok && err.contains("prompt learning only"), "{err}");
+}

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::run::{federation, load};
+use super::run::{algorithm, federation, load};
 use super::run_config::read_config;
 use crate::fed::train::Evaluation;
 use crate::peft::params::ParamSet;
@@ -41,6 +41,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let cfg = read_config(&args.run.join("config.toml"))?;
     let loaded = load(cfg)?;
     let fed = federation(&loaded)?;
+    let algo = algorithm(&loaded.cfg, &fed)?;
     let mut state = dir
         .load_state(loaded.clip.device())?
         .ok_or_else(|| anyhow!("{}: no checkpoint (run it first)", args.run.display()))?;
@@ -53,7 +54,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         bail!("--round {round}: the run has completed rounds 0–{last}");
     }
     state.global = ParamSet::load(&dir.round_global(round), loaded.clip.device())?;
-    let (gm, pm) = fed.evaluate(&state)?;
+    let (gm, pm) = fed.evaluate(&state, algo.as_ref())?;
     let records = dir.read_records(state.rounds_done)?;
     let rec = records.get(round);
     let gm_same = rec.map(|r| same(&gm, &r.gm));

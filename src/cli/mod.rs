@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod compare;
 pub mod data_args;
 pub mod eval;
 pub mod model;
@@ -33,10 +34,12 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Cut the long tail, split a dataset over clients, write partition.json + a heatmap.
     Partition(partition::PartitionArgs),
-    /// Train and evaluate FedPuReL; leaves a run directory (resumable).
+    /// Train and evaluate FedPuReL or a baseline; leaves a run directory (resumable).
     Run(Box<run::RunArgs>),
     /// Re-evaluate a saved run from its checkpoints.
     Eval(eval::EvalArgs),
+    /// Run a grid of algorithms × seeds and write the paper-style comparison table.
+    Compare(Box<compare::CompareArgs>),
 }
 
 /// Runs the parsed command line.
@@ -48,6 +51,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Partition(args) => partition::run(args),
         Command::Run(args) => run::run(*args, matches.subcommand_matches("run")),
         Command::Eval(args) => eval::run(args),
+        Command::Compare(args) => compare::run(*args, matches.subcommand_matches("compare")),
     }
 }
 

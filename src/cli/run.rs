@@ -1,4 +1,5 @@
-//! `fedpurel run`: train and evaluate FedPuReL on a federated long-tailed split, leaving a
+//! `fedpurel run`: train and evaluate FedPuReL (or a baseline, `--algorithm`) on a
+//! federated long-tailed split, leaving a
 //! run directory (config.toml, metrics.jsonl, summary.json/.md, checkpoints/). Re-running
 //! the same command on the same `--out` resumes after the last completed round.
 
@@ -19,12 +20,13 @@ use crate::clip::{Checkpoint, Clip, LoadOptions};
 use crate::data::features::{cached_split_features, EncodeRequest};
 use crate::data::transforms::{Mode, Transform, TransformKind};
 use crate::data::{Dataset, Partition};
+use crate::fed::algorithm::{registry, Algorithm};
 use crate::fed::local::AlignLoss;
 use crate::fed::train::Federation;
 use crate::peft::lora::LoraSpec;
 use crate::peft::model::{Peft, TextLora};
 use crate::peft::prompt::PromptLearner;
-use crate::report::run_dir::{summarize, summary_markdown, RunDir};
+use crate::report::run_dir::{summarize, summary_markdown, ModelSummary, RunDir, RunIdentity, Summary};
 
 /// Which parameter-efficient fine-tuning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
@@ -61,7 +63,9 @@ pub struct RunArgs {
     /// Start from a configuration file (e.g. a run directory's config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Federated algorithm.
+    /// Federated algorithm: zeroshot, fedpurel, fedpurel-kl, fedpurel-nopurify,
+    /// fedpurel-fusion, promptfl, promptfl+la, promptfl+la-posthoc, promptfl+fedgrab,
+    /// promptfolio, promptfolio+fedgrab.
     #[arg(long, default_value = "fedpurel")]
     pub algorithm: String,
     /// Dataset, long-tail cut and client split (as `fedpurel partition`).
@@ -131,6 +135,15 @@ pub struct RunArgs {
     /// Test images per evaluation batch.
     #[arg(long, default_value_t = 256)]
     pub eval_batch: usize,
+    /// Logit-adjustment strength τ (promptfl+la, promptfl+la-posthoc).
+    #[arg(long, default_value_t = 1.0)]
+    pub la_tau: f64,
+    /// PromptFolio's weight θ of the local prompt (promptfolio*, fedpurel-fusion).
+    #[arg(long, default_value_t = 0.4)]
+    pub folio_theta: f64,
+    /// Weight of the alignment loss added to CE (fedpurel-nopurify).
+    #[arg(long, default_value_t = 1.0)]
+    pub align_weight: f64,
 }
 
 /// Everything a run directory's configuration loads: data, split, model, tokenizer.
@@ -248,14 +261,42 @@ pub fn federation(l: &Loaded) -> Result<Federation<'_>> {
     )
 }
 
+/// The algorithm a loaded configuration names, checked against its PEFT kind.
+pub fn algorithm(cfg: &RunConfig, fed: &Federation) -> Result<Box<dyn Algorithm>> {
+    registry(&cfg.algorithm, &cfg.baselines, fed.peft())
+        .with_context(|| format!("--algorithm {} with --peft {:?}", cfg.algorithm, cfg.peft).to_lowercase())
+}
+
+/// What a summary says it is of.
+pub fn identity(l: &Loaded, algo: &dyn Algorithm) -> RunIdentity {
+    RunIdentity {
+        algorithm: algo.name(),
+        peft: format!("{:?}", l.cfg.peft).to_lowercase(),
+        seed: l.cfg.train.seed,
+        split: l.partition.fingerprint(),
+        pm_protocol: algo.pm_rule().describe(),
+    }
+}
+
 /// Runs `fedpurel run`; `matches` tells which flags were typed (for preset overrides).
 pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
     let cfg = resolve(&args, matches)?;
+    let out = cfg.out.clone();
+    let (summary, zeroshot_pm) = execute(cfg, true)?;
+    println!("{}", summary_markdown(&summary, &zeroshot_pm));
+    println!("run directory: {}", out.display());
+    Ok(())
+}
+
+/// Trains and evaluates a resolved configuration in its run directory, resuming after
+/// the last completed round; returns the summary and the zero-shot PM line.
+pub fn execute(cfg: RunConfig, progress: bool) -> Result<(Summary, ModelSummary)> {
     let dir = RunDir::new(&cfg.out);
     dir.write_config(&cfg, true)?;
     let loaded = load(cfg)?;
     let cfg = &loaded.cfg;
     let fed = federation(&loaded)?;
+    let algo = algorithm(cfg, &fed)?;
     let zeroshot = fed.evaluate_zero_shot()?;
     let fresh = fed.initial_state()?;
     let mut state = match dir.load_state(loaded.clip.device())? {
@@ -274,7 +315,9 @@ pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
                     fresh.private.len()
                 );
             }
-            eprintln!("resuming {} after round {}", cfg.out.display(), s.rounds_done);
+            if progress {
+                eprintln!("resuming {} after round {}", cfg.out.display(), s.rounds_done);
+            }
             s
         }
         None => fresh,
@@ -288,15 +331,20 @@ pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
             state.rounds_done
         );
     }
-    let bar = ProgressBar::new(cfg.train.rounds as u64).with_style(
+    let bar = if progress {
+        ProgressBar::new(cfg.train.rounds as u64)
+    } else {
+        ProgressBar::hidden()
+    }
+    .with_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} rounds  {msg}")
             .context("progress template")?,
     );
-    bar.set_prefix("fedpurel");
+    bar.set_prefix(algo.name());
     bar.set_position(state.rounds_done as u64);
     while state.rounds_done < cfg.train.rounds {
         let t = state.rounds_done;
-        let rec = fed.run_round(&mut state, &|phase| {
+        let rec = fed.run_round(&mut state, algo.as_ref(), &|phase| {
             bar.set_message(format!("round {t}: {phase}"))
         })?;
         bar.set_message(format!(
@@ -309,8 +357,6 @@ pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let summary = dir.write_summary(&records, &zeroshot)?;
-    println!("{}", summary_markdown(&summary, &summarize(&[&zeroshot.1])));
-    println!("run directory: {}", cfg.out.display());
-    Ok(())
+    let summary = dir.write_summary(&identity(&loaded, algo.as_ref()), &records, &zeroshot)?;
+    Ok((summary, summarize(&[&zeroshot.1])))
 }

@@ -21,6 +21,7 @@ use super::data_args::DataArgs;
 use super::run::{LoraEncoder, PeftKind, RunArgs};
 use crate::data::source::DatasetName;
 use crate::data::transforms::TransformKind;
+use crate::fed::algorithm::{names as algorithm_names, AlgorithmSettings};
 use crate::fed::local::AlignLoss;
 use crate::fed::sgd::SgdConfig;
 use crate::fed::train::TrainSettings;
@@ -29,7 +30,7 @@ use crate::fed::train::TrainSettings;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
-    /// The federated algorithm (`fedpurel`).
+    /// The federated algorithm (see `fedpurel run --help`).
     pub algorithm: String,
     /// Dataset, long-tail cut and split.
     pub data: DataArgs,
@@ -56,6 +57,9 @@ pub struct RunConfig {
     pub template: String,
     /// Optimization and federation settings.
     pub train: TrainSettings,
+    /// Hyper-parameters of the baselines and ablations.
+    #[serde(default)]
+    pub baselines: AlgorithmSettings,
     /// Run directory.
     pub out: PathBuf,
     /// Feature-cache directory.
@@ -166,6 +170,7 @@ pub fn preset(name: &str, model: &Path, out: &Path, cache: &Path) -> Result<RunC
         transform: None,
         template: "a photo of a {}.".into(),
         train,
+        baselines: AlgorithmSettings::default(),
         out: out.to_path_buf(),
         cache_dir: cache.to_path_buf(),
         device: "cpu".into(),
@@ -203,6 +208,12 @@ fn from_args(a: &RunArgs) -> RunConfig {
         transform: a.transform,
         template: a.template.clone(),
         train,
+        baselines: AlgorithmSettings {
+            la_tau: a.la_tau,
+            folio_theta: a.folio_theta,
+            align_weight: a.align_weight,
+            ..AlgorithmSettings::default()
+        },
         out: a.out.clone(),
         cache_dir: a.cache_dir.clone(),
         device: a.device.clone(),
@@ -258,6 +269,9 @@ pub fn resolve(a: &RunArgs, m: Option<&ArgMatches>) -> Result<RunConfig> {
         "align" => c.train.align, flags.train.align;
         "carry_momentum" => c.train.carry_momentum, flags.train.carry_momentum;
         "eval_batch" => c.train.eval_batch, flags.train.eval_batch;
+        "la_tau" => c.baselines.la_tau, flags.baselines.la_tau;
+        "folio_theta" => c.baselines.folio_theta, flags.baselines.folio_theta;
+        "align_weight" => c.baselines.align_weight, flags.baselines.align_weight;
         "out" => c.out, flags.out.clone();
         "cache_dir" => c.cache_dir, flags.cache_dir.clone();
         "device" => c.device, flags.device.clone();
@@ -274,8 +288,12 @@ fn finish(c: RunConfig) -> Result<RunConfig> {
     if c.model.as_os_str().is_empty() {
         bail!("no model: pass --model DIR (a CLIP checkpoint directory)");
     }
-    if c.algorithm != "fedpurel" {
-        bail!("unknown algorithm `{}`; available: fedpurel", c.algorithm);
+    if !algorithm_names().contains(&c.algorithm.as_str()) && c.algorithm != "fedgrab" {
+        bail!(
+            "unknown algorithm `{}`; available: {}",
+            c.algorithm,
+            algorithm_names().join(", ")
+        );
     }
     Ok(c)
 }

@@ -150,6 +150,70 @@ pub fn stage2_step(
     })
 }
 
+/// One step on a single loss of the logits: `loss` maps f to its value and ∂/∂f, and to
+/// the logits the step's training accuracy is scored on (None: f itself). The step of
+/// every method whose local objective is one scalar (PromptFL's CE, logit adjustment,
+/// Fed-GraB's balanced loss, CE + w·TKL, fusion personalization).
+#[allow(clippy::too_many_arguments)]
+pub fn loss_step(
+    clip: &Clip,
+    peft: &Peft,
+    params: &mut ParamSet,
+    opt: &mut Sgd,
+    inputs: &Inputs,
+    y: &[u32],
+    loss: impl FnOnce(&Tensor) -> Result<(LossGrad, Option<Tensor>)>,
+    dropout_seed: Option<u64>,
+) -> Result<StepStats> {
+    let (f, tape) = peft.forward(clip, params, inputs, dropout_seed)?;
+    let (l, scored) = loss(&f)?;
+    check_finite(l.loss, "local")?;
+    let grads = peft.backward(clip, params, &tape, &l.grad.to_dtype(f.dtype())?.unsqueeze(0)?)?;
+    opt.step(params, &grads[0])?;
+    Ok(StepStats {
+        task_loss: l.loss,
+        tensors: grads[0].tensors.len(),
+        correct: correct(scored.as_ref().unwrap_or(&f), y)?,
+        ..StepStats::default()
+    })
+}
+
+/// One step on a loss (CE for PromptFolio) of the mixed logits (1 − θ)·f_a + θ·f_b that
+/// trains both parameter sets (of the same PEFT) at once: PromptFolio's local step with its global (a) and local (b) prompt. For
+/// prompts the logits are linear in the normalized text features, so mixing logits is
+/// exactly mixing the two prompts' features.
+#[allow(clippy::too_many_arguments)]
+pub fn mix_step(
+    clip: &Clip,
+    peft: &Peft,
+    a: &mut ParamSet,
+    opt_a: &mut Sgd,
+    b: &mut ParamSet,
+    opt_b: &mut Sgd,
+    theta: f64,
+    inputs: &Inputs,
+    y: &[u32],
+    loss: impl FnOnce(&Tensor) -> Result<LossGrad>,
+    dropout_seed: Option<u64>,
+) -> Result<StepStats> {
+    let (fa, tape_a) = peft.forward(clip, a, inputs, dropout_seed)?;
+    let (fb, tape_b) = peft.forward(clip, b, inputs, dropout_seed.map(|s| s ^ 0xB0B))?;
+    let mixed = ((&fa * (1.0 - theta))? + (&fb * theta)?)?;
+    let l = loss(&mixed)?;
+    check_finite(l.loss, "mixed")?;
+    let g = l.grad.to_dtype(fa.dtype())?;
+    let gb = peft.backward(clip, b, &tape_b, &(&g * theta)?.unsqueeze(0)?)?;
+    let ga = peft.backward(clip, a, &tape_a, &(&g * (1.0 - theta))?.unsqueeze(0)?)?;
+    opt_a.step(a, &ga[0])?;
+    opt_b.step(b, &gb[0])?;
+    Ok(StepStats {
+        task_loss: l.loss,
+        tensors: gb[0].tensors.len(),
+        correct: correct(&mixed, y)?,
+        ..StepStats::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

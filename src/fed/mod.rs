@@ -1,6 +1,8 @@
-//! Federated training: the optimizer clients use, and (in later steps) the round loop and
-//! one file per algorithm behind one trait.
+//! Federated training: the optimizer clients use, local steps, the round loop, and one
+//! file per algorithm behind one trait (the algorithm seam, [`algorithm::Algorithm`]).
 
+pub mod algorithm;
+pub mod algorithms;
 pub mod local;
 pub mod replay;
 pub mod sgd;

@@ -249,7 +249,13 @@ mod tests {
         let mut state = fed.initial_state().unwrap();
         state.global = global;
         for round in 0..2 {
-            let rec = fed.run_round(&mut state, &|_| {}).unwrap();
+            let rec = fed
+                .run_round(
+                    &mut state,
+                    &crate::fed::algorithms::fedpurel::FedPuReL::paper(),
+                    &|_| {},
+                )
+                .unwrap();
             let want =
                 candle_core::safetensors::load(dir().join(format!("params_round{round}.safetensors")), &dev)
                     .unwrap();

@@ -1,7 +1,9 @@
-//! The FedPuReL round loop (SPEC §1, §4, §5, §7): per round, the sampled clients run
-//! stage 1 from the current global parameters, the server averages them weighted by
-//! client size, the same clients run stage 2 against the fresh global model, and both
+//! The round loop every algorithm shares (SPEC §1, §4, §5, §7): per round, the sampled
+//! clients train local copies of the global parameters (FedPuReL's stage 1), the server
+//! averages them weighted by client size and takes the algorithm's server step, the same
+//! clients personalize against the fresh global model (FedPuReL's stage 2), and both
 //! models are evaluated: GM on the global test set, PM on every client's own test set.
+//! What each phase does is the algorithm's ([`super::algorithm::Algorithm`]).
 //!
 //! Randomness is keyed, never carried: client sampling draws from the `"client-sampling"`
 //! stream of round t, batch orders from `"batches"` of (round, client, stage) (both through
@@ -20,8 +22,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::local::{stage1_step, stage2_step, AlignLoss, Stage1Settings, StepStats};
-use super::sgd::{Sgd, SgdConfig};
+use super::algorithm::{Algorithm, GmRule, PmRule};
+use super::local::{AlignLoss, StepStats};
+use super::sgd::SgdConfig;
 use crate::clip::model::l2_normalize;
 use crate::clip::Clip;
 use crate::data::dataset::{Dataset, SplitKind};
@@ -31,6 +34,7 @@ use crate::data::Partition;
 use crate::metrics::{
     balancedness, group_accuracy, personalized_accuracy, Balancedness, Confusion, GroupAccuracy,
 };
+use crate::objective::logit_adjust::{log_prior_shift, post_hoc};
 use crate::objective::tkl::tkl;
 use crate::peft::model::{Inputs, Peft};
 use crate::peft::params::ParamSet;
@@ -126,6 +130,44 @@ pub struct FedState {
     pub private: Vec<Option<ParamSet>>,
     /// Stage-1 momentum carried across clients (reference-code mode).
     pub momentum: Option<ParamSet>,
+    /// The algorithm's server-side state (e.g. Fed-GraB's class prior), if any.
+    pub server_extra: Option<ParamSet>,
+    /// The algorithm's per-client state (e.g. Fed-GraB's PID controllers), if any.
+    pub client_extra: Vec<Option<ParamSet>>,
+}
+
+/// One training batch as an algorithm's local step sees it.
+pub struct Batch {
+    /// Step index within the epoch.
+    pub step: usize,
+    /// Cached features or pixels.
+    pub inputs: Inputs,
+    /// The frozen zero-shot model's logits on the batch.
+    pub zero_shot: Tensor,
+    /// Labels.
+    pub labels: Vec<u32>,
+    /// LoRA dropout seed of this step (None without dropout).
+    pub dropout: Option<u64>,
+}
+
+/// What an algorithm's client-side hooks see: the federation, the round, the client,
+/// and (during personalization) the new global model's text features.
+pub struct ClientCx<'c> {
+    /// The federation (model, PEFT, data, settings).
+    pub fed: &'c Federation<'c>,
+    /// Round index.
+    pub round: usize,
+    /// Client index.
+    pub client: usize,
+    /// Text features of the freshly aggregated global parameters (personalization only).
+    pub global_text: Option<&'c Tensor>,
+}
+
+impl ClientCx<'_> {
+    /// This client's epoch in `stage` (see [`Federation::client_epoch`]).
+    pub fn epoch(&self, stage: u8, step: impl FnMut(&Batch) -> Result<StepStats>) -> Result<Accum> {
+        self.fed.client_epoch(self.round, self.client, stage, step)
+    }
 }
 
 /// Which clients train in a round and how each client's epoch is batched. The default
@@ -301,6 +343,8 @@ impl<'a> Federation<'a> {
             global,
             private: vec![None; self.partition.clients.len()],
             momentum: None,
+            server_extra: None,
+            client_extra: vec![None; self.partition.clients.len()],
         })
     }
 
@@ -376,112 +420,64 @@ impl<'a> Federation<'a> {
         Ok((l2_normalize(frozen)?.matmul(&self.zs_text.t()?)? * self.clip.logit_scale_exp())?)
     }
 
-    /// Runs round `t = state.rounds_done` and returns its record; `phase` is told each
-    /// phase as it starts (for progress display).
-    pub fn run_round(&self, state: &mut FedState, phase: &dyn Fn(&str)) -> Result<RoundRecord> {
+    /// Runs round `t = state.rounds_done` of `algo` and returns its record; `phase` is
+    /// told each phase as it starts (for progress display). Local training of every
+    /// sampled client from the round-start global model, the size-weighted average, the
+    /// algorithm's server step, personalization of the same clients against the new global
+    /// model, then GM and PM evaluation.
+    pub fn run_round(
+        &self,
+        state: &mut FedState,
+        algo: &dyn Algorithm,
+        phase: &dyn Fn(&str),
+    ) -> Result<RoundRecord> {
         let t = state.rounds_done;
-        let s = &self.settings;
-        let clients = self.schedule.clients(t)?;
+        let clients = if algo.trains() {
+            self.schedule.clients(t)?
+        } else {
+            Vec::new()
+        };
         if let Some(&bad) = clients.iter().find(|&&k| k >= self.clients()) {
             bail!(
                 "round {t}: client {bad} does not exist ({} clients)",
                 self.clients()
             );
         }
-        // Stage 1.
-        phase(&format!("stage 1 ({} clients)", clients.len()));
+        // Local training (FedPuReL's stage 1).
+        phase(&format!("local training ({} clients)", clients.len()));
         let t1 = Instant::now();
         let mut acc1 = Accum::default();
         let mut locals = Vec::with_capacity(clients.len());
         let mut weights = Vec::with_capacity(clients.len());
-        let stage1 = Stage1Settings {
-            align: s.align,
-            lambda_proj: s.lambda_proj,
-        };
         for &k in &clients {
+            let cx = self.client(t, k, None);
             let mut params = state.global.clone();
-            let mut opt = Sgd::new(s.stage1);
-            if s.carry_momentum {
-                opt.momentum = state.momentum.take();
-            }
-            let idx = &self.partition.clients[k].train;
-            for (step, batch) in self.schedule.batches(t, k, 1, idx)?.iter().enumerate() {
-                let path = [t as u64, k as u64, 1, step as u64];
-                let (inputs, frozen) = self.train_inputs(batch, &path)?;
-                let z = self.zero_shot_logits(&frozen)?;
-                let y = self.labels(SplitKind::Train, batch);
-                let dropout = self.dropout_seed(&path);
-                let st = stage1_step(
-                    self.clip,
-                    &self.peft,
-                    &mut params,
-                    &mut opt,
-                    &inputs,
-                    &y,
-                    &z,
-                    &stage1,
-                    dropout,
-                )
-                .with_context(|| format!("stage 1, round {t}, client {k}, step {step}"))?;
-                acc1.add(&st, y.len());
-            }
-            if s.carry_momentum {
-                state.momentum = opt.momentum.take();
-            }
+            acc1.merge(&algo.train_local(&cx, &mut params, state)?);
             locals.push(params);
-            weights.push(idx.len() as f64);
+            weights.push(self.partition.clients[k].train.len() as f64);
         }
         if weights.iter().sum::<f64>() > 0.0 {
             let refs: Vec<&ParamSet> = locals.iter().collect();
             state.global = ParamSet::weighted_average(&refs, &weights)?;
         }
+        algo.after_aggregation(self, t, state)?;
         let stage1_stats = acc1.finish(t1.elapsed().as_secs_f64());
-        // Stage 2.
-        phase("stage 2");
+        // Personalization (FedPuReL's stage 2).
+        phase("personalization");
         let t2 = Instant::now();
         let mut acc2 = Accum::default();
-        let global_text = self.peft.text_features(self.clip, &state.global)?;
-        // SPEC §5: the adapter's private branch learns only through the fused logits.
-        let lambda = if matches!(self.peft, Peft::Adapter { .. }) {
-            0.0
-        } else {
-            s.lambda
-        };
-        for &k in &clients {
-            let mut private = state.private[k]
-                .clone()
-                .unwrap_or_else(|| self.private_init.clone());
-            let mut opt = Sgd::new(s.stage2);
-            let idx = &self.partition.clients[k].train;
-            for (step, batch) in self.schedule.batches(t, k, 2, idx)?.iter().enumerate() {
-                let path = [t as u64, k as u64, 2, step as u64];
-                let (inputs, _) = self.train_inputs(batch, &path)?;
-                let y = self.labels(SplitKind::Train, batch);
-                let l_g = self
-                    .peft
-                    .logits_with_text(self.clip, &state.global, &inputs, &global_text)?;
-                let dropout = self.dropout_seed(&path);
-                let st = stage2_step(
-                    self.clip,
-                    &self.peft,
-                    &mut private,
-                    &mut opt,
-                    &inputs,
-                    &y,
-                    &l_g,
-                    lambda,
-                    dropout,
-                )
-                .with_context(|| format!("stage 2, round {t}, client {k}, step {step}"))?;
-                acc2.add(&st, y.len());
+        if !clients.is_empty() {
+            let global_text = self.peft.text_features(self.clip, &state.global)?;
+            for &k in &clients {
+                let cx = self.client(t, k, Some(&global_text));
+                acc2.merge(&algo.personalize(&cx, state)?);
             }
-            state.private[k] = Some(private);
         }
         let stage2_stats = acc2.finish(t2.elapsed().as_secs_f64());
         // Evaluation.
         phase("GM and PM evaluation");
         let te = Instant::now();
-        let (gm, pm) = self.evaluate(state)?;
+        let (gm, pm) = self.evaluate(state, algo)?;
         state.rounds_done = t + 1;
         Ok(RoundRecord {
             round: t,
@@ -492,6 +488,79 @@ impl<'a> Federation<'a> {
             pm,
             eval_seconds: te.elapsed().as_secs_f64(),
         })
+    }
+
+    fn client<'c>(&'c self, round: usize, client: usize, global_text: Option<&'c Tensor>) -> ClientCx<'c> {
+        ClientCx {
+            fed: self,
+            round,
+            client,
+            global_text,
+        }
+    }
+
+    /// Client `k`'s epoch of round `t` in `stage` (1: local training, 2: personalization),
+    /// batch by batch through `step`; the batch order and LoRA dropout come from the
+    /// keyed streams of (round, client, stage[, step]).
+    pub fn client_epoch(
+        &self,
+        t: usize,
+        k: usize,
+        stage: u8,
+        mut step: impl FnMut(&Batch) -> Result<StepStats>,
+    ) -> Result<Accum> {
+        let mut acc = Accum::default();
+        let idx = &self.partition.clients[k].train;
+        for (i, batch) in self.schedule.batches(t, k, stage, idx)?.iter().enumerate() {
+            let path = [t as u64, k as u64, stage as u64, i as u64];
+            let (inputs, frozen) = self.train_inputs(batch, &path)?;
+            let b = Batch {
+                step: i,
+                zero_shot: self.zero_shot_logits(&frozen)?,
+                inputs,
+                labels: self.labels(SplitKind::Train, batch),
+                dropout: self.dropout_seed(&path),
+            };
+            let st = step(&b).with_context(|| {
+                let what = if stage == 1 {
+                    "local training"
+                } else {
+                    "personalization"
+                };
+                format!("{what}, round {t}, client {k}, step {i}")
+            })?;
+            acc.add(&st, b.labels.len());
+        }
+        Ok(acc)
+    }
+
+    /// The model.
+    pub fn clip(&self) -> &Clip {
+        self.clip
+    }
+
+    /// The PEFT kind.
+    pub fn peft(&self) -> &Peft {
+        &self.peft
+    }
+
+    /// The private parameters a client starts from (the `"init-private"` stream).
+    pub fn private_init(&self) -> &ParamSet {
+        &self.private_init
+    }
+
+    /// Long-tailed training count per class (the global class prior).
+    pub fn class_counts(&self) -> &[usize] {
+        &self.partition.class_counts
+    }
+
+    /// Client `k`'s training count per class.
+    pub fn client_class_counts(&self, k: usize) -> Vec<usize> {
+        let mut n = vec![0; self.dataset.num_classes()];
+        for y in self.labels(SplitKind::Train, &self.partition.clients[k].train) {
+            n[y as usize] += 1;
+        }
+        n
     }
 
     fn dropout_seed(&self, path: &[u64]) -> Option<u64> {
@@ -529,23 +598,60 @@ impl<'a> Federation<'a> {
         self.evaluate_with(&all, &logits, &|_, idx| logits(idx))
     }
 
-    /// GM and PM evaluation of a state.
-    pub fn evaluate(&self, state: &FedState) -> Result<(Evaluation, Evaluation)> {
-        let text_g = self.peft.text_features(self.clip, &state.global)?;
+    /// GM and PM evaluation of a state under the algorithm's rules.
+    pub fn evaluate(&self, state: &FedState, algo: &dyn Algorithm) -> Result<(Evaluation, Evaluation)> {
         let all: Vec<usize> = (0..self.dataset.test.len()).collect();
-        let gm = |idx: &[usize]| self.test_logits(&state.global, &text_g, idx);
+        let zero_shot = |idx: &[usize]| self.zero_shot_logits(&self.test_rows(idx)?);
+        let gm_rule = algo.gm_rule();
+        let text_g = match gm_rule {
+            GmRule::ZeroShot => None,
+            _ => Some(self.peft.text_features(self.clip, &state.global)?),
+        };
+        let global = |idx: &[usize]| -> Result<Tensor> {
+            match &text_g {
+                Some(text) => self.test_logits(&state.global, text, idx),
+                None => zero_shot(idx),
+            }
+        };
+        let shift = match gm_rule {
+            GmRule::GlobalPostHoc { tau } => {
+                Some(log_prior_shift(&self.partition.class_counts, tau, &self.zs_text)?)
+            }
+            _ => None,
+        };
+        let gm = |idx: &[usize]| -> Result<Tensor> {
+            let l = global(idx)?;
+            match &shift {
+                Some(s) => post_hoc(&l, s),
+                None => Ok(l),
+            }
+        };
+        let pm_rule = algo.pm_rule();
+        if pm_rule == PmRule::SameAsGm {
+            return self.evaluate_with(&all, &gm, &|_, idx| gm(idx));
+        }
         let privates: Vec<ParamSet> = state
             .private
             .iter()
-            .map(|p| p.clone().unwrap_or_else(|| self.private_init.clone()))
+            .map(|p| match (p, pm_rule) {
+                (Some(p), _) => p.clone(),
+                // A fine-tuned copy that does not exist yet is the global model itself.
+                (None, PmRule::Private) => state.global.clone(),
+                (None, _) => self.private_init.clone(),
+            })
             .collect();
         let texts: Vec<Tensor> = privates
             .iter()
             .map(|p| self.peft.text_features(self.clip, p))
             .collect::<Result<_>>()?;
         let pm = |k: usize, idx: &[usize]| -> Result<Tensor> {
-            Ok((self.test_logits(&state.global, &text_g, idx)?
-                + self.test_logits(&privates[k], &texts[k], idx)?)?)
+            let l_p = self.test_logits(&privates[k], &texts[k], idx)?;
+            Ok(match pm_rule {
+                PmRule::Private => l_p,
+                PmRule::Residual => (global(idx)? + l_p)?,
+                PmRule::Mix { theta } => ((global(idx)? * (1.0 - theta))? + (l_p * theta)?)?,
+                PmRule::SameAsGm => unreachable!("handled above"),
+            })
         };
         self.evaluate_with(&all, &gm, &pm)
     }
@@ -609,9 +715,9 @@ impl<'a> Federation<'a> {
     }
 }
 
-/// Running means of step statistics.
-#[derive(Default)]
-struct Accum {
+/// Running sums of step statistics (means on [`Accum::finish`]).
+#[derive(Debug, Clone, Default)]
+pub struct Accum {
     steps: usize,
     loss: f64,
     align: f64,
@@ -622,7 +728,8 @@ struct Accum {
 }
 
 impl Accum {
-    fn add(&mut self, s: &StepStats, batch: usize) {
+    /// Adds one step on a batch of `batch` samples.
+    pub fn add(&mut self, s: &StepStats, batch: usize) {
         self.steps += 1;
         self.loss += s.task_loss as f64;
         self.align += s.align_loss as f64;
@@ -632,7 +739,19 @@ impl Accum {
         self.seen += batch;
     }
 
-    fn finish(&self, seconds: f64) -> StageStats {
+    /// Adds another accumulator's steps.
+    pub fn merge(&mut self, o: &Accum) {
+        self.steps += o.steps;
+        self.loss += o.loss;
+        self.align += o.align;
+        self.projected += o.projected;
+        self.tensors += o.tensors;
+        self.correct += o.correct;
+        self.seen += o.seen;
+    }
+
+    /// The means, with the stage's wall time.
+    pub fn finish(&self, seconds: f64) -> StageStats {
         let n = self.steps.max(1) as f64;
         StageStats {
             steps: self.steps,

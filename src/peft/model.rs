@@ -165,6 +165,26 @@ impl Peft {
         }
     }
 
+    /// Norms of the unnormalized class text features where the text side is learned
+    /// (prompt, text LoRA): the only class vectors of CLIP's head whose length can move
+    /// (Fed-GraB's prior analyzer reads them); None for a fixed text side.
+    pub fn learned_text_norms(&self, clip: &Clip, params: &ParamSet) -> Result<Option<Vec<f32>>> {
+        let raw = match self {
+            Peft::Prompt(l) => l.text_features(clip, params.get(CTX)?, false)?.0,
+            Peft::Lora {
+                text_lora: Some(tl), ..
+            } => self.lora_text(clip, params, tl, None, false)?.0,
+            _ => return Ok(None),
+        };
+        let norms = raw
+            .to_dtype(candle_core::DType::F32)?
+            .sqr()?
+            .sum(1)?
+            .sqrt()?
+            .to_vec1::<f32>()?;
+        Ok(Some(norms))
+    }
+
     /// Logits `[B, C]` with class text features already computed (evaluation).
     pub fn logits_with_text(
         &self,

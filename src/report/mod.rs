@@ -4,5 +4,6 @@
 //! * [`heatmap`] — the clients × classes heatmap of a partition (PNG).
 
 pub mod atomic;
+pub mod compare;
 pub mod heatmap;
 pub mod run_dir;

@@ -27,6 +27,12 @@ struct StateFile {
     clients: usize,
     trained_clients: Vec<usize>,
     has_momentum: bool,
+    /// Clients with algorithm state (absent in runs of earlier versions).
+    #[serde(default)]
+    extra_clients: Vec<usize>,
+    /// Whether the algorithm keeps server state.
+    #[serde(default)]
+    has_server_extra: bool,
 }
 
 /// Last-10-round means and the best round of one model.
@@ -48,9 +54,28 @@ pub struct ModelSummary {
     pub best_all: f64,
 }
 
+/// What a summary is of: the cell of a comparison it belongs to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunIdentity {
+    /// Algorithm name.
+    pub algorithm: String,
+    /// PEFT kind.
+    pub peft: String,
+    /// Run seed.
+    pub seed: u64,
+    /// Fingerprint of the dataset, long-tail cut and client split (equal fingerprints:
+    /// the same data seen by the same clients).
+    pub split: String,
+    /// How PM is formed for this algorithm.
+    pub pm_protocol: String,
+}
+
 /// `summary.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
+    /// What was run (absent in summaries of earlier versions).
+    #[serde(default)]
+    pub run: RunIdentity,
     /// Rounds completed.
     pub rounds_completed: usize,
     /// Global model.
@@ -143,11 +168,23 @@ impl RunDir {
         if let Some(m) = &state.momentum {
             m.save(&self.ckpt("momentum.safetensors"))?;
         }
+        let mut extra = Vec::new();
+        for (k, p) in state.client_extra.iter().enumerate() {
+            if let Some(p) = p {
+                p.save(&self.ckpt(&format!("client{k}-extra.safetensors")))?;
+                extra.push(k);
+            }
+        }
+        if let Some(x) = &state.server_extra {
+            x.save(&self.ckpt("server-extra.safetensors"))?;
+        }
         let sf = StateFile {
             rounds_done: state.rounds_done,
             clients: state.private.len(),
             trained_clients: trained,
             has_momentum: state.momentum.is_some(),
+            extra_clients: extra,
+            has_server_extra: state.server_extra.is_some(),
         };
         atomic::write(
             &self.ckpt("state.json"),
@@ -183,11 +220,28 @@ impl RunDir {
         } else {
             None
         };
+        let mut client_extra = vec![None; sf.clients];
+        for &k in &sf.extra_clients {
+            if k >= sf.clients {
+                bail!("{}: client {k} out of range", path.display());
+            }
+            client_extra[k] = Some(ParamSet::load(
+                &self.ckpt(&format!("client{k}-extra.safetensors")),
+                device,
+            )?);
+        }
+        let server_extra = if sf.has_server_extra {
+            Some(ParamSet::load(&self.ckpt("server-extra.safetensors"), device)?)
+        } else {
+            None
+        };
         Ok(Some(FedState {
             rounds_done: sf.rounds_done,
             global: ParamSet::load(&self.ckpt("global.safetensors"), device)?,
             private,
             momentum,
+            server_extra,
+            client_extra,
         }))
     }
 
@@ -220,6 +274,7 @@ impl RunDir {
     /// Writes `summary.json` and `summary.md`.
     pub fn write_summary(
         &self,
+        run: &RunIdentity,
         records: &[RoundRecord],
         zeroshot: &(Evaluation, Evaluation),
     ) -> Result<Summary> {
@@ -228,6 +283,7 @@ impl RunDir {
         let zs = summarize(&[&zeroshot.0]);
         let zs_pm = summarize(&[&zeroshot.1]);
         let summary = Summary {
+            run: run.clone(),
             rounds_completed: records.len(),
             gm: summarize(&gm),
             pm: summarize(&pm),
@@ -253,7 +309,9 @@ fn cell(v: Option<f64>) -> String {
 /// The paper-style table.
 pub fn summary_markdown(s: &Summary, zeroshot_pm: &ModelSummary) -> String {
     let mut out = format!(
-        "# Summary ({} rounds; last-10-round means)\n\n| model | All | Many | Medium | Few | Balancedness | TKL | best All |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "# Summary: {} with {} ({} rounds; last-10-round means)\n\n| model | All | Many | Medium | Few | Balancedness | TKL | best All |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        s.run.algorithm,
+        s.run.peft,
         s.rounds_completed
     );
     for (name, m) in [
@@ -273,6 +331,9 @@ pub fn summary_markdown(s: &Summary, zeroshot_pm: &ModelSummary) -> String {
             m.best_all
         ));
     }
-    out.push_str(&format!("\n{}\n", s.definitions));
+    out.push_str(&format!(
+        "\n{}\n\nPM of {}: {}\n",
+        s.definitions, s.run.algorithm, s.run.pm_protocol
+    ));
     out
 }

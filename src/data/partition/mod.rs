@@ -122,6 +122,33 @@ pub struct Partition {
     pub clients: Vec<ClientSplit>,
 }
 
+impl Partition {
+    /// A 64-bit FNV-1a fingerprint (hex) of the dataset name, the long-tailed class counts, the training
+    /// subset and every client's train and test indices: equal fingerprints mean the same
+    /// data seen by the same clients.
+    pub fn fingerprint(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |x: u64| {
+            for b in x.to_le_bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        let list = |v: &[usize], eat: &mut dyn FnMut(u64)| {
+            eat(v.len() as u64);
+            v.iter().for_each(|&i| eat(i as u64));
+        };
+        self.meta.dataset.bytes().for_each(|b| eat(u64::from(b)));
+        list(&self.class_counts, &mut eat);
+        list(&self.lt_train, &mut eat);
+        for c in &self.clients {
+            list(&c.train, &mut eat);
+            list(&c.test, &mut eat);
+        }
+        format!("{h:016x}")
+    }
+}
+
 /// Checks the parameters every scheme shares.
 pub fn check_params(clients: usize, alpha: f64, n_samples: usize) -> Result<()> {
     if clients == 0 {

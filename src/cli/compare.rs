@@ -1,0 +1,194 @@
+//! `fedpurel compare`: runs a grid of algorithms × seeds under one protocol (same data,
+//! split per seed, model, PEFT and evaluation), resuming finished cells, and writes
+//! `compare.md` / `compare.csv` in the layout of the paper's main table.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::parser::ValueSource;
+use clap::Args;
+
+use super::run::{execute, PeftKind, RunArgs};
+use super::run_config::{resolve, RunConfig};
+use crate::fed::algorithm::names as algorithm_names;
+use crate::report::atomic;
+use crate::report::compare::{check_same_splits, csv, markdown, Row};
+use crate::report::run_dir::{RunDir, Summary};
+
+/// Arguments of `fedpurel compare`: the grid, plus every `run` flag as the base
+/// configuration (`--preset`, `--config`, data, model, PEFT, rounds, …).
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Algorithms, comma-separated (see `fedpurel run --help`).
+    #[arg(long, default_value = "zeroshot,promptfl,promptfolio,fedpurel")]
+    pub algorithms: String,
+    /// Seeds, comma-separated: each seed draws its own split and initialization.
+    #[arg(long, default_value = "1,2")]
+    pub seeds: String,
+    /// The base configuration and overrides; `--out` is the comparison directory
+    /// (default runs/compare), each cell a run directory `<out>/<algorithm>/seed-<s>`.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Parses a comma-separated seed list.
+pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
+    let mut seeds = Vec::new();
+    for part in text.split(',') {
+        let p = part.trim();
+        let s: u64 = p.parse().map_err(|_| {
+            anyhow::anyhow!("--seeds `{text}`: `{p}` is not a seed (expected comma-separated non-negative integers, e.g. 1,2,3)")
+        })?;
+        if seeds.contains(&s) {
+            bail!("--seeds `{text}`: seed {s} appears twice");
+        }
+        seeds.push(s);
+    }
+    Ok(seeds)
+}
+
+/// Parses and checks a comma-separated algorithm list against the PEFT kind.
+pub fn parse_algorithms(text: &str, peft: PeftKind) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for part in text.split(',') {
+        let a = part.trim().to_string();
+        if !algorithm_names().contains(&a.as_str()) {
+            bail!(
+                "--algorithms: unknown algorithm `{a}`; available: {}",
+                algorithm_names().join(", ")
+            );
+        }
+        if a.starts_with("promptfolio") && peft != PeftKind::Prompt {
+            bail!("--algorithms: `{a}` is defined for prompt learning only, not --peft {peft:?}; with LoRA or the adapter use zeroshot, promptfl, promptfl+la, promptfl+la-posthoc, promptfl+fedgrab and the fedpurel variants".to_lowercase());
+        }
+        if out.contains(&a) {
+            bail!("--algorithms: `{a}` appears twice");
+        }
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// The configuration of one cell.
+fn cell_config(base: &RunConfig, root: &Path, algorithm: &str, seed: u64) -> RunConfig {
+    let mut c = base.clone();
+    c.algorithm = algorithm.to_string();
+    c.data.seed = seed;
+    c.train.seed = seed;
+    if algorithm == "zeroshot" {
+        // Nothing trains: every round would record the same numbers.
+        c.train.rounds = 1;
+    }
+    c.out = root.join(algorithm).join(format!("seed-{seed}"));
+    c
+}
+
+/// A finished cell's summary, if its directory holds a complete run of this config.
+fn finished(cfg: &RunConfig) -> Result<Option<Summary>> {
+    let path = cfg.out.join("summary.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    RunDir::new(&cfg.out).write_config(cfg, true)?;
+    let s: Summary = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("{}: not a run summary", path.display()))?;
+    Ok((s.rounds_completed >= cfg.train.rounds).then_some(s))
+}
+
+/// Runs `fedpurel compare`.
+pub fn run(args: CompareArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
+    let seeds = parse_seeds(&args.seeds)?;
+    let out_given = matches.is_some_and(|m| m.value_source("out") == Some(ValueSource::CommandLine));
+    let root: PathBuf = if out_given {
+        args.run.out.clone()
+    } else {
+        PathBuf::from("runs/compare")
+    };
+    let base = resolve(&args.run, matches)?;
+    let algorithms = parse_algorithms(&args.algorithms, base.peft)?;
+    let total = algorithms.len() * seeds.len();
+    let mut summaries: Vec<Vec<Summary>> = Vec::new();
+    let mut n = 0;
+    for a in &algorithms {
+        let mut runs = Vec::new();
+        for &seed in &seeds {
+            n += 1;
+            let cfg = cell_config(&base, &root, a, seed);
+            let started = Instant::now();
+            let (summary, status) = match finished(&cfg)? {
+                Some(s) => (s, "finished earlier"),
+                None => (execute(cfg.clone(), true)?.0, "ran"),
+            };
+            eprintln!(
+                "[{n}/{total}] {a} seed {seed}: GM {:.2} PM {:.2} ({status}, {:.1} s) → {}",
+                summary.gm.all,
+                summary.pm.all,
+                started.elapsed().as_secs_f64(),
+                cfg.out.display()
+            );
+            runs.push(summary);
+        }
+        summaries.push(runs);
+    }
+    let rows: Vec<Row> = algorithms
+        .iter()
+        .zip(&summaries)
+        .map(|(a, runs)| Row {
+            algorithm: a.clone(),
+            runs: runs.iter().collect(),
+        })
+        .collect();
+    check_same_splits(&rows)?;
+    let title = format!(
+        "Comparison on {} ({} PEFT, {} rounds, seeds {})",
+        format!("{:?}", base.data.dataset).to_lowercase(),
+        format!("{:?}", base.peft).to_lowercase(),
+        base.train.rounds,
+        seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+    );
+    let md = markdown(&rows, &title);
+    std::fs::create_dir_all(&root).with_context(|| format!("{}: cannot create", root.display()))?;
+    atomic::write(&root.join("compare.md"), md.as_bytes())?;
+    atomic::write(&root.join("compare.csv"), csv(&rows).as_bytes())?;
+    println!("{md}");
+    println!(
+        "wrote {} and {}",
+        root.join("compare.md").display(),
+        root.join("compare.csv").display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_lists_parse_or_say_what_is_wrong() {
+        assert_eq!(parse_seeds("1,2, 3").unwrap(), vec![1, 2, 3]);
+        let e = parse_seeds("1,x").unwrap_err().to_string();
+        assert!(e.contains("`x` is not a seed"), "{e}");
+        assert!(parse_seeds("1,1").unwrap_err().to_string().contains("twice"));
+        assert!(parse_seeds("").is_err());
+    }
+
+    #[test]
+    fn algorithm_lists_are_checked_against_the_peft() {
+        assert_eq!(
+            parse_algorithms("zeroshot, fedpurel", PeftKind::Lora).unwrap(),
+            vec!["zeroshot", "fedpurel"]
+        );
+        let e = parse_algorithms("promptfolio", PeftKind::Lora)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prompt learning only"), "{e}");
+        let e = parse_algorithms("fedavg", PeftKind::Prompt)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown algorithm `fedavg`") && e.contains("promptfl"),
+            "{e}"
+        );
+    }
+}

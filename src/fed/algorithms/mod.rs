@@ -1,0 +1,7 @@
+//! One file per federated algorithm, each behind [`super::algorithm::Algorithm`].
+
+pub mod fedgrab;
+pub mod fedpurel;
+pub mod promptfl;
+pub mod promptfolio;
+pub mod zeroshot;

@@ -4,12 +4,14 @@
 
 pub mod image_encoder;
 pub mod matmul;
+pub mod mem;
+pub mod round;
 pub mod text_encoder;
 
 use serde::Serialize;
 
 /// One measured workload.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct BenchResult {
     /// Workload name (`text-encoder/plain-77/...`).
     pub name: String,
@@ -23,6 +25,9 @@ pub struct BenchResult {
     pub peak_fraction: f64,
     /// Free-form detail (shapes, ratios).
     pub detail: String,
+    /// Peak resident memory of the process during the workload, MiB (Linux).
+    #[serde(default)]
+    pub peak_mib: Option<f64>,
 }
 
 impl BenchResult {
@@ -43,7 +48,21 @@ impl BenchResult {
             gflops_per_s: rate,
             peak_fraction: rate / peak_gflops,
             detail: detail.into(),
+            peak_mib: mem::peak_mib(),
         }
+    }
+}
+
+/// A timed workload without a FLOP count (e.g. a phase of a federated round).
+pub fn timed(name: impl Into<String>, seconds: f64, detail: impl Into<String>) -> BenchResult {
+    BenchResult {
+        name: name.into(),
+        seconds,
+        gflop: 0.0,
+        gflops_per_s: 0.0,
+        peak_fraction: 0.0,
+        detail: detail.into(),
+        peak_mib: mem::peak_mib(),
     }
 }
 

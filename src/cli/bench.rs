@@ -5,10 +5,17 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
+use super::run::{algorithm, federation, load, PeftKind};
+use super::run_config::preset;
 use crate::bench::image_encoder::ImageBenchSettings;
+use crate::bench::round::{project, read_reference, round_rows, ReferenceRound};
 use crate::bench::text_encoder::TextBenchSettings;
-use crate::bench::{image_encoder, matmul, text_encoder, BenchResult};
+use crate::bench::{image_encoder, matmul, mem, text_encoder, timed, BenchResult};
 use crate::clip::tokenizer::ClipTokenizer;
+use crate::data::source::DatasetName;
+use crate::fed::train::{KeyedSchedule, Schedule};
+use std::path::Path;
+use std::time::Instant;
 
 /// `fedpurel bench …`
 #[derive(Debug, Args)]
@@ -27,9 +34,61 @@ pub struct BenchArgs {
     pub peak_size: usize,
 }
 
+/// The federated-round workload's settings.
+#[derive(Debug, Clone, Args)]
+pub struct RoundWorkload {
+    /// PEFT kind.
+    #[arg(long, value_enum, default_value = "prompt")]
+    pub peft: PeftKind,
+    /// CLIP checkpoint directory, or random:vit-b16 (random weights and random frozen
+    /// image features at ViT-B/16 size).
+    #[arg(long, default_value = "tests/fixtures/tiny-clip/hf")]
+    pub model: PathBuf,
+    /// CIFAR-100 root (e.g. the reference harness's synthetic CIFAR-format data); default:
+    /// the built-in synthetic dataset of CIFAR-100's shape (100 classes, 500/100 images).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Rounds to time (round 0 trains every client, later rounds 40 %).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Cap on local steps per client and stage (0: full epochs); stage times are then
+    /// extrapolated to full epochs and marked so.
+    #[arg(long, default_value_t = 0)]
+    pub max_steps: usize,
+    /// Synthetic test images per class (the global test set's size).
+    #[arg(long, default_value_t = 100)]
+    pub test_per_class: usize,
+    /// The reference harness's `timings.jsonl` of the same work, for ratios.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+}
+
 /// Benchmark workloads.
 #[derive(Debug, Subcommand)]
 pub enum Workload {
+    /// One federated round by phase (CIFAR-100-LT setting, reference-code preset: 20
+    /// clients, 8 sampled after round 0, batch 32), next to the reference's timings.
+    Round(RoundWorkload),
+    /// The standard suite: matmul, text encoder (100 and 1000 classes), image encoder,
+    /// rounds on the tiny fixture CLIP for prompt / LoRA / adapter; writes bench.json.
+    Suite {
+        /// Where to write the results.
+        #[arg(long, default_value = "bench.json")]
+        out: PathBuf,
+        /// An earlier bench.json to print ratios against.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        /// Also time ViT-B/16-sized rounds (random weights) for prompt and adapter, and
+        /// LoRA with local steps capped at 2 (slow on a CPU).
+        #[arg(long)]
+        full: bool,
+        /// CIFAR-100 root for the round workloads (as `round --root`).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// The reference harness's `timings.jsonl` (prompt) for the headline ratio.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+    },
     /// f32 matmul rate only.
     Matmul,
     /// ViT-B/16-sized text encoder, forward + backward for two cotangents, plain vs fast path.
@@ -49,6 +108,9 @@ pub enum Workload {
         /// Directory with CLIP's tokenizer files (tokenizer.json or vocab.json + merges.txt).
         #[arg(long)]
         tokenizer: Option<PathBuf>,
+        /// Skip the plain 77-position path (≈ 30 GB of activations at 1000 classes).
+        #[arg(long)]
+        fast_only: bool,
     },
     /// ViT-B/16-sized image encoder: forward, and forward + LoRA backward for two cotangents.
     ImageEncoder {
@@ -72,15 +134,178 @@ fn print(results: &[BenchResult], json: bool) -> Result<()> {
         if json {
             println!("{}", serde_json::to_string(r)?);
         } else {
-            println!(
-                "{:<58} {:>9.3} s {:>9.1} GFLOP {:>8.1} GFLOP/s {:>6.1}% of matmul peak  {}",
-                r.name,
-                r.seconds,
-                r.gflop,
-                r.gflops_per_s,
-                100.0 * r.peak_fraction,
-                r.detail
-            );
+            let mem = r.peak_mib.map_or(String::new(), |m| format!("{m:>7.0} MiB peak"));
+            if r.gflop > 0.0 {
+                println!(
+                    "{:<58} {:>9.3} s {:>9.1} GFLOP {:>8.1} GFLOP/s {:>6.1}% of matmul peak {mem}  {}",
+                    r.name,
+                    r.seconds,
+                    r.gflop,
+                    r.gflops_per_s,
+                    100.0 * r.peak_fraction,
+                    r.detail
+                );
+            } else {
+                println!(
+                    "{:<58} {:>9.3} s {:>52} {mem}  {}",
+                    r.name, r.seconds, "", r.detail
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Times the round workload: setup (data, model, feature extraction into a fresh cache,
+/// zero-shot text features) and each round by phase; with a reference, the ratios.
+pub fn round_workload(w: &RoundWorkload, device: &str) -> Result<Vec<BenchResult>> {
+    let peft = format!("{:?}", w.peft).to_lowercase();
+    let cache = std::env::temp_dir().join(format!("fedpurel-bench-cache-{}", std::process::id()));
+    let mut cfg = preset(
+        &format!("cifar100-lt-{peft}-reference-code"),
+        &w.model,
+        Path::new("unused"),
+        &cache,
+    )?;
+    match &w.root {
+        Some(root) => cfg.data.root = Some(root.clone()),
+        None => {
+            cfg.data.dataset = DatasetName::Synthetic;
+            cfg.data.synthetic_test_per_class = w.test_per_class;
+        }
+    }
+    cfg.train.rounds = w.rounds;
+    cfg.device = device.to_string();
+    let model_name = w
+        .model
+        .to_string_lossy()
+        .replace("tests/fixtures/", "")
+        .replace('/', "-");
+    let prefix = format!("round/{model_name}/{peft}");
+    mem::reset_peak();
+    let t0 = Instant::now();
+    let result = (|| -> Result<Vec<BenchResult>> {
+        let loaded = load(cfg)?;
+        let mut fed = federation(&loaded)?;
+        let setup = t0.elapsed().as_secs_f64();
+        let algo = algorithm(&loaded.cfg, &fed)?;
+        let n_train = loaded.partition.lt_train.len();
+        let n_test = loaded.ds.test.len();
+        let mut rows = vec![timed(
+            format!("{prefix}/setup"),
+            setup,
+            if loaded.ck.is_some() {
+                format!("load + encode {n_train} train and {n_test} test images into a fresh feature cache")
+            } else {
+                format!("load; random frozen features for {n_train} train and {n_test} test images (random model)")
+            },
+        )];
+        let full = KeyedSchedule {
+            seed: loaded.cfg.train.seed,
+            frac: loaded.cfg.train.frac,
+            clients: loaded.partition.clients.len(),
+            batch_size: loaded.cfg.train.batch_size,
+        };
+        if w.max_steps > 0 {
+            fed.set_schedule(Box::new(CappedSchedule {
+                inner: full.clone(),
+                max_steps: w.max_steps,
+            }));
+        }
+        let mut state = fed.initial_state()?;
+        let mut totals = Vec::new();
+        for t in 0..w.rounds {
+            mem::reset_peak();
+            let rec = fed.run_round(&mut state, algo.as_ref(), &|_| {})?;
+            let scale = if w.max_steps > 0 {
+                let clients = full.clients(t)?;
+                let all: usize = clients
+                    .iter()
+                    .map(|&k| {
+                        full.batches(t, k, 1, &loaded.partition.clients[k].train)
+                            .map(|b| b.len())
+                    })
+                    .sum::<Result<usize>>()?;
+                all as f64 / rec.stage1.steps.max(1) as f64
+            } else {
+                1.0
+            };
+            let r = round_rows(&prefix, &rec, scale);
+            totals.push(r.last().map_or(0.0, |x| x.seconds));
+            rows.extend(r);
+        }
+        let ours = project(setup, &totals, 100);
+        rows.push(timed(
+            format!("{prefix}/projected-100-rounds"),
+            ours,
+            "setup + round 0 + 99 × mean of later rounds",
+        ));
+        if let Some(path) = &w.reference {
+            let reference = read_reference(path)?;
+            let ref_totals: Vec<f64> = reference.rounds.iter().map(|r| r.1).collect();
+            let theirs = project(reference.setup, &ref_totals, 100);
+            for (t, ReferenceRound(n, secs, _)) in reference.rounds.iter().enumerate() {
+                let ratio = totals
+                    .get(t)
+                    .map_or(String::new(), |o| format!("; {:.1}× ours", secs / o));
+                rows.push(timed(
+                    format!("{prefix}/reference-round{t}/total"),
+                    *secs,
+                    format!("the reference, {n} clients{ratio}"),
+                ));
+            }
+            rows.push(timed(
+                format!("{prefix}/reference-projected-100-rounds"),
+                theirs,
+                format!("headline: ours {:.0}× faster end to end", theirs / ours),
+            ));
+        }
+        Ok(rows)
+    })();
+    let _ = std::fs::remove_dir_all(&cache);
+    result
+}
+
+/// A schedule that keeps at most `max_steps` batches of each client's epoch.
+struct CappedSchedule {
+    inner: KeyedSchedule,
+    max_steps: usize,
+}
+
+impl Schedule for CappedSchedule {
+    fn clients(&self, round: usize) -> Result<Vec<usize>> {
+        self.inner.clients(round)
+    }
+
+    fn batches(&self, round: usize, client: usize, stage: u8, indices: &[usize]) -> Result<Vec<Vec<usize>>> {
+        let mut b = self.inner.batches(round, client, stage, indices)?;
+        b.truncate(self.max_steps);
+        Ok(b)
+    }
+}
+
+/// Ratios of `now` against an earlier bench.json, by workload name.
+fn compare(now: &[BenchResult], earlier: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(earlier).with_context(|| format!("{}: cannot read", earlier.display()))?;
+    let old: Vec<BenchResult> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a bench.json (a list of results)", earlier.display()))?;
+    println!(
+        "\nagainst {} (ratio = earlier time / now: > 1 is faster now)",
+        earlier.display()
+    );
+    for r in now {
+        match old.iter().find(|o| o.name == r.name) {
+            Some(o) if r.seconds > 0.0 => {
+                println!(
+                    "{:<58} {:>8.2}×  ({:.3} s → {:.3} s)",
+                    r.name,
+                    o.seconds / r.seconds,
+                    o.seconds,
+                    r.seconds
+                )
+            }
+            _ => println!("{:<58} {:>9}", r.name, "new"),
         }
     }
     Ok(())
@@ -97,14 +322,86 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let peak = matmul::measure_peak(&device, args.peak_size, 3)?;
     let peak_rate = peak.gflops_per_s;
     let mut results = vec![peak];
+    let text_bench = |classes: usize, dir: Option<PathBuf>| -> Result<Vec<BenchResult>> {
+        let dir = dir.unwrap_or_else(default_tokenizer_dir);
+        let tok = ClipTokenizer::from_dir(&dir).with_context(|| {
+            format!(
+                "loading CLIP's tokenizer from {} (pass --tokenizer DIR)",
+                dir.display()
+            )
+        })?;
+        mem::reset_peak();
+        let settings = TextBenchSettings {
+            classes,
+            n_ctx: 4,
+            reps: 1,
+            cotangents: 2,
+            plain: classes <= 100,
+        };
+        text_encoder::run(&settings, &tok, &device, peak_rate)
+    };
     match args.workload {
         Workload::Matmul => {}
+        Workload::Round(w) => results.extend(round_workload(&w, &args.device)?),
+        Workload::Suite {
+            out,
+            compare: earlier,
+            full,
+            root,
+            reference,
+        } => {
+            results.extend(text_bench(100, None)?);
+            results.extend(text_bench(1000, None)?);
+            mem::reset_peak();
+            let image = ImageBenchSettings {
+                batch: 32,
+                rank: 8,
+                reps: 1,
+                cotangents: 2,
+            };
+            results.extend(image_encoder::run(&image, &device, peak_rate)?);
+            for peft in [PeftKind::Prompt, PeftKind::Lora, PeftKind::Adapter] {
+                let w = RoundWorkload {
+                    peft,
+                    model: default_tokenizer_dir(),
+                    root: root.clone(),
+                    rounds: 2,
+                    max_steps: 0,
+                    test_per_class: 100,
+                    reference: reference.clone().filter(|_| peft == PeftKind::Prompt),
+                };
+                results.extend(round_workload(&w, &args.device)?);
+            }
+            if full {
+                for (peft, max_steps) in [(PeftKind::Prompt, 0), (PeftKind::Adapter, 0), (PeftKind::Lora, 2)]
+                {
+                    let w = RoundWorkload {
+                        peft,
+                        model: PathBuf::from("random:vit-b16"),
+                        root: root.clone(),
+                        rounds: 2,
+                        max_steps,
+                        test_per_class: 100,
+                        reference: None,
+                    };
+                    results.extend(round_workload(&w, &args.device)?);
+                }
+            }
+            print(&results, args.json)?;
+            crate::report::atomic::write(&out, serde_json::to_string_pretty(&results)?.as_bytes())?;
+            println!("wrote {}", out.display());
+            if let Some(e) = earlier {
+                compare(&results, &e)?;
+            }
+            return Ok(());
+        }
         Workload::TextEncoder {
             classes,
             n_ctx,
             reps,
             cotangents,
             tokenizer,
+            fast_only,
         } => {
             let dir = tokenizer.unwrap_or_else(default_tokenizer_dir);
             let tok = ClipTokenizer::from_dir(&dir).with_context(|| {
@@ -118,6 +415,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 n_ctx,
                 reps,
                 cotangents,
+                plain: !fast_only,
             };
             results.extend(text_encoder::run(&settings, &tok, &device, peak_rate)?);
         }

@@ -17,6 +17,7 @@ use crate::clip::text::PromptBatch;
 use crate::clip::tokenizer::ClipTokenizer;
 use crate::clip::zeroshot::ZeroShotHead;
 use crate::clip::{Checkpoint, Clip, LoadOptions};
+use crate::data::dataset::SplitKind;
 use crate::data::features::{cached_split_features, EncodeRequest};
 use crate::data::transforms::{Mode, Transform, TransformKind};
 use crate::data::{Dataset, Partition};
@@ -27,6 +28,7 @@ use crate::peft::lora::LoraSpec;
 use crate::peft::model::{Peft, TextLora};
 use crate::peft::prompt::PromptLearner;
 use crate::report::run_dir::{summarize, summary_markdown, ModelSummary, RunDir, RunIdentity, Summary};
+use candle_core::Tensor;
 
 /// Which parameter-efficient fine-tuning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
@@ -71,7 +73,8 @@ pub struct RunArgs {
     /// Dataset, long-tail cut and client split (as `fedpurel partition`).
     #[command(flatten)]
     pub data: DataArgs,
-    /// CLIP checkpoint directory.
+    /// CLIP checkpoint directory, or `random:vit-b16` (also vit-b32, vit-l14) for random
+    /// weights at a published size with random frozen image features (benchmarks).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// PEFT kind.
@@ -154,8 +157,10 @@ pub struct Loaded {
     pub ds: Arc<Dataset>,
     /// Its federated split.
     pub partition: Partition,
-    /// The opened checkpoint (for the feature-cache fingerprint).
-    pub ck: Checkpoint,
+    /// The opened checkpoint (for the feature-cache fingerprint); None for a random
+    /// model (`--model random:vit-b16`, benchmarks), whose frozen image features are
+    /// random unit vectors instead of encoded images.
+    pub ck: Option<Checkpoint>,
     /// CLIP.
     pub clip: Clip,
     /// CLIP's tokenizer.
@@ -168,15 +173,27 @@ pub struct Loaded {
 pub fn load(cfg: RunConfig) -> Result<Loaded> {
     let device = crate::device::parse_device(&cfg.device)?;
     let (ds, partition) = cfg.data.load()?;
-    let ck = Checkpoint::open(&cfg.model)?;
-    let clip = Clip::from_checkpoint(
-        &ck,
-        &LoadOptions {
-            device,
-            ..LoadOptions::default()
-        },
-    )?;
-    let tok = ClipTokenizer::from_dir(&cfg.model)?;
+    let (ck, clip, tok) = match cfg.model.to_str().and_then(|m| m.strip_prefix("random:")) {
+        Some(arch) => {
+            // CLIP's real vocabulary, shipped with the test fixtures.
+            let tok_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/hf");
+            let tok = ClipTokenizer::from_dir(&tok_dir).with_context(|| {
+                format!("a random model takes CLIP's tokenizer from {}", tok_dir.display())
+            })?;
+            (None, crate::clip::random::clip(arch, 1, &device)?, tok)
+        }
+        None => {
+            let ck = Checkpoint::open(&cfg.model)?;
+            let clip = Clip::from_checkpoint(
+                &ck,
+                &LoadOptions {
+                    device,
+                    ..LoadOptions::default()
+                },
+            )?;
+            (Some(ck), clip, ClipTokenizer::from_dir(&cfg.model)?)
+        }
+    };
     let transform = Transform::new(cfg.transform.unwrap_or(cfg.data.dataset.default_transform()));
     Ok(Loaded {
         cfg,
@@ -231,6 +248,9 @@ pub fn federation(l: &Loaded) -> Result<Federation<'_>> {
         PeftKind::Adapter => Peft::Adapter { text: fixed },
     };
     let encode = |split, idx: &[usize]| {
+        let Some(ck) = &l.ck else {
+            return random_features(split, idx, l.clip.config.embed_dim, l.clip.device());
+        };
         let req = EncodeRequest {
             split,
             indices: Some(idx.to_vec()),
@@ -245,7 +265,7 @@ pub fn federation(l: &Loaded) -> Result<Federation<'_>> {
             idx.len()
         ));
         spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-        let r = cached_split_features(&cfg.cache_dir, &l.ck.file, &l.clip, &l.ds, &req).map(|(t, _)| t);
+        let r = cached_split_features(&cfg.cache_dir, &ck.file, &l.clip, &l.ds, &req).map(|(t, _)| t);
         spinner.finish_and_clear();
         r
     };
@@ -259,6 +279,17 @@ pub fn federation(l: &Loaded) -> Result<Federation<'_>> {
         cfg.train.clone(),
         encode,
     )
+}
+
+/// Stand-in frozen features of a random model: a N(0, 1) vector per image, seeded by
+/// split and index (so a subset sees the same rows as the whole).
+fn random_features(split: SplitKind, idx: &[usize], dim: usize, dev: &candle_core::Device) -> Result<Tensor> {
+    let salt = if split == SplitKind::Train { 0 } else { 1 << 40 };
+    let rows = idx
+        .iter()
+        .map(|&i| crate::clip::random::normal(&[1, dim], salt + i as u64, 1.0, dev))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&rows, 0)?)
 }
 
 /// The algorithm a loaded configuration names, checked against its PEFT kind.

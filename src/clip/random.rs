@@ -137,6 +137,24 @@ pub fn vision_encoder(config: &ClipConfig, seed: u64, dev: &Device) -> Result<su
     })
 }
 
+/// A whole CLIP of a published architecture with random weights (logit scale ln 100):
+/// benchmarks at real sizes without a download. Named `vit-b32`, `vit-b16` or `vit-l14`.
+pub fn clip(arch: &str, seed: u64, dev: &Device) -> Result<super::Clip> {
+    let config = match arch {
+        "vit-b32" => ClipConfig::vit_b32(),
+        "vit-b16" => ClipConfig::vit_b16(),
+        "vit-l14" => ClipConfig::vit_l14(),
+        _ => anyhow::bail!("unknown architecture `{arch}`; random models: vit-b32, vit-b16, vit-l14"),
+    };
+    Ok(super::Clip {
+        text: text_encoder(&config, config.text.vocab_size, seed, dev)?,
+        vision: vision_encoder(&config, seed + 77, dev)?,
+        logit_scale: 100f32.ln(),
+        layout: super::checkpoint::Layout::HuggingFace,
+        config,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

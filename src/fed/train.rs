@@ -115,8 +115,17 @@ pub struct RoundRecord {
     pub gm: Evaluation,
     /// Personalized models on their clients' test sets.
     pub pm: Evaluation,
-    /// Seconds spent evaluating.
+    /// Seconds spent evaluating (GM and PM).
     pub eval_seconds: f64,
+    /// Seconds of the server step (averaging and the algorithm's server update).
+    #[serde(default)]
+    pub aggregate_seconds: f64,
+    /// Seconds of the GM evaluation.
+    #[serde(default)]
+    pub gm_seconds: f64,
+    /// Seconds of the PM evaluation.
+    #[serde(default)]
+    pub pm_seconds: f64,
 }
 
 /// The learnable state; with the settings it determines the rest of the run.
@@ -456,12 +465,15 @@ impl<'a> Federation<'a> {
             locals.push(params);
             weights.push(self.partition.clients[k].train.len() as f64);
         }
+        let stage1_stats = acc1.finish(t1.elapsed().as_secs_f64());
+        phase("aggregation");
+        let ta = Instant::now();
         if weights.iter().sum::<f64>() > 0.0 {
             let refs: Vec<&ParamSet> = locals.iter().collect();
             state.global = ParamSet::weighted_average(&refs, &weights)?;
         }
         algo.after_aggregation(self, t, state)?;
-        let stage1_stats = acc1.finish(t1.elapsed().as_secs_f64());
+        let aggregate_seconds = ta.elapsed().as_secs_f64();
         // Personalization (FedPuReL's stage 2).
         phase("personalization");
         let t2 = Instant::now();
@@ -477,7 +489,7 @@ impl<'a> Federation<'a> {
         // Evaluation.
         phase("GM and PM evaluation");
         let te = Instant::now();
-        let (gm, pm) = self.evaluate(state, algo)?;
+        let (gm, pm, [gm_seconds, pm_seconds]) = self.evaluate_timed(state, algo)?;
         state.rounds_done = t + 1;
         Ok(RoundRecord {
             round: t,
@@ -487,6 +499,9 @@ impl<'a> Federation<'a> {
             gm,
             pm,
             eval_seconds: te.elapsed().as_secs_f64(),
+            aggregate_seconds,
+            gm_seconds,
+            pm_seconds,
         })
     }
 
@@ -595,11 +610,21 @@ impl<'a> Federation<'a> {
     pub fn evaluate_zero_shot(&self) -> Result<(Evaluation, Evaluation)> {
         let all: Vec<usize> = (0..self.dataset.test.len()).collect();
         let logits = |idx: &[usize]| self.zero_shot_logits(&self.test_rows(idx)?);
-        self.evaluate_with(&all, &logits, &|_, idx| logits(idx))
+        let (gm, pm, _) = self.evaluate_with(&all, &logits, &|_, idx| logits(idx))?;
+        Ok((gm, pm))
     }
 
     /// GM and PM evaluation of a state under the algorithm's rules.
     pub fn evaluate(&self, state: &FedState, algo: &dyn Algorithm) -> Result<(Evaluation, Evaluation)> {
+        self.evaluate_timed(state, algo).map(|(gm, pm, _)| (gm, pm))
+    }
+
+    /// [`evaluate`](Self::evaluate), with the seconds of the GM and the PM evaluation.
+    pub fn evaluate_timed(
+        &self,
+        state: &FedState,
+        algo: &dyn Algorithm,
+    ) -> Result<(Evaluation, Evaluation, [f64; 2])> {
         let all: Vec<usize> = (0..self.dataset.test.len()).collect();
         let zero_shot = |idx: &[usize]| self.zero_shot_logits(&self.test_rows(idx)?);
         let gm_rule = algo.gm_rule();
@@ -662,7 +687,8 @@ impl<'a> Federation<'a> {
         all: &[usize],
         gm: &dyn Fn(&[usize]) -> Result<Tensor>,
         pm: &dyn Fn(usize, &[usize]) -> Result<Tensor>,
-    ) -> Result<(Evaluation, Evaluation)> {
+    ) -> Result<(Evaluation, Evaluation, [f64; 2])> {
+        let tg = Instant::now();
         let c = self.dataset.num_classes();
         let groups = &self.partition.groups;
         let (gm_conf, gm_tkl) = self.score(all, &gm(all)?)?;
@@ -673,6 +699,8 @@ impl<'a> Federation<'a> {
             per_class: gm_conf.per_class(),
             weighted_all: gm_conf.micro(),
         };
+        let gm_seconds = tg.elapsed().as_secs_f64();
+        let tp = Instant::now();
         let mut confs = Vec::with_capacity(self.clients());
         let mut pooled = Confusion::new(c);
         let (mut tkl_sum, mut n) = (0.0, 0usize);
@@ -695,7 +723,7 @@ impl<'a> Federation<'a> {
             per_class: pooled.per_class(),
             weighted_all: pooled.micro(),
         };
-        Ok((gm_eval, pm_eval))
+        Ok((gm_eval, pm_eval, [gm_seconds, tp.elapsed().as_secs_f64()]))
     }
 
     /// Confusion counts and mean TKL to the zero-shot model of `logits` on test `idx`.

@@ -88,6 +88,16 @@ fn check(f: &Tensor, z: &Tensor) -> Result<(Tensor, Tensor)> {
 /// Temperature-aligned KL of fine-tuned logits f against zero-shot logits z.
 pub fn tkl(f: &Tensor, z: &Tensor) -> Result<Tkl> {
     let (f, z) = check(f, z)?;
+    if f.device().is_cpu() {
+        return host::tkl(&f, &z);
+    }
+    tkl_tensor(&f, &z)
+}
+
+/// [`tkl`] as tensor operations (any device); on the CPU [`host::tkl`] computes the same
+/// in plain loops, since a [32, C] batch is far too small to amortize ~300 tensor ops.
+fn tkl_tensor(f: &Tensor, z: &Tensor) -> Result<Tkl> {
+    let (f, z) = (f.clone(), z.clone());
     let h_star = ((entropy(&f)? + entropy(&z)?)? / 2.0)?;
     let tau_z = solve_temperature(&z, &h_star)?;
     let tau_f = solve_temperature(&f, &h_star)?;
@@ -100,6 +110,84 @@ pub fn tkl(f: &Tensor, z: &Tensor) -> Result<Tkl> {
         tau_f,
         kl_per_sample: kl,
     })
+}
+
+/// The CPU path of [`tkl`]: the same formulas, row by row, in f32.
+mod host {
+    use super::*;
+
+    /// log-softmax of `x / tau` into `out`, rounded as `candle_nn::ops::log_softmax`:
+    /// (x/τ − max) − ln Σ exp(x/τ − max). The bisection's decisions depend on the last
+    /// bits of the entropy, so the order of operations matters.
+    fn log_softmax(x: &[f32], tau: f32, out: &mut [f32]) {
+        out.iter_mut().zip(x).for_each(|(o, &v)| *o = v / tau);
+        let m = out.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+        out.iter_mut().for_each(|o| *o -= m);
+        let ln_sum = out.iter().map(|&d| d.exp()).sum::<f32>().ln();
+        out.iter_mut().for_each(|o| *o -= ln_sum);
+    }
+
+    fn entropy(x: &[f32], tau: f32, buf: &mut [f32]) -> f32 {
+        log_softmax(x, tau, buf);
+        -buf.iter().map(|&l| l.exp() * l).sum::<f32>()
+    }
+
+    fn solve(x: &[f32], target: f32, buf: &mut [f32]) -> f32 {
+        let (mut lo, mut hi) = (TAU_LOW as f32, TAU_HIGH as f32);
+        for _ in 0..BISECTION_STEPS {
+            let mid = (lo + hi) / 2.0;
+            if entropy(x, mid, buf) > target {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        (lo + hi) / 2.0
+    }
+
+    pub(super) fn tkl(f: &Tensor, z: &Tensor) -> Result<Tkl> {
+        let (b, c) = f.dims2()?;
+        let fv: Vec<f32> = f.flatten_all()?.to_vec1()?;
+        let zv: Vec<f32> = z.flatten_all()?.to_vec1()?;
+        let (mut h_star, mut tau_z, mut tau_f, mut kl) =
+            (vec![0f32; b], vec![0f32; b], vec![0f32; b], vec![0f32; b]);
+        let mut grad = vec![0f32; b * c];
+        let (mut buf, mut log_t, mut log_s) = (vec![0f32; c], vec![0f32; c], vec![0f32; c]);
+        let floor = PROB_FLOOR as f32;
+        for i in 0..b {
+            let (fr, zr) = (&fv[i * c..(i + 1) * c], &zv[i * c..(i + 1) * c]);
+            let h = (entropy(fr, 1.0, &mut buf) + entropy(zr, 1.0, &mut buf)) / 2.0;
+            let (tz, tf) = (solve(zr, h, &mut buf), solve(fr, h, &mut buf));
+            log_softmax(zr, tz, &mut log_t);
+            log_softmax(fr, tf, &mut log_s);
+            let (mut k, mut mass) = (0f32, 0f32);
+            for j in 0..c {
+                let (pt, ps) = (log_t[j].exp(), log_s[j].exp());
+                k += pt * (pt.max(floor).ln() - ps.max(floor).ln());
+                if ps >= floor {
+                    mass += pt;
+                }
+            }
+            for j in 0..c {
+                let (pt, ps) = (log_t[j].exp(), log_s[j].exp());
+                let live = if ps >= floor { pt } else { 0.0 };
+                grad[i * c + j] = (ps * mass - live) / (tf * b as f32);
+            }
+            (h_star[i], tau_z[i], tau_f[i], kl[i]) = (h, tz, tf, k);
+        }
+        let dev = f.device();
+        let kl = Tensor::from_vec(kl, b, dev)?;
+        Ok(Tkl {
+            loss: LossGrad {
+                loss: kl.mean_all()?.to_scalar::<f32>()?,
+                grad: Tensor::from_vec(grad, (b, c), dev)?,
+            },
+            h_star: Tensor::from_vec(h_star, b, dev)?,
+            tau_z: Tensor::from_vec(tau_z, b, dev)?,
+            tau_f: Tensor::from_vec(tau_f, b, dev)?,
+            kl_per_sample: kl,
+        })
+    }
 }
 
 /// Plain KL(softmax(z) ‖ softmax(f)) at τ = 1 (the "KL instead of TKL" ablation).
@@ -195,6 +283,29 @@ mod tests {
                 (fd - an).abs() < 1e-3 * (1.0 + an.abs()),
                 "{which}: fd {fd} vs {an}"
             );
+        }
+    }
+
+    /// The CPU loop path and the tensor path give the same numbers (the reference
+    /// cases above run through the CPU path).
+    #[test]
+    fn host_path_equals_tensor_path() {
+        use crate::clip::ops::testutil::{max_abs_diff, rand_tensor};
+        for (b, c, scale) in [(32, 100, 8.0), (5, 7, 30.0), (3, 1000, 2.0)] {
+            let f = rand_tensor(&[b, c], 1 + c as u64, scale);
+            let z = rand_tensor(&[b, c], 2 + c as u64, scale);
+            let (h, t) = (host::tkl(&f, &z).unwrap(), tkl_tensor(&f, &z).unwrap());
+            assert!((h.loss.loss - t.loss.loss).abs() <= 1e-5 * t.loss.loss.abs().max(1.0));
+            for (a, e, tol) in [
+                (&h.loss.grad, &t.loss.grad, 1e-6),
+                (&h.tau_z, &t.tau_z, 1e-4),
+                (&h.tau_f, &t.tau_f, 1e-4),
+                (&h.h_star, &t.h_star, 1e-5),
+                (&h.kl_per_sample, &t.kl_per_sample, 1e-5),
+            ] {
+                let d = max_abs_diff(a, e);
+                assert!(d <= tol, "[{b}, {c}] ×{scale}: differs by {d}");
+            }
         }
     }
 

@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn phi_is_one_at_zero_and_bounded_by_ten() {
         assert!((phi(0.0) - 1.0).abs() < 1e-12);
-        assert!(phi(100.0) < 10.0 && phi(100.0) > 9.99);
+        assert!(phi(20.0) < 10.0 && phi(100.0) <= 10.0 && phi(100.0) > 9.99);
         assert!(phi(-100.0) > 0.0 && phi(-100.0) < 1e-10);
     }
 

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod clip;
 pub mod data;
 pub mod device;
+pub mod faults;
 pub mod fed;
 pub mod metrics;
 pub mod objective;

@@ -223,10 +223,17 @@ fn run_resumes_to_the_same_numbers() {
         assert_eq!(pa, pb);
         assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{pa}: {x} vs {y}");
     }
-    assert_eq!(
-        std::fs::read(Path::new(a).join("checkpoints/global.safetensors")).unwrap(),
-        std::fs::read(Path::new(b).join("checkpoints/global.safetensors")).unwrap()
-    );
+    let committed = |d: &str| {
+        let latest = std::fs::read_to_string(Path::new(d).join("checkpoints/latest")).unwrap();
+        std::fs::read(
+            Path::new(d)
+                .join("checkpoints")
+                .join(latest.trim())
+                .join("global.safetensors"),
+        )
+        .unwrap()
+    };
+    assert_eq!(committed(a), committed(b));
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(Path::new(a).join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["rounds_completed"], 2);
@@ -235,7 +242,12 @@ fn run_resumes_to_the_same_numbers() {
             assert!(summary[model].get(field).is_some(), "summary.{model}.{field}");
         }
     }
-    for f in ["config.toml", "summary.md", "checkpoints/state.json"] {
+    for f in [
+        "config.toml",
+        "summary.md",
+        "checkpoints/latest",
+        "checkpoints/round-0002/state.json",
+    ] {
         assert!(Path::new(a).join(f).is_file(), "{f}");
     }
     // Re-evaluating the checkpoints gives the recorded numbers (GM of round 0, GM and PM of

@@ -323,12 +323,17 @@ pub fn run(args: RunArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
 /// the last completed round; returns the summary and the zero-shot PM line.
 pub fn execute(cfg: RunConfig, progress: bool) -> Result<(Summary, ModelSummary)> {
     let dir = RunDir::new(&cfg.out);
-    dir.write_config(&cfg, true)?;
+    let _lock = dir.lock()?;
+    dir.check_config(&cfg)?;
     let loaded = load(cfg)?;
     let cfg = &loaded.cfg;
     let fed = federation(&loaded)?;
     let algo = algorithm(cfg, &fed)?;
+    // Only a configuration that loads is recorded, so a corrected command is not
+    // refused as "another run" because of a failed attempt.
+    dir.write_config(cfg, true)?;
     let zeroshot = fed.evaluate_zero_shot()?;
+    crate::faults::point("setup-done");
     let fresh = fed.initial_state()?;
     let mut state = match dir.load_state(loaded.clip.device())? {
         Some(s) => {
@@ -384,10 +389,12 @@ pub fn execute(cfg: RunConfig, progress: bool) -> Result<(Summary, ModelSummary)
         ));
         records.push(rec);
         dir.write_records(&records)?;
+        crate::faults::point("metrics-written");
         dir.save_state(&state)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
+    crate::faults::point("training-done");
     let summary = dir.write_summary(&identity(&loaded, algo.as_ref()), &records, &zeroshot)?;
     Ok((summary, summarize(&[&zeroshot.1])))
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use std::sync::Arc;
 
@@ -151,14 +151,11 @@ pub fn load_or_build(
 }
 
 fn write_atomic(path: &Path, features: &Tensor, key: &CacheKey) -> Result<()> {
-    let tmp: PathBuf = path.with_extension(format!("tmp{}", std::process::id()));
     let meta = HashMap::from([(KEY_FIELD.to_string(), serde_json::to_string(key)?)]);
     let cpu = features.to_device(&Device::Cpu)?.contiguous()?;
-    safetensors::serialize_to_file([(TENSOR, &cpu)], Some(meta), &tmp)
-        .map_err(|e| anyhow!("{}: cannot write the feature cache: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot move the feature cache into place", path.display()))?;
-    Ok(())
+    let bytes = safetensors::serialize([(TENSOR, &cpu)], Some(meta))
+        .map_err(|e| anyhow!("{}: cannot serialize the feature cache: {e}", path.display()))?;
+    crate::report::atomic::write(path, &bytes)
 }
 
 /// A content fingerprint of a split: its labels and its images (all bytes for in-memory

@@ -473,6 +473,7 @@ impl<'a> Federation<'a> {
             state.global = ParamSet::weighted_average(&refs, &weights)?;
         }
         algo.after_aggregation(self, t, state)?;
+        crate::faults::point("aggregation");
         let aggregate_seconds = ta.elapsed().as_secs_f64();
         // Personalization (FedPuReL's stage 2).
         phase("personalization");
@@ -545,6 +546,11 @@ impl<'a> Federation<'a> {
                 format!("{what}, round {t}, client {k}, step {i}")
             })?;
             acc.add(&st, b.labels.len());
+            crate::faults::point(if stage == 1 {
+                "local-step"
+            } else {
+                "personalization-step"
+            });
         }
         Ok(acc)
     }
@@ -700,6 +706,7 @@ impl<'a> Federation<'a> {
             weighted_all: gm_conf.micro(),
         };
         let gm_seconds = tg.elapsed().as_secs_f64();
+        crate::faults::point("evaluation:gm-done");
         let tp = Instant::now();
         let mut confs = Vec::with_capacity(self.clients());
         let mut pooled = Confusion::new(c);

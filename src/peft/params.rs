@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 /// An ordered map from parameter name to tensor.
@@ -101,25 +101,49 @@ impl ParamSet {
         acc.zip_with(sets[0], |a, like| Ok(a.to_dtype(like.dtype())?))
     }
 
-    /// Writes the set as safetensors, atomically (temporary file, then rename).
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// The set as safetensors bytes (tensors moved to the CPU).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let cpu: Vec<(&str, Tensor)> = self
             .tensors
             .iter()
             .map(|(k, v)| Ok((k.as_str(), v.to_device(&Device::Cpu)?.contiguous()?)))
             .collect::<Result<_>>()?;
-        let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (*k, v)), None)
-            .map_err(|e| anyhow!("{}: cannot serialize parameters: {e}", path.display()))?;
+        safetensors::serialize(cpu.iter().map(|(k, v)| (*k, v)), None)
+            .map_err(|e| anyhow!("cannot serialize parameters: {e}"))
+    }
+
+    /// Reads a set from safetensors bytes.
+    pub fn from_safetensors(bytes: &[u8], device: &Device) -> Result<ParamSet> {
+        let tensors = candle_core::safetensors::load_buffer(bytes, device)
+            .map_err(|e| anyhow!("not a readable parameter file: {e}"))?;
+        Ok(ParamSet {
+            tensors: tensors.into_iter().collect(),
+        })
+    }
+
+    /// Writes the set as safetensors, atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self
+            .to_safetensors()
+            .with_context(|| path.display().to_string())?;
         crate::report::atomic::write(path, &bytes)
     }
 
     /// Reads a set written by [`save`](Self::save).
     pub fn load(path: &Path, device: &Device) -> Result<ParamSet> {
-        let tensors = candle_core::safetensors::load(path, device)
-            .map_err(|e| anyhow!("{}: not a readable parameter file: {e}", path.display()))?;
-        Ok(ParamSet {
-            tensors: tensors.into_iter().collect(),
-        })
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_safetensors(&bytes, device).with_context(|| path.display().to_string())
+    }
+
+    /// The name of the first tensor holding a NaN or an infinity, if any.
+    pub fn first_non_finite(&self) -> Result<Option<&str>> {
+        for (name, t) in &self.tensors {
+            let sum = t.to_dtype(DType::F64)?.abs()?.sum_all()?.to_scalar::<f64>()?;
+            if !sum.is_finite() {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -1,5 +1,7 @@
 //! Atomic file writes: the bytes go to a temporary file in the target's folder, which is
-//! flushed and then renamed over the target (a rename within one file system is atomic).
+//! fsynced and then renamed over the target (a rename within one file system is atomic);
+//! the folder is fsynced after the rename so the new name survives a power cut too. A
+//! reader therefore sees the old file or the new one, never a truncated one.
 
 use std::io::Write;
 use std::path::Path;
@@ -17,17 +19,30 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?;
     let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let result = (|| -> Result<()> {
+    let result = (|| -> std::io::Result<()> {
+        if let Some(e) = crate::faults::write_error() {
+            return Err(e);
+        }
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        crate::faults::point("atomic-write:before-rename");
         std::fs::rename(&tmp, path)?;
+        sync_dir(dir);
         Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Fsyncs a folder so that a rename inside it is durable (best effort: some file systems
+/// do not support syncing a directory, and the data itself is already synced).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 #[cfg(test)]

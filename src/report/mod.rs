@@ -1,9 +1,14 @@
 //! Run outputs: files written atomically, and plots.
 //!
 //! * [`atomic`] — write-to-temporary-then-rename, so a reader never sees half a file.
+//! * [`checkpoints`] — the committed training state of a run: round folders with a
+//!   checksummed manifest, a `latest` pointer, fallback to the previous round.
+//! * [`run_dir`] — the run directory: config, metrics, summaries, lock.
+//! * [`compare`] — the mean ± std table of a grid of runs.
 //! * [`heatmap`] — the clients × classes heatmap of a partition (PNG).
 
 pub mod atomic;
+pub mod checkpoints;
 pub mod compare;
 pub mod heatmap;
 pub mod run_dir;

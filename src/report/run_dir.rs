@@ -1,8 +1,7 @@
 //! The run directory: `config.toml` (the resolved configuration), `metrics.jsonl` (one
-//! record per round), `summary.json` + `summary.md` (final tables), and `checkpoints/`
-//! (the global parameters after every round, each client's latest private parameters, the
-//! carried momentum and the number of completed rounds — enough to resume exactly). Every file is written
-//! atomically, the state last, so an interrupted run resumes from its last full round.
+//! record per round), `summary.json` + `summary.md` (final tables), `checkpoints/` (the
+//! committed training state, [`super::checkpoints`]) and `.lock` (held by the process
+//! using the directory). Every file is written atomically.
 
 use std::path::{Path, PathBuf};
 
@@ -11,28 +10,44 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use super::atomic;
+use super::checkpoints::Checkpoints;
 use crate::fed::train::{Evaluation, FedState, RoundRecord};
-use crate::peft::params::ParamSet;
+
+/// Takes an exclusive advisory lock on `file` without waiting: `Ok(false)` when another
+/// process holds it. The lock belongs to the open file, so it ends with the process.
+#[cfg(unix)]
+fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock(2) on a descriptor this function borrows for the call's duration.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// Without flock(2) the directory is not locked (a second process is not refused).
+#[cfg(not(unix))]
+fn try_lock_exclusive(_file: &std::fs::File) -> std::io::Result<bool> {
+    Ok(true)
+}
+
+/// The exclusive hold of a run directory by this process ([`RunDir::lock`]); released
+/// when dropped or when the process ends in any way.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
 
 /// Paths of a run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {
     /// The folder.
     pub root: PathBuf,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StateFile {
-    rounds_done: usize,
-    clients: usize,
-    trained_clients: Vec<usize>,
-    has_momentum: bool,
-    /// Clients with algorithm state (absent in runs of earlier versions).
-    #[serde(default)]
-    extra_clients: Vec<usize>,
-    /// Whether the algorithm keeps server state.
-    #[serde(default)]
-    has_server_extra: bool,
 }
 
 /// Last-10-round means and the best round of one model.
@@ -122,16 +137,13 @@ impl RunDir {
         }
     }
 
-    fn ckpt(&self, name: &str) -> PathBuf {
-        self.root.join("checkpoints").join(name)
-    }
-
-    /// Writes `config.toml`. When resuming, an existing one must match in everything but
-    /// the number of rounds (a run may be extended); another run's directory is refused.
-    pub fn write_config(&self, config: &impl Serialize, resume: bool) -> Result<()> {
+    /// Refuses a directory holding another run: an existing `config.toml` must match
+    /// `config` in everything but the number of rounds (a run may be extended). Writes
+    /// nothing.
+    pub fn check_config(&self, config: &impl Serialize) -> Result<()> {
         let text = toml::to_string_pretty(config).context("cannot serialize the configuration")?;
         let path = self.root.join("config.toml");
-        if resume && path.is_file() {
+        if path.is_file() {
             let old =
                 std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
             let strip = |t: &str| -> Result<toml::Value> {
@@ -149,100 +161,86 @@ impl RunDir {
                 );
             }
         }
-        atomic::write(&path, text.as_bytes())
+        Ok(())
     }
 
-    /// Saves the state after a round: parameters first, `state.json` last.
+    /// Writes `config.toml` after [`check_config`](Self::check_config) when `resume`.
+    pub fn write_config(&self, config: &impl Serialize, resume: bool) -> Result<()> {
+        if resume {
+            self.check_config(config)?;
+        }
+        let text = toml::to_string_pretty(config).context("cannot serialize the configuration")?;
+        atomic::write(&self.root.join("config.toml"), text.as_bytes())
+    }
+
+    /// The checkpoint store (`checkpoints/`).
+    pub fn checkpoints(&self) -> Checkpoints {
+        Checkpoints::new(self.root.join("checkpoints"))
+    }
+
+    /// Saves the state after a round (see [`Checkpoints::save`]).
     pub fn save_state(&self, state: &FedState) -> Result<()> {
-        state.global.save(&self.ckpt("global.safetensors"))?;
-        if state.rounds_done > 0 {
-            state.global.save(&self.round_global(state.rounds_done - 1))?;
-        }
-        let mut trained = Vec::new();
-        for (k, p) in state.private.iter().enumerate() {
-            if let Some(p) = p {
-                p.save(&self.ckpt(&format!("client{k}.safetensors")))?;
-                trained.push(k);
-            }
-        }
-        if let Some(m) = &state.momentum {
-            m.save(&self.ckpt("momentum.safetensors"))?;
-        }
-        let mut extra = Vec::new();
-        for (k, p) in state.client_extra.iter().enumerate() {
-            if let Some(p) = p {
-                p.save(&self.ckpt(&format!("client{k}-extra.safetensors")))?;
-                extra.push(k);
-            }
-        }
-        if let Some(x) = &state.server_extra {
-            x.save(&self.ckpt("server-extra.safetensors"))?;
-        }
-        let sf = StateFile {
-            rounds_done: state.rounds_done,
-            clients: state.private.len(),
-            trained_clients: trained,
-            has_momentum: state.momentum.is_some(),
-            extra_clients: extra,
-            has_server_extra: state.server_extra.is_some(),
-        };
-        atomic::write(
-            &self.ckpt("state.json"),
-            serde_json::to_string_pretty(&sf)?.as_bytes(),
-        )
+        self.checkpoints().save(state)
     }
 
     /// The global parameters after round `round` (kept for every round).
     pub fn round_global(&self, round: usize) -> PathBuf {
-        self.ckpt(&format!("rounds/global-{round:04}.safetensors"))
+        self.checkpoints().round_global(round)
     }
 
-    /// Loads a saved state, if the directory has one.
+    /// Loads the committed state, if the directory has one (see [`Checkpoints::load`]).
     pub fn load_state(&self, device: &Device) -> Result<Option<FedState>> {
-        let path = self.ckpt("state.json");
-        if !path.is_file() {
-            return Ok(None);
+        self.checkpoints().load(device)
+    }
+
+    /// Takes the run directory for this process (creating it): a second fedpurel
+    /// process on the same directory is refused until this one ends (the lock is the
+    /// operating system's, so a killed process releases it). Leftover temporary files of
+    /// interrupted writes are removed once the lock is held.
+    pub fn lock(&self) -> Result<RunLock> {
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("cannot create the run directory {}", self.root.display()))?;
+        let path = self.root.join(".lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot create the lock file {}", path.display()))?;
+        if !try_lock_exclusive(&file).with_context(|| format!("cannot lock {}", path.display()))? {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "{} is in use by another fedpurel process (pid {}); wait for it to finish or use another --out",
+                self.root.display(),
+                holder.trim()
+            );
         }
-        let sf: StateFile = serde_json::from_str(&std::fs::read_to_string(&path)?)
-            .map_err(|e| anyhow!("{}: not a run state: {e}", path.display()))?;
-        let mut private = vec![None; sf.clients];
-        for &k in &sf.trained_clients {
-            if k >= sf.clients {
-                bail!("{}: client {k} out of range", path.display());
+        use std::io::{Seek, Write};
+        file.set_len(0)?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        write!(file, "{}", std::process::id())?;
+        self.remove_leftovers();
+        Ok(RunLock { _file: file })
+    }
+
+    /// Removes the temporary files of interrupted atomic writes (`.NAME.PID.tmp`).
+    fn remove_leftovers(&self) {
+        for dir in [
+            self.root.clone(),
+            self.root.join("checkpoints"),
+            self.root.join("checkpoints/rounds"),
+        ] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with('.') && n.ends_with(".tmp") && e.path().is_file() {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
-            private[k] = Some(ParamSet::load(
-                &self.ckpt(&format!("client{k}.safetensors")),
-                device,
-            )?);
         }
-        let momentum = if sf.has_momentum {
-            Some(ParamSet::load(&self.ckpt("momentum.safetensors"), device)?)
-        } else {
-            None
-        };
-        let mut client_extra = vec![None; sf.clients];
-        for &k in &sf.extra_clients {
-            if k >= sf.clients {
-                bail!("{}: client {k} out of range", path.display());
-            }
-            client_extra[k] = Some(ParamSet::load(
-                &self.ckpt(&format!("client{k}-extra.safetensors")),
-                device,
-            )?);
-        }
-        let server_extra = if sf.has_server_extra {
-            Some(ParamSet::load(&self.ckpt("server-extra.safetensors"), device)?)
-        } else {
-            None
-        };
-        Ok(Some(FedState {
-            rounds_done: sf.rounds_done,
-            global: ParamSet::load(&self.ckpt("global.safetensors"), device)?,
-            private,
-            momentum,
-            server_extra,
-            client_extra,
-        }))
     }
 
     /// Records of completed rounds (the first `rounds` lines of `metrics.jsonl`).

@@ -90,7 +90,7 @@ fn finished(cfg: &RunConfig) -> Result<Option<Summary>> {
     if !path.is_file() {
         return Ok(None);
     }
-    RunDir::new(&cfg.out).write_config(cfg, true)?;
+    RunDir::new(&cfg.out).check_config(cfg)?;
     let s: Summary = serde_json::from_str(&std::fs::read_to_string(&path)?)
         .with_context(|| format!("{}: not a run summary", path.display()))?;
     Ok((s.rounds_completed >= cfg.train.rounds).then_some(s))

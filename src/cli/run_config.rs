@@ -180,7 +180,14 @@ pub fn preset(name: &str, model: &Path, out: &Path, cache: &Path) -> Result<RunC
 /// Reads a configuration file (e.g. a run directory's `config.toml`).
 pub fn read_config(path: &Path) -> Result<RunConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+    parse_config(&text, path)
+}
+
+/// Parses and validates the text of a configuration file; `path` names it in errors.
+pub fn parse_config(text: &str, path: &Path) -> Result<RunConfig> {
+    let c: RunConfig = toml::from_str(text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    validate(&c).with_context(|| format!("{}", path.display()))?;
+    Ok(c)
 }
 
 fn from_args(a: &RunArgs) -> RunConfig {
@@ -295,7 +302,104 @@ fn finish(c: RunConfig) -> Result<RunConfig> {
             algorithm_names().join(", ")
         );
     }
+    validate(&c)?;
     Ok(c)
+}
+
+/// Refuses settings outside their meaningful range, naming the setting (as its flag and
+/// its `config.toml` key) and the range expected.
+pub fn validate(c: &RunConfig) -> Result<()> {
+    let t = &c.train;
+    let unit = |v: f64| (0.0..=1.0).contains(&v);
+    let checks: [(bool, &str, String, &str); 13] = [
+        (
+            t.rounds >= 1,
+            "--rounds (train.rounds)",
+            t.rounds.to_string(),
+            "at least 1",
+        ),
+        (
+            t.frac > 0.0 && t.frac <= 1.0,
+            "--frac (train.frac)",
+            t.frac.to_string(),
+            "in (0, 1]",
+        ),
+        (
+            t.batch_size >= 1,
+            "--batch-size (train.batch_size)",
+            t.batch_size.to_string(),
+            "at least 1",
+        ),
+        (
+            t.eval_batch >= 1,
+            "--eval-batch (train.eval_batch)",
+            t.eval_batch.to_string(),
+            "at least 1",
+        ),
+        (
+            t.stage1.lr > 0.0 && t.stage1.lr.is_finite() && t.stage2.lr > 0.0 && t.stage2.lr.is_finite(),
+            "--lr (train.stage1.lr, train.stage2.lr)",
+            format!("{} / {}", t.stage1.lr, t.stage2.lr),
+            "a finite number > 0",
+        ),
+        (
+            (0.0..1.0).contains(&t.stage1.momentum) && (0.0..1.0).contains(&t.stage2.momentum),
+            "momentum (train.stage1.momentum, train.stage2.momentum)",
+            format!("{} / {}", t.stage1.momentum, t.stage2.momentum),
+            "in [0, 1)",
+        ),
+        (
+            t.stage1.weight_decay >= 0.0 && t.stage2.weight_decay >= 0.0,
+            "weight decay (train.stage1.weight_decay, train.stage2.weight_decay)",
+            format!("{} / {}", t.stage1.weight_decay, t.stage2.weight_decay),
+            "≥ 0",
+        ),
+        (
+            unit(t.lambda),
+            "--lambda (train.lambda)",
+            t.lambda.to_string(),
+            "in [0, 1]",
+        ),
+        (
+            t.lambda_proj >= 0.0 && t.lambda_proj.is_finite(),
+            "--lambda-proj (train.lambda_proj)",
+            t.lambda_proj.to_string(),
+            "a finite number ≥ 0",
+        ),
+        (c.n_ctx >= 1, "--n-ctx (n_ctx)", c.n_ctx.to_string(), "at least 1"),
+        (
+            c.lora_rank >= 1,
+            "--lora-rank (lora_rank)",
+            c.lora_rank.to_string(),
+            "at least 1",
+        ),
+        (
+            unit(c.baselines.folio_theta),
+            "--folio-theta (baselines.folio_theta)",
+            c.baselines.folio_theta.to_string(),
+            "in [0, 1]",
+        ),
+        (
+            c.baselines.la_tau.is_finite()
+                && c.baselines.align_weight >= 0.0
+                && c.baselines.align_weight.is_finite(),
+            "--la-tau / --align-weight (baselines.la_tau, baselines.align_weight)",
+            format!("{} / {}", c.baselines.la_tau, c.baselines.align_weight),
+            "finite, and the weight ≥ 0",
+        ),
+    ];
+    for (ok, what, value, expected) in checks {
+        if !ok {
+            bail!("{what} is {value}; expected {expected}");
+        }
+    }
+    if !c.template.contains("{}") {
+        bail!(
+            "--template (template) `{}` has no `{{}}` placeholder for the class name",
+            c.template
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

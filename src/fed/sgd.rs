@@ -36,7 +36,12 @@ impl Sgd {
     }
 
     /// One update of `params` with gradient `grad`.
+    /// A gradient with a NaN or an infinity is refused (parameters untouched), so a
+    /// diverging run stops with the tensor's name instead of saving garbage.
     pub fn step(&mut self, params: &mut ParamSet, grad: &ParamSet) -> Result<()> {
+        if let Some(name) = grad.first_non_finite()? {
+            anyhow::bail!("the gradient of `{name}` is not finite (NaN or infinity)");
+        }
         let c = self.config;
         let g = if c.weight_decay != 0.0 {
             grad.zip_with(params, |g, p| Ok((g + (p * c.weight_decay)?)?))?
@@ -94,5 +99,21 @@ mod tests {
         let mut q = one(1.0);
         plain.step(&mut q, &one(0.5)).unwrap();
         assert!((val(&q) - 0.95).abs() < 1e-6 && plain.momentum.is_none());
+    }
+
+    #[test]
+    fn a_non_finite_gradient_is_refused_and_leaves_the_parameters() {
+        let mut opt = Sgd::new(SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+        });
+        let mut p = one(1.0);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let e = format!("{:#}", opt.step(&mut p, &one(bad)).unwrap_err());
+            assert!(e.contains("`w`") && e.contains("not finite"), "{e}");
+            assert_eq!(val(&p), 1.0);
+            assert!(opt.momentum.is_none());
+        }
     }
 }

@@ -163,6 +163,11 @@ impl ClientRunner {
         self.state.client
     }
 
+    /// Number of clients K of the split.
+    pub fn clients(&self) -> usize {
+        self.session.fed().clients()
+    }
+
     /// (training samples, test samples) of the client.
     pub fn sizes(&self) -> (usize, usize) {
         self.session.fed().client_sizes(self.state.client)
@@ -203,6 +208,11 @@ impl ClientRunner {
         }
         self.state = st;
         Ok((stage2, eval))
+    }
+
+    /// The device tensors of the run live on.
+    pub fn device(&self) -> &Device {
+        self.session.device()
     }
 
     /// The client's private parameters φ_k, if it has any yet.

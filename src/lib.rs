@@ -15,10 +15,13 @@
 //! * [`fed`] — federated training: the optimizer and the local steps of both stages.
 //! * [`metrics`] — accuracy per Many/Medium/Few group, balancedness, per-class tables.
 //! * [`report`] — atomic writes and plots (the partition heatmap).
+//! * [`bridge`] — one client's work (or the server's evaluation) for an outside
+//!   orchestrator such as Flower; the Python module in `bindings/python` wraps it.
 //! * [`bench`] — benchmark workloads that print achieved GFLOP/s against the machine's
 //!   measured matmul rate.
 
 pub mod bench;
+pub mod bridge;
 pub mod cli;
 pub mod clip;
 pub mod data;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod compare;
+pub mod config;
 pub mod data_args;
 pub mod eval;
 pub mod model;
@@ -36,6 +37,9 @@ pub enum Command {
     Partition(partition::PartitionArgs),
     /// Train and evaluate FedPuReL or a baseline; leaves a run directory (resumable).
     Run(Box<run::RunArgs>),
+    /// Print the resolved configuration of `run`'s flags as TOML (absolute paths), e.g.
+    /// for the server and clients of a Flower run.
+    Config(Box<run::RunArgs>),
     /// Re-evaluate a saved run from its checkpoints.
     Eval(eval::EvalArgs),
     /// Run a grid of algorithms × seeds and write the paper-style comparison table.
@@ -50,6 +54,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Partition(args) => partition::run(args),
         Command::Run(args) => run::run(*args, matches.subcommand_matches("run")),
+        Command::Config(args) => config::run(*args, matches.subcommand_matches("config")),
         Command::Eval(args) => eval::run(args),
         Command::Compare(args) => compare::run(*args, matches.subcommand_matches("compare")),
     }

@@ -75,6 +75,13 @@ pub trait Algorithm: Send + Sync {
     /// also update the client's private state in `state`.
     fn train_local(&self, cx: &ClientCx, params: &mut ParamSet, state: &mut FedState) -> Result<Accum>;
 
+    /// Whether [`after_aggregation`](Self::after_aggregation) keeps server state that the
+    /// clients' local training reads (Fed-GraB's class prior). Such a method cannot run
+    /// under an outside orchestrator that only averages parameters (`crate::bridge`).
+    fn keeps_server_state(&self) -> bool {
+        false
+    }
+
     /// Server step after averaging (e.g. Fed-GraB's prior analysis); default: none.
     fn after_aggregation(&self, _fed: &Federation, _round: usize, _state: &mut FedState) -> Result<()> {
         Ok(())

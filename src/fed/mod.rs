@@ -1,8 +1,10 @@
 //! Federated training: the optimizer clients use, local steps, the round loop, and one
-//! file per algorithm behind one trait (the algorithm seam, [`algorithm::Algorithm`]).
+//! file per algorithm behind one trait (the algorithm seam, [`algorithm::Algorithm`]), and
+//! one client's share of a round for orchestrators that run clients apart ([`client`]).
 
 pub mod algorithm;
 pub mod algorithms;
+pub mod client;
 pub mod local;
 pub mod replay;
 pub mod sgd;

@@ -182,7 +182,7 @@ impl ClientCx<'_> {
 /// Which clients train in a round and how each client's epoch is batched. The default
 /// [`KeyedSchedule`] draws both from keyed random streams; a replay of a recorded run
 /// (see [`super::replay`]) supplies them from files.
-pub trait Schedule {
+pub trait Schedule: Send + Sync {
     /// Clients of round `round`, in training order.
     fn clients(&self, round: usize) -> Result<Vec<usize>>;
     /// Batches (lists of train indices) of `client`'s epoch in `stage` (1 or 2).
@@ -459,11 +459,10 @@ impl<'a> Federation<'a> {
         let mut locals = Vec::with_capacity(clients.len());
         let mut weights = Vec::with_capacity(clients.len());
         for &k in &clients {
-            let cx = self.client(t, k, None);
-            let mut params = state.global.clone();
-            acc1.merge(&algo.train_local(&cx, &mut params, state)?);
+            let (params, acc) = self.train_client(state, algo, t, k)?;
+            acc1.merge(&acc);
             locals.push(params);
-            weights.push(self.partition.clients[k].train.len() as f64);
+            weights.push(self.client_weight(k));
         }
         let stage1_stats = acc1.finish(t1.elapsed().as_secs_f64());
         phase("aggregation");
@@ -480,10 +479,9 @@ impl<'a> Federation<'a> {
         let t2 = Instant::now();
         let mut acc2 = Accum::default();
         if !clients.is_empty() {
-            let global_text = self.peft.text_features(self.clip, &state.global)?;
+            let global_text = self.personalization_text(state)?;
             for &k in &clients {
-                let cx = self.client(t, k, Some(&global_text));
-                acc2.merge(&algo.personalize(&cx, state)?);
+                acc2.merge(&self.personalize_client(state, algo, t, k, &global_text)?);
             }
         }
         let stage2_stats = acc2.finish(t2.elapsed().as_secs_f64());
@@ -504,6 +502,52 @@ impl<'a> Federation<'a> {
             gm_seconds,
             pm_seconds,
         })
+    }
+
+    /// Client `k`'s local training in round `t` (FedPuReL's stage 1): its copy of the
+    /// round-start global model `state.global` after one epoch of `algo`'s local step, and
+    /// the epoch's statistics. The algorithm may update the client's private state.
+    pub fn train_client(
+        &self,
+        state: &mut FedState,
+        algo: &dyn Algorithm,
+        t: usize,
+        k: usize,
+    ) -> Result<(ParamSet, Accum)> {
+        let cx = self.client(t, k, None);
+        let mut params = state.global.clone();
+        let acc = algo.train_local(&cx, &mut params, state)?;
+        Ok((params, acc))
+    }
+
+    /// The freshly aggregated global model's text features, as personalization sees them.
+    pub fn personalization_text(&self, state: &FedState) -> Result<Tensor> {
+        self.peft.text_features(self.clip, &state.global)
+    }
+
+    /// Client `k`'s personalization in round `t` (FedPuReL's stage 2) against the new
+    /// global model `state.global`, whose text features are `global_text`
+    /// ([`personalization_text`](Self::personalization_text)).
+    pub fn personalize_client(
+        &self,
+        state: &mut FedState,
+        algo: &dyn Algorithm,
+        t: usize,
+        k: usize,
+        global_text: &Tensor,
+    ) -> Result<Accum> {
+        algo.personalize(&self.client(t, k, Some(global_text)), state)
+    }
+
+    /// Client `k`'s FedAvg weight n_k: its training-set size.
+    pub fn client_weight(&self, k: usize) -> f64 {
+        self.partition.clients[k].train.len() as f64
+    }
+
+    /// Client `k`'s training and test sizes.
+    pub fn client_sizes(&self, k: usize) -> (usize, usize) {
+        let c = &self.partition.clients[k];
+        (c.train.len(), c.test.len())
     }
 
     fn client<'c>(&'c self, round: usize, client: usize, global_text: Option<&'c Tensor>) -> ClientCx<'c> {
@@ -632,59 +676,96 @@ impl<'a> Federation<'a> {
         algo: &dyn Algorithm,
     ) -> Result<(Evaluation, Evaluation, [f64; 2])> {
         let all: Vec<usize> = (0..self.dataset.test.len()).collect();
-        let zero_shot = |idx: &[usize]| self.zero_shot_logits(&self.test_rows(idx)?);
-        let gm_rule = algo.gm_rule();
-        let text_g = match gm_rule {
-            GmRule::ZeroShot => None,
-            _ => Some(self.peft.text_features(self.clip, &state.global)?),
-        };
-        let global = |idx: &[usize]| -> Result<Tensor> {
-            match &text_g {
-                Some(text) => self.test_logits(&state.global, text, idx),
-                None => zero_shot(idx),
-            }
-        };
-        let shift = match gm_rule {
-            GmRule::GlobalPostHoc { tau } => {
-                Some(log_prior_shift(&self.partition.class_counts, tau, &self.zs_text)?)
-            }
-            _ => None,
-        };
-        let gm = |idx: &[usize]| -> Result<Tensor> {
-            let l = global(idx)?;
-            match &shift {
-                Some(s) => post_hoc(&l, s),
-                None => Ok(l),
-            }
-        };
-        let pm_rule = algo.pm_rule();
-        if pm_rule == PmRule::SameAsGm {
+        let heads = Heads::new(self, state, algo)?;
+        let gm = |idx: &[usize]| heads.gm(idx);
+        if heads.pm_rule == PmRule::SameAsGm {
             return self.evaluate_with(&all, &gm, &|_, idx| gm(idx));
         }
-        let privates: Vec<ParamSet> = state
-            .private
-            .iter()
-            .map(|p| match (p, pm_rule) {
-                (Some(p), _) => p.clone(),
-                // A fine-tuned copy that does not exist yet is the global model itself.
-                (None, PmRule::Private) => state.global.clone(),
-                (None, _) => self.private_init.clone(),
-            })
-            .collect();
+        let privates: Vec<ParamSet> = (0..self.clients()).map(|k| heads.private(k)).collect();
         let texts: Vec<Tensor> = privates
             .iter()
             .map(|p| self.peft.text_features(self.clip, p))
             .collect::<Result<_>>()?;
-        let pm = |k: usize, idx: &[usize]| -> Result<Tensor> {
-            let l_p = self.test_logits(&privates[k], &texts[k], idx)?;
-            Ok(match pm_rule {
-                PmRule::Private => l_p,
-                PmRule::Residual => (global(idx)? + l_p)?,
-                PmRule::Mix { theta } => ((global(idx)? * (1.0 - theta))? + (l_p * theta)?)?,
-                PmRule::SameAsGm => unreachable!("handled above"),
-            })
-        };
+        let pm = |k: usize, idx: &[usize]| heads.pm(&privates[k], &texts[k], idx);
         self.evaluate_with(&all, &gm, &pm)
+    }
+
+    /// The GM evaluation alone (global test set), as [`evaluate`](Self::evaluate) gives it.
+    pub fn evaluate_global(&self, state: &FedState, algo: &dyn Algorithm) -> Result<Evaluation> {
+        let all: Vec<usize> = (0..self.dataset.test.len()).collect();
+        let heads = Heads::new(self, state, algo)?;
+        self.evaluate_gm(&all, &|idx| heads.gm(idx))
+    }
+
+    /// Client `k`'s share of the evaluation: the GM and its PM on the client's own test
+    /// set, with the same logits as [`evaluate`](Self::evaluate). Averaging
+    /// [`ClientScore::accuracy`] of the PM over all clients with test samples gives the
+    /// PM `accuracy.all` of [`evaluate`](Self::evaluate), and the group means likewise.
+    pub fn evaluate_client(
+        &self,
+        state: &FedState,
+        algo: &dyn Algorithm,
+        k: usize,
+    ) -> Result<ClientEvaluation> {
+        let Some(client) = self.partition.clients.get(k) else {
+            bail!("client {k} does not exist ({} clients)", self.clients());
+        };
+        let idx = &client.test;
+        let heads = Heads::new(self, state, algo)?;
+        let empty = || ClientScore {
+            accuracy: None,
+            many: None,
+            medium: None,
+            few: None,
+            tkl: 0.0,
+            correct: 0,
+        };
+        if idx.is_empty() {
+            return Ok(ClientEvaluation {
+                test_samples: 0,
+                gm: empty(),
+                pm: empty(),
+            });
+        }
+        let gm = self.client_score(idx, &heads.gm(idx)?)?;
+        let pm = if heads.pm_rule == PmRule::SameAsGm {
+            gm.clone()
+        } else {
+            let private = heads.private(k);
+            let text = self.peft.text_features(self.clip, &private)?;
+            self.client_score(idx, &heads.pm(&private, &text, idx)?)?
+        };
+        Ok(ClientEvaluation {
+            test_samples: idx.len(),
+            gm,
+            pm,
+        })
+    }
+
+    fn client_score(&self, idx: &[usize], logits: &Tensor) -> Result<ClientScore> {
+        let (conf, tkl) = self.score(idx, logits)?;
+        let groups = &self.partition.groups;
+        Ok(ClientScore {
+            accuracy: (conf.samples() > 0).then(|| conf.micro()),
+            many: conf.micro_over(&groups.many),
+            medium: conf.micro_over(&groups.medium),
+            few: conf.micro_over(&groups.few),
+            tkl,
+            correct: conf.correct.iter().sum::<u64>() as usize,
+        })
+    }
+
+    /// Evaluates `gm` on the global test set `all`.
+    fn evaluate_gm(&self, all: &[usize], gm: &dyn Fn(&[usize]) -> Result<Tensor>) -> Result<Evaluation> {
+        let groups = &self.partition.groups;
+        let (gm_conf, gm_tkl) = self.score(all, &gm(all)?)?;
+        Ok(Evaluation {
+            accuracy: group_accuracy(&gm_conf, groups),
+            balancedness: balancedness(&gm_conf, groups),
+            tkl: gm_tkl,
+            per_class: gm_conf.per_class(),
+            weighted_all: gm_conf.micro(),
+        })
     }
 
     /// Evaluates `gm` on `all` and `pm` on every client's test set, in client order.
@@ -697,14 +778,7 @@ impl<'a> Federation<'a> {
         let tg = Instant::now();
         let c = self.dataset.num_classes();
         let groups = &self.partition.groups;
-        let (gm_conf, gm_tkl) = self.score(all, &gm(all)?)?;
-        let gm_eval = Evaluation {
-            accuracy: group_accuracy(&gm_conf, groups),
-            balancedness: balancedness(&gm_conf, groups),
-            tkl: gm_tkl,
-            per_class: gm_conf.per_class(),
-            weighted_all: gm_conf.micro(),
-        };
+        let gm_eval = self.evaluate_gm(all, gm)?;
         let gm_seconds = tg.elapsed().as_secs_f64();
         crate::faults::point("evaluation:gm-done");
         let tp = Instant::now();
@@ -748,6 +822,105 @@ impl<'a> Federation<'a> {
         }
         Ok((conf, sum / idx.len().max(1) as f64))
     }
+}
+
+/// The test-logit rules of one state under an algorithm: the global branch (zero-shot,
+/// global, or post-hoc adjusted) and how a client's private branch joins it.
+struct Heads<'h> {
+    fed: &'h Federation<'h>,
+    state: &'h FedState,
+    pm_rule: PmRule,
+    text_g: Option<Tensor>,
+    shift: Option<Tensor>,
+}
+
+impl<'h> Heads<'h> {
+    fn new(fed: &'h Federation<'h>, state: &'h FedState, algo: &dyn Algorithm) -> Result<Self> {
+        let gm_rule = algo.gm_rule();
+        let text_g = match gm_rule {
+            GmRule::ZeroShot => None,
+            _ => Some(fed.peft.text_features(fed.clip, &state.global)?),
+        };
+        let shift = match gm_rule {
+            GmRule::GlobalPostHoc { tau } => {
+                Some(log_prior_shift(&fed.partition.class_counts, tau, &fed.zs_text)?)
+            }
+            _ => None,
+        };
+        Ok(Heads {
+            fed,
+            state,
+            pm_rule: algo.pm_rule(),
+            text_g,
+            shift,
+        })
+    }
+
+    /// The global branch l_G (no post-hoc adjustment).
+    fn global(&self, idx: &[usize]) -> Result<Tensor> {
+        match &self.text_g {
+            Some(text) => self.fed.test_logits(&self.state.global, text, idx),
+            None => self.fed.zero_shot_logits(&self.fed.test_rows(idx)?),
+        }
+    }
+
+    /// The GM's logits.
+    fn gm(&self, idx: &[usize]) -> Result<Tensor> {
+        let l = self.global(idx)?;
+        match &self.shift {
+            Some(s) => post_hoc(&l, s),
+            None => Ok(l),
+        }
+    }
+
+    /// Client `k`'s private parameters for evaluation.
+    fn private(&self, k: usize) -> ParamSet {
+        match (&self.state.private[k], self.pm_rule) {
+            (Some(p), _) => p.clone(),
+            // A fine-tuned copy that does not exist yet is the global model itself.
+            (None, PmRule::Private) => self.state.global.clone(),
+            (None, _) => self.fed.private_init.clone(),
+        }
+    }
+
+    /// A PM's logits with private parameters `private` (text features `text`).
+    fn pm(&self, private: &ParamSet, text: &Tensor, idx: &[usize]) -> Result<Tensor> {
+        let l_p = self.fed.test_logits(private, text, idx)?;
+        Ok(match self.pm_rule {
+            PmRule::Private => l_p,
+            PmRule::Residual => (self.global(idx)? + l_p)?,
+            PmRule::Mix { theta } => ((self.global(idx)? * (1.0 - theta))? + (l_p * theta)?)?,
+            PmRule::SameAsGm => bail!("no private branch: PM is the GM"),
+        })
+    }
+}
+
+/// One model on one client's test set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientScore {
+    /// Micro accuracy (%), None without test samples.
+    pub accuracy: Option<f64>,
+    /// Micro accuracy over the client's test samples of Many classes (None: it has none).
+    pub many: Option<f64>,
+    /// The same over Medium classes.
+    pub medium: Option<f64>,
+    /// The same over Few classes.
+    pub few: Option<f64>,
+    /// Mean TKL to the zero-shot model over the client's test samples.
+    pub tkl: f64,
+    /// Correct predictions.
+    pub correct: usize,
+}
+
+/// A client's share of the GM/PM evaluation ([`Federation::evaluate_client`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientEvaluation {
+    /// Test samples of the client.
+    pub test_samples: usize,
+    /// The global model on the client's test set.
+    pub gm: ClientScore,
+    /// The client's personalized model on its test set.
+    pub pm: ClientScore,
 }
 
 /// Running sums of step statistics (means on [`Accum::finish`]).

@@ -6,9 +6,12 @@
 //! * [`run_dir`] — the run directory: config, metrics, summaries, lock.
 //! * [`compare`] — the mean ± std table of a grid of runs.
 //! * [`heatmap`] — the clients × classes heatmap of a partition (PNG).
+//! * [`client_dir`] — a remote client's state directory (private parameters, pending
+//!   personalization), so a restarted client process continues.
 
 pub mod atomic;
 pub mod checkpoints;
+pub mod client_dir;
 pub mod compare;
 pub mod heatmap;
 pub mod run_dir;

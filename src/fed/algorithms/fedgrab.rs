@@ -365,6 +365,10 @@ impl Algorithm for FedGrab {
         Ok(acc)
     }
 
+    fn keeps_server_state(&self) -> bool {
+        true
+    }
+
     fn after_aggregation(&self, fed: &Federation, _round: usize, state: &mut FedState) -> Result<()> {
         let Some(norms) = fed.peft().learned_text_norms(fed.clip(), &state.global)? else {
             return Ok(());

@@ -381,3 +381,27 @@ fn every_algorithm_runs_and_compare_tables_them() {
     let (ok, _, err) = fedpurel(&run);
     assert!(!ok && err.contains("prompt learning only"), "{err}");
 }
+
+/// `demo` names a missing model directory before doing any work, and `compare --quick`
+/// refuses presets without a reduced size.
+#[test]
+fn demo_and_compare_quick_refuse_bad_input_clearly() {
+    let (ok, _, stderr) = fedpurel(&["demo", "--quick", "--model", "no/such/demo-clip"]);
+    assert!(
+        !ok && stderr.contains("no/such/demo-clip") && stderr.contains("--model"),
+        "{stderr}"
+    );
+    assert!(!Path::new("runs/demo-quick").join("zeroshot").exists());
+    let (ok, _, stderr) = fedpurel(&[
+        "compare",
+        "--preset",
+        "cifar100-lt-prompt",
+        "--quick",
+        "--model",
+        "tests/fixtures/tiny-clip/hf",
+    ]);
+    assert!(
+        !ok && stderr.contains("--quick") && stderr.contains("cifar100-lt-prompt"),
+        "{stderr}"
+    );
+}

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod compare;
 pub mod data_args;
+pub mod demo;
 pub mod eval;
 pub mod model;
 pub mod partition;
@@ -40,6 +41,9 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Run a grid of algorithms × seeds and write the paper-style comparison table.
     Compare(Box<compare::CompareArgs>),
+    /// Zero-shot, PromptFL, PromptFolio and FedPuReL on the synthetic world's long-tailed
+    /// federated task: table and plots, on a CPU in minutes, nothing to download.
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the parsed command line.
@@ -52,6 +56,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Run(args) => run::run(*args, matches.subcommand_matches("run")),
         Command::Eval(args) => eval::run(args),
         Command::Compare(args) => compare::run(*args, matches.subcommand_matches("compare")),
+        Command::Demo(args) => demo::run(args),
     }
 }
 

@@ -16,7 +16,7 @@
 //! optimizer) at a size a 2-core CPU runs in minutes — `demo`: 20 clients, 500 training
 //! images per class before the cut (6 567 after), 50 test images per class, 30 rounds;
 //! `demo-quick`: 10 clients, 200 per class (2 614 after), 20 test images per class,
-//! 8 rounds.
+//! 6 rounds.
 
 use std::path::{Path, PathBuf};
 
@@ -120,7 +120,7 @@ fn paper_train(seed: u64) -> TrainSettings {
 /// `model` empty means [`DEMO_MODEL`].
 pub fn demo_preset(quick: bool, model: &Path, out: &Path, cache: &Path) -> RunConfig {
     let (clients, train_per_class, test_per_class, rounds) = if quick {
-        (10, 200, 20, 8)
+        (10, 200, 20, 6)
     } else {
         (20, 500, 50, 30)
     };
@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn demo_presets_are_the_world_task_with_the_demo_model_by_default() {
-        for (name, clients, rounds) in [("demo", 20, 30), ("demo-quick", 10, 8)] {
+        for (name, clients, rounds) in [("demo", 20, 30), ("demo-quick", 10, 6)] {
             let c = preset(name, Path::new(""), Path::new("o"), Path::new("c")).unwrap();
             assert_eq!(c.data.dataset, DatasetName::World);
             assert_eq!(c.data.imb_factor, Some(100.0));

@@ -64,6 +64,8 @@ pub struct DemoReport {
     pub table: String,
     /// The plots written.
     pub plots: Vec<PathBuf>,
+    /// Zero-shot GM accuracy on the downstream task (%, mean over seeds).
+    pub zero_shot_gm: f64,
     /// Wall time of the whole demo, seconds.
     pub seconds: f64,
 }
@@ -107,6 +109,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         out.join("compare.md").display(),
         out.join("compare.csv").display()
     );
+    println!(
+        "zero-shot accuracy of {} on the downstream task: {:.2} % (chance: {:.2} %)",
+        args.model.display(),
+        report.zero_shot_gm,
+        100.0 / world::NUM_CLASSES as f64
+    );
     println!("plots:");
     for p in &report.plots {
         println!("  {}", p.display());
@@ -135,9 +143,11 @@ pub fn execute(base: &RunConfig, root: &Path, seeds: &[u64]) -> Result<DemoRepor
     let summaries = run_grid(base, root, &algorithms, seeds)?;
     let table = write_tables(root, &rows(&algorithms, &summaries), &title(base, seeds))?;
     let plots = write_plots(base, root, &algorithms, seeds[0])?;
+    let zs = &summaries[0];
     Ok(DemoReport {
         table,
         plots,
+        zero_shot_gm: zs.iter().map(|s| s.gm.all).sum::<f64>() / zs.len() as f64,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -332,6 +342,7 @@ mod tests {
             let img = image::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             assert!(img.width() >= 200 && img.height() >= 50, "{}", p.display());
         }
+        assert!((0.0..=100.0).contains(&report.zero_shot_gm));
         // Resumable: nothing runs again.
         let again = execute(&base, &root, &[1]).unwrap();
         assert_eq!(again.table, report.table);

@@ -386,12 +386,21 @@ fn every_algorithm_runs_and_compare_tables_them() {
 /// refuses presets without a reduced size.
 #[test]
 fn demo_and_compare_quick_refuse_bad_input_clearly() {
-    let (ok, _, stderr) = fedpurel(&["demo", "--quick", "--model", "no/such/demo-clip"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let (ok, _, stderr) = fedpurel(&[
+        "demo",
+        "--quick",
+        "--model",
+        "no/such/demo-clip",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(
         !ok && stderr.contains("no/such/demo-clip") && stderr.contains("--model"),
         "{stderr}"
     );
-    assert!(!Path::new("runs/demo-quick").join("zeroshot").exists());
+    assert!(!out.exists(), "nothing is written before the model is found");
     let (ok, _, stderr) = fedpurel(&[
         "compare",
         "--preset",

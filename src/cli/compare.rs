@@ -1,6 +1,8 @@
 //! `fedpurel compare`: runs a grid of algorithms × seeds under one protocol (same data,
 //! split per seed, model, PEFT and evaluation), resuming finished cells, and writes
-//! `compare.md` / `compare.csv` in the layout of the paper's main table.
+//! `compare.md` / `compare.csv` in the layout of the paper's main table. `--quick` picks a
+//! preset's reduced size (`--preset demo --quick` = `demo-quick`). [`run_grid`] is the
+//! grid runner `fedpurel demo` shares.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -183,7 +185,9 @@ pub fn run(mut args: CompareArgs, matches: Option<&clap::ArgMatches>) -> Result<
         PathBuf::from("runs/compare")
     };
     if args.quick {
-        let name = args.run.preset.as_deref().unwrap_or_default();
+        let Some(name) = args.run.preset.as_deref() else {
+            bail!("--quick selects a preset's reduced size: use it with --preset demo");
+        };
         let quick = format!("{name}-quick");
         if !preset_names().contains(&quick) {
             bail!(

@@ -21,6 +21,7 @@ use clap::Args;
 
 use super::compare::{cell_dir, parse_seeds, rows, run_grid, write_tables};
 use super::run_config::{demo_preset, RunConfig, DEMO_MODEL};
+use crate::clip::Checkpoint;
 use crate::data::dataset::SplitKind;
 use crate::data::world::{self, Domain};
 use crate::fed::train::RoundRecord;
@@ -70,23 +71,17 @@ pub struct DemoReport {
     pub seconds: f64,
 }
 
-/// Refuses a model directory that is not there, naming it (before any work).
+/// Refuses a model directory that is not a readable checkpoint, naming it (before any
+/// work).
 fn check_model(model: &Path) -> Result<()> {
-    let weights = [
-        "model.safetensors",
-        "open_clip_model.safetensors",
-        "pytorch_model.safetensors",
-    ];
-    let found = model.is_file() || weights.iter().any(|w| model.join(w).is_file());
-    if !found {
-        bail!(
-            "no CLIP checkpoint at {} (expected a directory with model.safetensors, config.json \
-             and the tokenizer files); the demo's model is the demo CLIP in {DEMO_MODEL}, or \
-             pass --model DIR",
+    Checkpoint::open(model).map(|_| ()).map_err(|e| {
+        e.context(format!(
+            "no usable CLIP checkpoint at {} (expected a directory with model.safetensors, \
+             config.json and the tokenizer files); the demo's model is the demo CLIP in \
+             {DEMO_MODEL}, or pass --model DIR",
             model.display()
-        );
-    }
-    Ok(())
+        ))
+    })
 }
 
 /// Runs `fedpurel demo`.

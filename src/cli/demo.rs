@@ -37,7 +37,7 @@ pub const ALGORITHMS: [&str; 4] = ["zeroshot", "promptfl", "promptfolio", "fedpu
 pub struct DemoArgs {
     /// The reduced size (10 clients, 200 training images per class before the long-tail
     /// cut, 20 test images per class, 6 rounds) instead of the full demo (20 clients,
-    /// 500, 50, 30 rounds).
+    /// 300, 50, 25 rounds).
     #[arg(long)]
     pub quick: bool,
     /// CLIP checkpoint directory (the demo CLIP pretrained on the world ships in

@@ -13,8 +13,8 @@
 //! `demo` and `demo-quick` are the synthetic world's federated task (`--dataset world`,
 //! prompt tuning, the demo CLIP in `assets/demo-clip` unless `--model` says otherwise):
 //! the paper's protocol (IF 100, Dirichlet α = 1, 40 % sampled, λ = 0.9, the paper's
-//! optimizer) at a size a 2-core CPU runs in minutes — `demo`: 20 clients, 500 training
-//! images per class before the cut (6 567 after), 50 test images per class, 30 rounds;
+//! optimizer) at a size a 2-core CPU runs in minutes — `demo`: 20 clients, 300 training
+//! images per class before the cut (3 931 after), 50 test images per class, 25 rounds;
 //! `demo-quick`: 10 clients, 200 per class (2 614 after), 20 test images per class,
 //! 6 rounds.
 
@@ -122,7 +122,7 @@ pub fn demo_preset(quick: bool, model: &Path, out: &Path, cache: &Path) -> RunCo
     let (clients, train_per_class, test_per_class, rounds) = if quick {
         (10, 200, 20, 6)
     } else {
-        (20, 500, 50, 30)
+        (20, 300, 50, 25)
     };
     let mut train = paper_train(1);
     train.rounds = rounds;
@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn demo_presets_are_the_world_task_with_the_demo_model_by_default() {
-        for (name, clients, rounds) in [("demo", 20, 30), ("demo-quick", 10, 6)] {
+        for (name, clients, rounds) in [("demo", 20, 25), ("demo-quick", 10, 6)] {
             let c = preset(name, Path::new(""), Path::new("o"), Path::new("c")).unwrap();
             assert_eq!(c.data.dataset, DatasetName::World);
             assert_eq!(c.data.imb_factor, Some(100.0));

@@ -27,7 +27,8 @@ pub struct WorldSpec {
 }
 
 impl Default for WorldSpec {
-    /// The downstream task of the demo: 500 training and 50 test images per class.
+    /// `--dataset world` by default: the downstream domain, 500 training (before the
+    /// long-tail cut) and 50 test images per class.
     fn default() -> Self {
         WorldSpec {
             train_per_class: 500,
@@ -138,7 +139,11 @@ mod tests {
     /// quick demo's too.
     #[test]
     fn the_demo_sizes_populate_many_medium_and_few() {
-        for (per_class, want, total) in [(500, (21, 20, 19), 6567), (200, (9, 20, 31), 2614)] {
+        for (per_class, want, total) in [
+            (500, (21, 20, 19), 6567),
+            (300, (14, 21, 25), 3931),
+            (200, (9, 20, 31), 2614),
+        ] {
             let labels: Vec<u32> = (0..per_class * NUM_CLASSES)
                 .map(|i| super::super::class_of(i) as u32)
                 .collect();

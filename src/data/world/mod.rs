@@ -3,7 +3,7 @@
 //!
 //! * [`classes`] — 60 compositional, nameable classes: shape × colour × texture
 //!   ("striped red circle").
-//! * [`render`] — 32 × 32 RGB images of a class: position, size, rotation, texture
+//! * [`render`](mod@render) — 32 × 32 RGB images of a class: position, size, rotation, texture
 //!   phase, colour jitter, lighting, background, clutter and noise vary per image.
 //! * [`captions`] — captions from varied templates, some naming only part of the class.
 //! * [`vocab`] — the world's words as a CLIP-BPE tokenizer (`tokenizer.json`,
@@ -20,6 +20,12 @@
 //! split has class `index mod 60` and draws its pixels from the stream
 //! `"world-image"`/[domain, split, index] and its caption from `"world-caption"`/[domain,
 //! split, index] of the seed ([`crate::rng`]).
+//!
+//! A model meant for the world sees its pixels through
+//! [`crate::data::transforms::native`] (CLIP's normalization at the image's own 32 × 32),
+//! the transform `--dataset world` uses, and reads text with the tokenizer files of
+//! [`vocab::write_tokenizer_files`] (vocabulary size [`vocab::Vocabulary::len`]; prompts
+//! are padded to CLIP's context of 77 tokens).
 
 pub mod captions;
 pub mod classes;
@@ -130,7 +136,7 @@ pub struct Sample {
     pub caption: String,
 }
 
-/// Image, class and caption of `index` (see [`render`], [`class_of`], [`caption`]).
+/// Image, class and caption of `index` (see [`render()`], [`class_of`], [`caption`]).
 pub fn sample(seed: u64, domain: Domain, split: SplitKind, index: usize) -> Sample {
     Sample {
         image: render(seed, domain, split, index),

@@ -104,7 +104,8 @@ pub fn per_class_png(counts: &[usize], series: &[ClassSeries], title: &str) -> R
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let max = *counts.iter().max().unwrap_or(&1) as f64;
-        let x_range = (0.8f64..max * 1.25).log_scale();
+        let min = (*counts.iter().min().unwrap_or(&1)).max(1) as f64;
+        let x_range = ((min * 0.7).min(max * 0.5)..max * 1.25).log_scale();
         let mut chart = ChartBuilder::on(&root)
             .caption(title, (FAMILY, 22))
             .margin(14)
@@ -123,7 +124,7 @@ pub fn per_class_png(counts: &[usize], series: &[ClassSeries], title: &str) -> R
             .draw()
             .map_err(err)?;
         for (edge, left, right) in [(20.5, "Few", "Medium"), (100.5, "", "Many")] {
-            if edge < max * 1.25 {
+            if edge > min * 0.7 && edge < max * 1.25 {
                 chart
                     .draw_series(std::iter::once(DashedPathElement::new(
                         vec![(edge, 0.0), (edge, 100.0)],

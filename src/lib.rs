@@ -14,11 +14,14 @@
 //!   and gradients w.r.t. logits.
 //! * [`fed`] — federated training: the optimizer and the local steps of both stages.
 //! * [`metrics`] — accuracy per Many/Medium/Few group, balancedness, per-class tables.
-//! * [`report`] — atomic writes and plots (the partition heatmap).
+//! * [`report`] — atomic writes, run directories, comparison tables and plots (partition
+//!   heatmap, per-class accuracy against training count, metrics per round).
 //! * [`bridge`] — one client's work (or the server's evaluation) for an outside
 //!   orchestrator such as Flower; the Python module in `bindings/python` wraps it.
 //! * [`bench`] — benchmark workloads that print achieved GFLOP/s against the machine's
 //!   measured matmul rate.
+//! * [`cli`] — the subcommands, among them `demo`: the whole setting on the synthetic
+//!   world ([`data::world`]) on a CPU in minutes.
 
 pub mod bench;
 pub mod bridge;

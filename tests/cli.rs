@@ -393,3 +393,84 @@ fn every_algorithm_runs_and_compare_tables_them() {
     let (ok, _, err) = fedpurel(&run);
     assert!(!ok && err.contains("prompt learning only"), "{err}");
 }
+
+/// `demo` names a missing model directory before doing any work, and `compare --quick`
+/// refuses presets without a reduced size.
+#[test]
+fn demo_and_compare_quick_refuse_bad_input_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let (ok, _, stderr) = fedpurel(&[
+        "demo",
+        "--quick",
+        "--model",
+        "no/such/demo-clip",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("no/such/demo-clip") && stderr.contains("--model"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing is written before the model is found");
+    let (ok, _, stderr) = fedpurel(&[
+        "compare",
+        "--preset",
+        "cifar100-lt-prompt",
+        "--quick",
+        "--model",
+        "tests/fixtures/tiny-clip/hf",
+    ]);
+    assert!(
+        !ok && stderr.contains("--quick") && stderr.contains("cifar100-lt-prompt"),
+        "{stderr}"
+    );
+}
+
+/// `compare --preset demo --quick` runs the world task at its reduced size (shrunk further
+/// here) and shows mean ± std over two seeds.
+#[test]
+fn compare_on_the_demo_preset_shows_spread_over_seeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = (tmp.path().join("out"), tmp.path().join("cache"));
+    let (ok, stdout, err) = fedpurel(&[
+        "compare",
+        "--preset",
+        "demo",
+        "--quick",
+        "--model",
+        "tests/fixtures/tiny-clip/hf",
+        "--rounds",
+        "1",
+        "--clients",
+        "2",
+        "--world-train-per-class",
+        "30",
+        "--world-test-per-class",
+        "2",
+        "--imb-factor",
+        "10",
+        "--seeds",
+        "1,2",
+        "--algorithms",
+        "zeroshot,promptfl",
+        "--out",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("Comparison on world") && stdout.contains(" ± "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| promptfl | 1,2 |"), "{stdout}");
+    let cfg = std::fs::read_to_string(out.join("promptfl/seed-2/config.toml")).unwrap();
+    assert!(
+        cfg.contains("dataset = \"world\"") && cfg.contains("world_train_per_class = 30"),
+        "{cfg}"
+    );
+    for s in ["1", "2"] {
+        summary_in_range(&out.join(format!("promptfl/seed-{s}/summary.json")));
+    }
+}

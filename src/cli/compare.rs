@@ -1,6 +1,8 @@
 //! `fedpurel compare`: runs a grid of algorithms × seeds under one protocol (same data,
 //! split per seed, model, PEFT and evaluation), resuming finished cells, and writes
-//! `compare.md` / `compare.csv` in the layout of the paper's main table.
+//! `compare.md` / `compare.csv` in the layout of the paper's main table. `--quick` picks a
+//! preset's reduced size (`--preset demo --quick` = `demo-quick`). [`run_grid`] is the
+//! grid runner `fedpurel demo` shares.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,7 +12,7 @@ use clap::parser::ValueSource;
 use clap::Args;
 
 use super::run::{execute, PeftKind, RunArgs};
-use super::run_config::{resolve, RunConfig};
+use super::run_config::{preset_names, resolve, RunConfig};
 use crate::fed::algorithm::names as algorithm_names;
 use crate::report::atomic;
 use crate::report::compare::{check_same_splits, csv, markdown, Row};
@@ -26,6 +28,9 @@ pub struct CompareArgs {
     /// Seeds, comma-separated: each seed draws its own split and initialization.
     #[arg(long, default_value = "1,2")]
     pub seeds: String,
+    /// The preset's reduced size (`--preset demo --quick` is `--preset demo-quick`).
+    #[arg(long)]
+    pub quick: bool,
     /// The base configuration and overrides; `--out` is the comparison directory
     /// (default runs/compare), each cell a run directory `<out>/<algorithm>/seed-<s>`.
     #[command(flatten)]
@@ -80,7 +85,7 @@ fn cell_config(base: &RunConfig, root: &Path, algorithm: &str, seed: u64) -> Run
         // Nothing trains: every round would record the same numbers.
         c.train.rounds = 1;
     }
-    c.out = root.join(algorithm).join(format!("seed-{seed}"));
+    c.out = cell_dir(root, algorithm, seed);
     c
 }
 
@@ -96,25 +101,23 @@ fn finished(cfg: &RunConfig) -> Result<Option<Summary>> {
     Ok((s.rounds_completed >= cfg.train.rounds).then_some(s))
 }
 
-/// Runs `fedpurel compare`.
-pub fn run(args: CompareArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
-    let seeds = parse_seeds(&args.seeds)?;
-    let out_given = matches.is_some_and(|m| m.value_source("out") == Some(ValueSource::CommandLine));
-    let root: PathBuf = if out_given {
-        args.run.out.clone()
-    } else {
-        PathBuf::from("runs/compare")
-    };
-    let base = resolve(&args.run, matches)?;
-    let algorithms = parse_algorithms(&args.algorithms, base.peft)?;
+/// Runs every cell of `algorithms` × `seeds` on `base` into `root/<algorithm>/seed-<s>`
+/// (finished cells are read back, unfinished ones resume), printing one line per cell;
+/// returns each algorithm's summaries in seed order, checked to share one split per seed.
+pub fn run_grid(
+    base: &RunConfig,
+    root: &Path,
+    algorithms: &[String],
+    seeds: &[u64],
+) -> Result<Vec<Vec<Summary>>> {
     let total = algorithms.len() * seeds.len();
     let mut summaries: Vec<Vec<Summary>> = Vec::new();
     let mut n = 0;
-    for a in &algorithms {
+    for a in algorithms {
         let mut runs = Vec::new();
-        for &seed in &seeds {
+        for &seed in seeds {
             n += 1;
-            let cfg = cell_config(&base, &root, a, seed);
+            let cfg = cell_config(base, root, a, seed);
             let started = Instant::now();
             let (summary, status) = match finished(&cfg)? {
                 Some(s) => (s, "finished earlier"),
@@ -131,26 +134,73 @@ pub fn run(args: CompareArgs, matches: Option<&clap::ArgMatches>) -> Result<()> 
         }
         summaries.push(runs);
     }
-    let rows: Vec<Row> = algorithms
+    check_same_splits(&rows(algorithms, &summaries))?;
+    Ok(summaries)
+}
+
+/// Table rows of a grid's summaries.
+pub fn rows<'a>(algorithms: &[String], summaries: &'a [Vec<Summary>]) -> Vec<Row<'a>> {
+    algorithms
         .iter()
-        .zip(&summaries)
+        .zip(summaries)
         .map(|(a, runs)| Row {
             algorithm: a.clone(),
             runs: runs.iter().collect(),
         })
-        .collect();
-    check_same_splits(&rows)?;
-    let title = format!(
+        .collect()
+}
+
+/// The run directory of one cell of a grid rooted at `root`.
+pub fn cell_dir(root: &Path, algorithm: &str, seed: u64) -> PathBuf {
+    root.join(algorithm).join(format!("seed-{seed}"))
+}
+
+/// Writes `compare.md` and `compare.csv` into `root`; returns the Markdown.
+pub fn write_tables(root: &Path, rows: &[Row], title: &str) -> Result<String> {
+    let md = markdown(rows, title);
+    std::fs::create_dir_all(root).with_context(|| format!("{}: cannot create", root.display()))?;
+    atomic::write(&root.join("compare.md"), md.as_bytes())?;
+    atomic::write(&root.join("compare.csv"), csv(rows).as_bytes())?;
+    Ok(md)
+}
+
+/// The grid's title line.
+pub fn title(base: &RunConfig, seeds: &[u64]) -> String {
+    format!(
         "Comparison on {} ({} PEFT, {} rounds, seeds {})",
         format!("{:?}", base.data.dataset).to_lowercase(),
         format!("{:?}", base.peft).to_lowercase(),
         base.train.rounds,
         seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
-    );
-    let md = markdown(&rows, &title);
-    std::fs::create_dir_all(&root).with_context(|| format!("{}: cannot create", root.display()))?;
-    atomic::write(&root.join("compare.md"), md.as_bytes())?;
-    atomic::write(&root.join("compare.csv"), csv(&rows).as_bytes())?;
+    )
+}
+
+/// Runs `fedpurel compare`.
+pub fn run(mut args: CompareArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
+    let seeds = parse_seeds(&args.seeds)?;
+    let out_given = matches.is_some_and(|m| m.value_source("out") == Some(ValueSource::CommandLine));
+    let root: PathBuf = if out_given {
+        args.run.out.clone()
+    } else {
+        PathBuf::from("runs/compare")
+    };
+    if args.quick {
+        let Some(name) = args.run.preset.as_deref() else {
+            bail!("--quick selects a preset's reduced size: use it with --preset demo");
+        };
+        let quick = format!("{name}-quick");
+        if !preset_names().contains(&quick) {
+            bail!(
+                "--quick selects the reduced size of a preset that has one (--preset demo); \
+                 `{name}` has none"
+            );
+        }
+        args.run.preset = Some(quick);
+    }
+    let base = resolve(&args.run, matches)?;
+    let algorithms = parse_algorithms(&args.algorithms, base.peft)?;
+    let summaries = run_grid(&base, &root, &algorithms, &seeds)?;
+    let md = write_tables(&root, &rows(&algorithms, &summaries), &title(&base, &seeds))?;
     println!("{md}");
     println!(
         "wrote {} and {}",

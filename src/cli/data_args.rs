@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use crate::data::partition::{import, PartitionMeta};
 use crate::data::source::{DatasetName, LoadOptions};
 use crate::data::synthetic::SyntheticSpec;
+use crate::data::world::{Domain, WorldSpec};
 use crate::data::{ClientTest, Dataset, LongTail, Partition, Scheme, SplitConfig};
 use crate::rng;
 
@@ -20,7 +21,7 @@ pub struct DataArgs {
     #[arg(long, value_enum, default_value = "cifar100")]
     pub dataset: DatasetName,
     /// Data root (the folder holding cifar-100-python/, the LT list files, or the class
-    /// folders). Not needed for `synthetic`.
+    /// folders). Not needed for `synthetic` and `world`.
     #[arg(long)]
     pub root: Option<PathBuf>,
     /// Imbalance factor n_max / n_min of the long-tail cut (≥ 1; 100 = the paper's
@@ -37,11 +38,11 @@ pub struct DataArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Split scheme. Default: the reference's for the dataset (cifar100, synthetic:
-    /// labeldir100; imagenet-lt, places-lt: dirichlet; folder: capped).
+    /// labeldir100; imagenet-lt, places-lt, world: dirichlet; folder: capped).
     #[arg(long, value_enum)]
     pub split: Option<Scheme>,
     /// Per-client test sets for `dirichlet` / `iid`. Default: balanced (places-lt:
-    /// independent, as the reference).
+    /// independent, as the reference; world: follow-train).
     #[arg(long, value_enum)]
     pub client_test: Option<ClientTest>,
     /// Import this split instead of drawing one (a reference export or a partition.json).
@@ -62,9 +63,49 @@ pub struct DataArgs {
     /// Synthetic dataset: test images per class.
     #[arg(long, default_value_t = 100)]
     pub synthetic_test_per_class: usize,
+    /// World dataset: training images per class before the long-tail cut (n_max).
+    #[arg(long, default_value_t = 500)]
+    #[serde(default = "default_world_train")]
+    pub world_train_per_class: usize,
+    /// World dataset: test images per class.
+    #[arg(long, default_value_t = 50)]
+    #[serde(default = "default_world_test")]
+    pub world_test_per_class: usize,
+    /// World dataset: which domain (downstream = the federated task; pretrain = the
+    /// distribution the demo CLIP was trained on, to see the domain shift).
+    #[arg(long, value_enum, default_value = "downstream")]
+    #[serde(default = "default_world_domain")]
+    pub world_domain: Domain,
+    /// World dataset: the world's seed (fixed, so that --seed varies the split and the
+    /// initialization, not the images).
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub world_seed: u64,
+}
+
+fn default_world_train() -> usize {
+    WorldSpec::default().train_per_class
+}
+
+fn default_world_test() -> usize {
+    WorldSpec::default().test_per_class
+}
+
+fn default_world_domain() -> Domain {
+    Domain::Downstream
 }
 
 impl DataArgs {
+    /// The world images these flags select (`--dataset world`).
+    pub fn world_spec(&self) -> WorldSpec {
+        WorldSpec {
+            train_per_class: self.world_train_per_class,
+            test_per_class: self.world_test_per_class,
+            domain: self.world_domain,
+            seed: self.world_seed,
+        }
+    }
+
     /// Loads the dataset and builds (or imports) its partition.
     pub fn load(&self) -> Result<(Dataset, Partition)> {
         let args = self;
@@ -80,6 +121,7 @@ impl DataArgs {
                 seed: args.seed,
                 ..SyntheticSpec::default()
             },
+            world: self.world_spec(),
         };
         let ds = args.dataset.load(&opts)?;
         let c = ds.num_classes();

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod compare;
 pub mod config;
 pub mod data_args;
+pub mod demo;
 pub mod eval;
 pub mod model;
 pub mod partition;
@@ -44,6 +45,9 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Run a grid of algorithms × seeds and write the paper-style comparison table.
     Compare(Box<compare::CompareArgs>),
+    /// Zero-shot, PromptFL, PromptFolio and FedPuReL on the synthetic world's long-tailed
+    /// federated task: table and plots, on a CPU in minutes, nothing to download.
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the parsed command line.
@@ -57,6 +61,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Config(args) => config::run(*args, matches.subcommand_matches("config")),
         Command::Eval(args) => eval::run(args),
         Command::Compare(args) => compare::run(*args, matches.subcommand_matches("compare")),
+        Command::Demo(args) => demo::run(args),
     }
 }
 

@@ -120,7 +120,8 @@ pub struct RunArgs {
     /// Encoders with LoRA adapters.
     #[arg(long, value_enum, default_value = "vision")]
     pub lora_encoder: LoraEncoder,
-    /// Image pipeline (default: the dataset's: cifar for CIFAR-100 and synthetic, clip else).
+    /// Image pipeline at the model's input size (default: the dataset's: cifar for
+    /// CIFAR-100 and synthetic, native for world, clip else).
     #[arg(long, value_enum)]
     pub transform: Option<TransformKind>,
     /// Zero-shot prompt template.
@@ -194,7 +195,11 @@ pub fn load(cfg: RunConfig) -> Result<Loaded> {
             (Some(ck), clip, ClipTokenizer::from_dir(&cfg.model)?)
         }
     };
-    let transform = Transform::new(cfg.transform.unwrap_or(cfg.data.dataset.default_transform()));
+    // The model's own input size (224 for the published CLIPs, 32 for the demo CLIP).
+    let transform = Transform::at(
+        cfg.transform.unwrap_or(cfg.data.dataset.default_transform()),
+        clip.config.vision.image_size as u32,
+    );
     Ok(Loaded {
         cfg,
         ds: Arc::new(ds),

@@ -9,6 +9,14 @@
 //! `-reference-code` variant reproducing the authors' script where it differs from the
 //! paper (λ = 0.99, stage-1 momentum carried across clients, soft distillation instead
 //! of TKL for the adapter).
+//!
+//! `demo` and `demo-quick` are the synthetic world's federated task (`--dataset world`,
+//! prompt tuning, the demo CLIP in `assets/demo-clip` unless `--model` says otherwise):
+//! the paper's protocol (IF 100, Dirichlet α = 1, 40 % sampled, λ = 0.9, the paper's
+//! optimizer) at a size a 2-core CPU runs in minutes — `demo`: 20 clients, 300 training
+//! images per class before the cut (3 931 after), 50 test images per class, 25 rounds;
+//! `demo-quick`: 10 clients, 200 per class (2 614 after), 20 test images per class,
+//! 6 rounds.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +29,7 @@ use super::data_args::DataArgs;
 use super::run::{LoraEncoder, PeftKind, RunArgs};
 use crate::data::source::DatasetName;
 use crate::data::transforms::TransformKind;
+use crate::data::world::Domain;
 use crate::fed::algorithm::{names as algorithm_names, AlgorithmSettings};
 use crate::fed::local::AlignLoss;
 use crate::fed::sgd::SgdConfig;
@@ -68,9 +77,12 @@ pub struct RunConfig {
     pub device: String,
 }
 
+/// Default model directory of the demo presets (the demo CLIP, pretrained on the world).
+pub const DEMO_MODEL: &str = "assets/demo-clip";
+
 /// Names accepted by `--preset`.
 pub fn preset_names() -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out = vec!["demo".to_string(), "demo-quick".to_string()];
     for d in ["cifar100-lt", "imagenet-lt", "places-lt"] {
         for p in ["prompt", "lora", "adapter"] {
             out.push(format!("{d}-{p}"));
@@ -104,8 +116,95 @@ fn paper_train(seed: u64) -> TrainSettings {
     }
 }
 
+/// The demo presets: the world's downstream task at full (`quick` false) or reduced size.
+/// `model` empty means [`DEMO_MODEL`].
+pub fn demo_preset(quick: bool, model: &Path, out: &Path, cache: &Path) -> RunConfig {
+    let (clients, train_per_class, test_per_class, rounds) = if quick {
+        (10, 200, 20, 6)
+    } else {
+        (20, 300, 50, 25)
+    };
+    let mut train = paper_train(1);
+    train.rounds = rounds;
+    let model = if model.as_os_str().is_empty() {
+        PathBuf::from(DEMO_MODEL)
+    } else {
+        model.to_path_buf()
+    };
+    RunConfig {
+        algorithm: "fedpurel".into(),
+        data: DataArgs {
+            dataset: DatasetName::World,
+            imb_factor: Some(100.0),
+            clients,
+            world_train_per_class: train_per_class,
+            world_test_per_class: test_per_class,
+            ..base_data(DatasetName::World)
+        },
+        model,
+        train,
+        out: out.to_path_buf(),
+        cache_dir: cache.to_path_buf(),
+        ..base_config(PeftKind::Prompt)
+    }
+}
+
+/// Data flags at their defaults for `dataset`.
+fn base_data(dataset: DatasetName) -> DataArgs {
+    DataArgs {
+        dataset,
+        root: None,
+        imb_factor: None,
+        clients: 20,
+        alpha: 1.0,
+        seed: 1,
+        split: None,
+        client_test: None,
+        split_file: None,
+        test_fraction: 0.5,
+        no_image_check: false,
+        synthetic_classes: 100,
+        synthetic_train_per_class: 500,
+        synthetic_test_per_class: 100,
+        world_train_per_class: 500,
+        world_test_per_class: 50,
+        world_domain: Domain::Downstream,
+        world_seed: 0,
+    }
+}
+
+/// The paper's settings for `peft` on CIFAR-100-LT (data and paths to be filled in).
+fn base_config(peft: PeftKind) -> RunConfig {
+    RunConfig {
+        algorithm: "fedpurel".into(),
+        data: DataArgs {
+            imb_factor: Some(100.0),
+            ..base_data(DatasetName::Cifar100)
+        },
+        model: PathBuf::new(),
+        peft,
+        n_ctx: 4,
+        ctx_init: None,
+        class_specific: false,
+        lora_rank: 8,
+        lora_encoder: LoraEncoder::Vision,
+        transform: None,
+        template: "a photo of a {}.".into(),
+        train: paper_train(1),
+        baselines: AlgorithmSettings::default(),
+        out: PathBuf::new(),
+        cache_dir: PathBuf::new(),
+        device: "cpu".into(),
+    }
+}
+
 /// The preset called `name`, with the default paths of `args` (model, out, cache).
 pub fn preset(name: &str, model: &Path, out: &Path, cache: &Path) -> Result<RunConfig> {
+    match name {
+        "demo" => return Ok(demo_preset(false, model, out, cache)),
+        "demo-quick" => return Ok(demo_preset(true, model, out, cache)),
+        _ => {}
+    }
     let (base, reference) = match name.strip_suffix("-reference-code") {
         Some(b) => (b, true),
         None => (name, false),
@@ -143,37 +242,15 @@ pub fn preset(name: &str, model: &Path, out: &Path, cache: &Path) -> Result<RunC
         }
     }
     Ok(RunConfig {
-        algorithm: "fedpurel".into(),
         data: DataArgs {
-            dataset,
-            root: None,
             imb_factor: imb,
-            clients: 20,
-            alpha: 1.0,
-            seed: 1,
-            split: None,
-            client_test: None,
-            split_file: None,
-            test_fraction: 0.5,
-            no_image_check: false,
-            synthetic_classes: 100,
-            synthetic_train_per_class: 500,
-            synthetic_test_per_class: 100,
+            ..base_data(dataset)
         },
         model: model.to_path_buf(),
-        peft,
-        n_ctx: 4,
-        ctx_init: None,
-        class_specific: false,
-        lora_rank: 8,
-        lora_encoder: LoraEncoder::Vision,
-        transform: None,
-        template: "a photo of a {}.".into(),
         train,
-        baselines: AlgorithmSettings::default(),
         out: out.to_path_buf(),
         cache_dir: cache.to_path_buf(),
-        device: "cpu".into(),
+        ..base_config(peft)
     })
 }
 
@@ -258,6 +335,10 @@ pub fn resolve(a: &RunArgs, m: Option<&ArgMatches>) -> Result<RunConfig> {
         "synthetic_classes" => c.data.synthetic_classes, flags.data.synthetic_classes;
         "synthetic_train_per_class" => c.data.synthetic_train_per_class, flags.data.synthetic_train_per_class;
         "synthetic_test_per_class" => c.data.synthetic_test_per_class, flags.data.synthetic_test_per_class;
+        "world_train_per_class" => c.data.world_train_per_class, flags.data.world_train_per_class;
+        "world_test_per_class" => c.data.world_test_per_class, flags.data.world_test_per_class;
+        "world_domain" => c.data.world_domain, flags.data.world_domain;
+        "world_seed" => c.data.world_seed, flags.data.world_seed;
         "model" => c.model, flags.model.clone();
         "algorithm" => c.algorithm, flags.algorithm.clone();
         "peft" => c.peft, flags.peft;
@@ -408,7 +489,7 @@ mod tests {
 
     #[test]
     fn presets_cover_the_paper_grid_and_unknown_names_list_them() {
-        for name in preset_names() {
+        for name in preset_names().into_iter().filter(|n| !n.starts_with("demo")) {
             let c = preset(&name, Path::new("m"), Path::new("o"), Path::new("c")).unwrap();
             assert_eq!(c.data.clients, 20);
             assert_eq!(c.train.rounds, 100);
@@ -423,6 +504,22 @@ mod tests {
             e.contains("cifar100-lt-prompt") && e.contains("unknown preset"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn demo_presets_are_the_world_task_with_the_demo_model_by_default() {
+        for (name, clients, rounds) in [("demo", 20, 25), ("demo-quick", 10, 6)] {
+            let c = preset(name, Path::new(""), Path::new("o"), Path::new("c")).unwrap();
+            assert_eq!(c.data.dataset, DatasetName::World);
+            assert_eq!(c.data.imb_factor, Some(100.0));
+            assert_eq!(c.data.alpha, 1.0);
+            assert_eq!((c.data.clients, c.train.rounds), (clients, rounds));
+            assert_eq!(c.model, Path::new(DEMO_MODEL));
+            assert_eq!(c.peft, PeftKind::Prompt);
+            assert_eq!(c.train.lambda, 0.9);
+            let m = preset(name, Path::new("m"), Path::new("o"), Path::new("c")).unwrap();
+            assert_eq!(m.model, Path::new("m"));
+        }
     }
 
     #[test]

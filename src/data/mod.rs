@@ -4,7 +4,9 @@
 //!   or on disk) every reader produces.
 //! * Readers: [`cifar`] (CIFAR-100, pickle and binary, over [`pickle`]), [`listfile`]
 //!   (ImageNet-LT / Places-LT list files), [`folder`] (`root/<class>/<image>`),
-//!   [`synthetic`] (seeded coloured patterns). [`source`] picks one by name.
+//!   [`synthetic`] (seeded coloured patterns), [`world`] (a synthetic image–text world of
+//!   compositional classes with pretraining and downstream domains). [`source`] picks one
+//!   by name.
 //! * [`longtail`] — the exponential long-tail profile, the sub-sampling, and the
 //!   Many / Medium / Few [`ClassGroups`].
 //! * [`partition`] — client splits (`labeldir100`, `dirichlet`, `iid`, `capped`, import of
@@ -27,6 +29,7 @@ pub mod pickle;
 pub mod source;
 pub mod synthetic;
 pub mod transforms;
+pub mod world;
 
 pub use dataset::{Dataset, Images, Split, SplitKind};
 pub use longtail::{ClassGroups, Group, LongTail};

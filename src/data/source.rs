@@ -11,7 +11,8 @@ use super::listfile::ListDataset;
 use super::partition::{ClientTest, Scheme};
 use super::synthetic::SyntheticSpec;
 use super::transforms::TransformKind;
-use super::{cifar, folder, listfile, synthetic};
+use super::world::WorldSpec;
+use super::{cifar, folder, listfile, synthetic, world};
 
 /// The datasets fedpurel reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -27,6 +28,8 @@ pub enum DatasetName {
     Folder,
     /// The seeded synthetic dataset (no files).
     Synthetic,
+    /// The synthetic image–text world's downstream task (no files; see `data::world`).
+    World,
 }
 
 /// What loading needs beyond the name.
@@ -42,6 +45,8 @@ pub struct LoadOptions {
     pub check_images: bool,
     /// Shape of the synthetic dataset.
     pub synthetic: SyntheticSpec,
+    /// Which images of the world.
+    pub world: WorldSpec,
 }
 
 impl DatasetName {
@@ -55,23 +60,28 @@ impl DatasetName {
     pub fn default_scheme(self) -> Scheme {
         match self {
             DatasetName::Cifar100 | DatasetName::Synthetic => Scheme::LabelDir100,
-            DatasetName::ImagenetLt | DatasetName::PlacesLt => Scheme::Dirichlet,
+            DatasetName::ImagenetLt | DatasetName::PlacesLt | DatasetName::World => Scheme::Dirichlet,
             DatasetName::Folder => Scheme::Capped,
         }
     }
 
-    /// The reference's per-client test sets (for `dirichlet` / `iid`).
+    /// The reference's per-client test sets (for `dirichlet` / `iid`). The world's
+    /// clients are tested on their own label distribution (`follow-train`): the demo is
+    /// about personalization, and in the paper's CIFAR-100 protocol too each client's test
+    /// set follows its training distribution.
     pub fn default_client_test(self) -> ClientTest {
         match self {
             DatasetName::PlacesLt => ClientTest::Independent,
+            DatasetName::World => ClientTest::FollowTrain,
             _ => ClientTest::Balanced,
         }
     }
 
-    /// The reference's transform.
+    /// The reference's transform (the world: its images as they are, CLIP-normalized).
     pub fn default_transform(self) -> TransformKind {
         match self {
             DatasetName::Cifar100 | DatasetName::Synthetic => TransformKind::Cifar,
+            DatasetName::World => TransformKind::Native,
             _ => TransformKind::Clip,
         }
     }
@@ -89,6 +99,7 @@ impl DatasetName {
             DatasetName::PlacesLt => listfile::load(ListDataset::PlacesLt, root()?, opts.check_images),
             DatasetName::Folder => folder::load(root()?, opts.test_fraction, opts.seed),
             DatasetName::Synthetic => synthetic::generate(&opts.synthetic),
+            DatasetName::World => world::generate(&opts.world),
         }
     }
 }

@@ -8,6 +8,11 @@
 //!   center crop; train = `RandomResizedCrop(R, scale 0.08–1, ratio 3/4–4/3, bicubic)`
 //!   (torchvision's 10-try algorithm with its central fallback) + horizontal flip with
 //!   probability ½; both normalized with CLIP's mean and std.
+//! * [`TransformKind::Native`] (the synthetic world, `--dataset world`), train and test
+//!   alike, no augmentation: `ToTensor` → `Normalize` with CLIP's mean and std (the
+//!   statistics the demo CLIP was pretrained with) → bilinear resize to R × R only when
+//!   the image is not already R × R (the demo CLIP takes the world's 32 × 32 images as
+//!   they are). Deterministic, so cacheable.
 //!
 //! The batch iterator is in [`super::loader`].
 
@@ -37,6 +42,9 @@ pub enum TransformKind {
     /// CLIP/Dassl pipeline (bicubic, center crop for test, random resized crop + flip for
     /// train).
     Clip,
+    /// The image at its own size with CLIP's normalization, bilinear resize only when
+    /// its size differs from the model's; no augmentation.
+    Native,
 }
 
 /// Train (augmenting) or test (deterministic) behaviour.
@@ -60,15 +68,17 @@ pub struct Transform {
 impl Transform {
     /// `kind` at CLIP's 224 × 224.
     pub fn new(kind: TransformKind) -> Self {
-        Transform {
-            kind,
-            resolution: RESOLUTION,
-        }
+        Self::at(kind, RESOLUTION)
+    }
+
+    /// `kind` at `resolution` × `resolution` (the model's input size).
+    pub fn at(kind: TransformKind, resolution: u32) -> Self {
+        Transform { kind, resolution }
     }
 
     /// Whether the output for `mode` depends on nothing but the image (so can be cached).
     pub fn is_deterministic(&self, mode: Mode) -> bool {
-        self.kind == TransformKind::Cifar || mode == Mode::Test
+        matches!(self.kind, TransformKind::Cifar | TransformKind::Native) || mode == Mode::Test
     }
 
     /// Floats per output image (3 · R · R).
@@ -81,6 +91,7 @@ impl Transform {
         let r = self.resolution;
         match (self.kind, mode) {
             (TransformKind::Cifar, _) => cifar(img, r),
+            (TransformKind::Native, _) => native(img, r),
             (TransformKind::Clip, Mode::Test) => {
                 let img = preprocess::center_crop(&preprocess::resize_short_side(img, r), r);
                 preprocess::normalize_chw(&img, preprocess::CLIP_MEAN, preprocess::CLIP_STD)
@@ -109,6 +120,17 @@ pub fn cifar(img: &RgbImage, size: u32) -> Vec<f32> {
         for c in 0..3 {
             chw[c * plane + i] = (p.0[c] as f32 / 255.0 - CIFAR_MEAN[c]) / CIFAR_STD[c];
         }
+    }
+    bilinear_resize_chw(&chw, 3, h as usize, w as usize, size as usize, size as usize)
+}
+
+/// The world's pipeline: to [0, 1], normalize with CLIP's statistics, and bilinear
+/// resize (align_corners = false) to `size` × `size` only when the image has another size.
+pub fn native(img: &RgbImage, size: u32) -> Vec<f32> {
+    let chw = preprocess::normalize_chw(img, preprocess::CLIP_MEAN, preprocess::CLIP_STD);
+    let (w, h) = img.dimensions();
+    if (w, h) == (size, size) {
+        return chw;
     }
     bilinear_resize_chw(&chw, 3, h as usize, w as usize, size as usize, size as usize)
 }
@@ -260,6 +282,22 @@ mod tests {
         let t = Transform::new(TransformKind::Cifar);
         assert!(t.is_deterministic(Mode::Train));
         assert_eq!(t.apply(&img, Mode::Train, &mut rng::stream(0, "a")), out);
+    }
+
+    #[test]
+    fn native_pipeline_keeps_the_size_when_it_fits_and_is_deterministic() {
+        let img = RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, 200]));
+        let t = Transform::at(TransformKind::Native, 32);
+        assert!(t.is_deterministic(Mode::Train));
+        let out = t.apply(&img, Mode::Train, &mut rng::stream(0, "a"));
+        assert_eq!(out.len(), 3 * 32 * 32);
+        // Pixel (x = 3, y = 2) of the R plane: (24 / 255 − mean) / std, exactly CLIP's.
+        let want = (24.0 / 255.0 - preprocess::CLIP_MEAN[0]) / preprocess::CLIP_STD[0];
+        assert!((out[2 * 32 + 3] - want).abs() < 1e-6);
+        assert_eq!(out, t.apply(&img, Mode::Test, &mut rng::stream(1, "b")));
+        // At another resolution: the same values, bilinearly resized.
+        let big = Transform::at(TransformKind::Native, 224).apply(&img, Mode::Test, &mut rng::stream(0, "a"));
+        assert_eq!(big, bilinear_resize_chw(&out, 3, 32, 32, 224, 224));
     }
 
     #[test]

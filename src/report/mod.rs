@@ -8,10 +8,13 @@
 //! * [`heatmap`] — the clients × classes heatmap of a partition (PNG).
 //! * [`client_dir`] — a remote client's state directory (private parameters, pending
 //!   personalization), so a restarted client process continues.
+//! * [`plots`] — per-class accuracy against training count, metrics per round, image
+//!   grids (PNG, with the bundled font).
 
 pub mod atomic;
 pub mod checkpoints;
 pub mod client_dir;
 pub mod compare;
 pub mod heatmap;
+pub mod plots;
 pub mod run_dir;

@@ -130,7 +130,12 @@ impl ClipConfig {
     pub fn from_hf_config(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let raw: HfConfig = serde_json::from_str(&text).with_context(|| {
+        Self::from_hf_json(&text, path)
+    }
+
+    /// Parses the text of a Hugging Face `config.json`; `path` names it in errors.
+    pub fn from_hf_json(text: &str, path: &Path) -> Result<Self> {
+        let raw: HfConfig = serde_json::from_str(text).with_context(|| {
             format!(
                 "{}: not a Hugging Face CLIP config (expected `text_config`, `vision_config`, `projection_dim`)",
                 path.display()

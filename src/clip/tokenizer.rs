@@ -67,9 +67,14 @@ impl ClipTokenizer {
     pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let inner = Tokenizer::from_str(&text)
-            .map_err(|e| anyhow!("{}: does not parse as a tokenizer: {e}", path.display()))?;
-        Self::wrap(inner, &path.display().to_string())
+        Self::from_tokenizer_json_str(&text, &path.display().to_string())
+    }
+
+    /// Parses the text of a `tokenizer.json`; `origin` names it in errors.
+    pub fn from_tokenizer_json_str(text: &str, origin: &str) -> Result<Self> {
+        let inner = guarded(origin, || Tokenizer::from_str(text))?
+            .map_err(|e| anyhow!("{origin}: does not parse as a tokenizer: {e}"))?;
+        Self::wrap(inner, origin)
     }
 
     /// Builds CLIP's pipeline around `vocab.json` and `merges.txt`.
@@ -162,9 +167,7 @@ impl ClipTokenizer {
     /// `[SOT, …, EOT]` without padding; longer texts are cut to the context length with
     /// EOT kept as the last token (OpenAI's `truncate=True`).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
+        let enc = guarded("the tokenizer", || self.inner.encode(text, false))?
             .map_err(|e| anyhow!("cannot tokenize `{text}`: {e}"))?;
         let body = enc.get_ids();
         let keep = body.len().min(self.context_length - 2);
@@ -187,6 +190,20 @@ impl ClipTokenizer {
     pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<TokenizedPrompt>> {
         texts.iter().map(|t| self.encode_prompt(t)).collect()
     }
+}
+
+/// Runs a call into the `tokenizers` crate, turning a panic into an error: some malformed
+/// `tokenizer.json` files make it panic instead of returning an error (found by our
+/// fuzzer, e.g. an unknown decoder type; upstream: huggingface/tokenizers#2151).
+fn guarded<T>(origin: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        anyhow!("{origin}: a malformed tokenizer definition (the tokenizers library failed: {why})")
+    })
 }
 
 #[cfg(test)]

@@ -6,17 +6,19 @@
 //! h = x + out(attn(ln1(x)))      attn keys/values = [past ; own], causal optional
 //! y = h + fc2(gelu(fc1(ln2(h))))
 //! ```
-//! [`Block::forward`] returns the output rows, this block's own keys/values (so they can
-//! serve as the past of another batch) and, when asked, a [`BlockTape`]; [`Block::backward`]
-//! maps K cotangents of the output to K cotangents of the input, of the past keys/values,
-//! and to per-cotangent LoRA gradients.
+//! [`Block::forward_with`] returns the output rows, this block's own keys/values (so they
+//! can serve as the past of another batch) and, when asked, a [`BlockTape`];
+//! [`Block::backward`] maps K cotangents of the output to K cotangents of the input, of the
+//! past keys/values, to per-cotangent LoRA gradients and — when the tape was kept with
+//! [`TapeMode::Weights`] — to the gradients of all the block's weights (summed over K).
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::WeightSource;
 use super::ops::{
-    causal_mask, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormTape, Linear,
+    causal_mask, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormGrad,
+    LayerNormTape, Linear, LinearGrad, TapeMode,
 };
 
 /// A low-rank adapter `Δy = scale · B (A · drop(x))` on one projection.
@@ -93,19 +95,25 @@ pub struct Shape {
 pub struct BlockTape {
     shape: Shape,
     past_len: usize,
+    /// Kept with [`TapeMode::Weights`]: the backward also returns weight gradients.
+    weights: bool,
     ln1: LayerNormTape,
-    /// ln1 output (input of the q/k/v projections), kept only when LoRA is on q/k/v.
+    /// ln1 output (input of the q/k/v projections), kept with LoRA on q/k/v or for weights.
     ln1_out: Option<Tensor>,
     q: Tensor,
     /// Keys and values including the past: `[N, H, P+S, hd]`.
     keys: Tensor,
     values: Tensor,
     probs: Tensor,
-    /// Attention output before the out projection, kept only with LoRA on it.
+    /// Attention output before the out projection, kept with LoRA on it or for weights.
     attn_out: Option<Tensor>,
     lora_down: [Option<Tensor>; 4],
     ln2: LayerNormTape,
+    /// ln2 output (input of fc1), kept for weights.
+    ln2_out: Option<Tensor>,
     fc1_out: Tensor,
+    /// QuickGELU output (input of fc2), kept for weights.
+    act: Option<Tensor>,
 }
 
 /// Output of [`Block::forward`].
@@ -127,6 +135,41 @@ pub struct BlockGrad {
     pub d_past: Option<(Tensor, Tensor)>,
     /// LoRA gradients.
     pub lora: BlockLoraGrad,
+    /// Gradients of the block's weights, summed over the K cotangents (present when the
+    /// tape was kept with [`TapeMode::Weights`]).
+    pub weights: Option<BlockWeightGrad>,
+}
+
+/// Gradients of all weights of one [`Block`], in its fused layout (q, k, v stacked in
+/// `qkv` as in the weights).
+#[derive(Debug, Clone)]
+pub struct BlockWeightGrad {
+    /// Pre-attention LayerNorm.
+    pub ln1: LayerNormGrad,
+    /// Fused q/k/v projection: weight `[3D, D]`, bias `[3D]`.
+    pub qkv: LinearGrad,
+    /// Attention output projection.
+    pub out: LinearGrad,
+    /// Pre-MLP LayerNorm.
+    pub ln2: LayerNormGrad,
+    /// MLP up projection.
+    pub fc1: LinearGrad,
+    /// MLP down projection.
+    pub fc2: LinearGrad,
+}
+
+impl BlockWeightGrad {
+    /// Elementwise sum (a block run twice, e.g. on a shared prefix and on the bodies).
+    pub fn add(&self, o: &BlockWeightGrad) -> Result<BlockWeightGrad> {
+        Ok(BlockWeightGrad {
+            ln1: self.ln1.add(&o.ln1)?,
+            qkv: self.qkv.add(&o.qkv)?,
+            out: self.out.add(&o.out)?,
+            ln2: self.ln2.add(&o.ln2)?,
+            fc1: self.fc1.add(&o.fc1)?,
+            fc2: self.fc2.add(&o.fc2)?,
+        })
+    }
 }
 
 /// One frozen residual attention block.
@@ -154,7 +197,7 @@ impl Block {
     /// Loads block weights under the canonical prefix (e.g. `text_model.encoder.layers.3`).
     #[allow(clippy::too_many_arguments)]
     pub fn load(
-        ck: &Checkpoint,
+        ck: &dyn WeightSource,
         prefix: &str,
         width: usize,
         mlp: usize,
@@ -214,9 +257,8 @@ impl Block {
         Ok(t.transpose(1, 2)?.contiguous()?.reshape((n * s, self.width))?)
     }
 
-    /// Runs the block on rows `x: [N·S, D]`. `past` (keys/values `[1, H, P, hd]`) is
-    /// prepended to every sequence's keys/values; with `causal`, position i of this call
-    /// sits at absolute position P + i.
+    /// [`forward_with`](Self::forward_with) keeping the frozen tape (input and LoRA
+    /// cotangents) when `keep_tape`, else none.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -225,8 +267,24 @@ impl Block {
         lora: Option<&BlockLora>,
         keep_tape: bool,
     ) -> Result<BlockOutput> {
+        self.forward_with(x, shape, past, lora, TapeMode::frozen(keep_tape))
+    }
+
+    /// Runs the block on rows `x: [N·S, D]`. `past` (keys/values `[1, H, P, hd]`) is
+    /// prepended to every sequence's keys/values; with `causal`, position i of this call
+    /// sits at absolute position P + i. `mode` says what the tape keeps.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        shape: Shape,
+        past: Option<&KeyValues>,
+        lora: Option<&BlockLora>,
+        mode: TapeMode,
+    ) -> Result<BlockOutput> {
         let Shape { n, s, causal } = shape;
         let d = self.width;
+        let keep_tape = mode.keeps_tape();
+        let weights = mode.weights();
         let lora_qkv = lora.is_some_and(|l| l.q.is_some() || l.k.is_some() || l.v.is_some());
         let (a, ln1_tape) = if keep_tape {
             let (a, t) = self.ln1.forward_taped(x)?;
@@ -286,21 +344,26 @@ impl Block {
             (self.ln2.forward(&h)?, None)
         };
         let fc1_out = self.fc1.forward(&b)?;
-        let y = (&h + self.fc2.forward(&quick_gelu(&fc1_out)?)?)?;
+        let act = quick_gelu(&fc1_out)?;
+        let y = (&h + self.fc2.forward(&act)?)?;
+        let lora_o = lora.is_some_and(|l| l.o.is_some());
         let tape = match (ln1_tape, ln2_tape) {
             (Some(ln1), Some(ln2)) => Some(BlockTape {
                 shape,
                 past_len,
+                weights,
                 ln1,
-                ln1_out: lora_qkv.then(|| a.clone()),
+                ln1_out: (lora_qkv || weights).then(|| a.clone()),
                 q,
                 keys,
                 values,
                 probs,
-                attn_out: lora.and_then(|l| l.o.as_ref()).map(|_| o.clone()),
+                attn_out: (lora_o || weights).then(|| o.clone()),
                 lora_down,
                 ln2,
+                ln2_out: weights.then(|| b.clone()),
                 fc1_out,
+                act: weights.then_some(act),
             }),
             _ => None,
         };
@@ -314,7 +377,8 @@ impl Block {
     /// Backward for K cotangents `dy: [K, N·S, D]` of the output. `d_own_kv` adds
     /// cotangents for this call's own keys/values (rows `[K, N·S, D]`), which arise when
     /// they served as another batch's past. `need_dx = false` skips the input cotangent
-    /// (the first block of an encoder whose input is not trained).
+    /// (the first block of an encoder whose input is not trained). A tape kept with
+    /// [`TapeMode::Weights`] also yields [`BlockGrad::weights`].
     pub fn backward(
         &self,
         tape: &BlockTape,
@@ -333,12 +397,32 @@ impl Block {
             );
         }
         let mut grads = BlockLoraGrad::default();
+        let kept = |t: &Option<Tensor>| -> Result<Tensor> {
+            t.clone()
+                .ok_or_else(|| anyhow::anyhow!("block tape lacks an activation kept for weights"))
+        };
         // MLP branch.
         let d_act = self.fc2.backward_input(dy)?;
+        let g_fc2 = tape
+            .weights
+            .then(|| self.fc2.weight_grad(&kept(&tape.act)?, dy))
+            .transpose()?;
         let d_fc1 = quick_gelu_backward(&tape.fc1_out, &d_act)?;
+        let g_fc1 = tape
+            .weights
+            .then(|| self.fc1.weight_grad(&kept(&tape.ln2_out)?, &d_fc1))
+            .transpose()?;
         let d_b = self.fc1.backward_input(&d_fc1)?;
+        let g_ln2 = tape
+            .weights
+            .then(|| self.ln2.param_grad(&tape.ln2, &d_b))
+            .transpose()?;
         let dh = (dy + self.ln2.backward(&tape.ln2, &d_b)?)?;
         // Attention branch.
+        let g_out = tape
+            .weights
+            .then(|| self.out.weight_grad(&kept(&tape.attn_out)?, &dh))
+            .transpose()?;
         let mut d_o = self.out.backward_input(&dh)?;
         if let (Some(ad), Some(o)) = (lora.and_then(|l| l.o.as_ref()), tape.attn_out.as_ref()) {
             let down = tape.lora_down[3]
@@ -354,7 +438,11 @@ impl Block {
             None => (dk, dv),
         };
         let d_qkv = Tensor::cat(&[&dq, &dk, &dv], 2)?;
-        let need_a = need_dx;
+        let g_qkv = tape
+            .weights
+            .then(|| self.qkv.weight_grad(&kept(&tape.ln1_out)?, &d_qkv))
+            .transpose()?;
+        let need_a = need_dx || tape.weights;
         let mut d_a = if need_a {
             Some(self.qkv.backward_input(&d_qkv)?)
         } else {
@@ -379,14 +467,26 @@ impl Block {
                 }
             }
         }
+        let weights = match (&d_a, g_qkv, g_out, g_ln2, g_fc1, g_fc2) {
+            (Some(da), Some(qkv), Some(out), Some(ln2), Some(fc1), Some(fc2)) => Some(BlockWeightGrad {
+                ln1: self.ln1.param_grad(&tape.ln1, da)?,
+                qkv,
+                out,
+                ln2,
+                fc1,
+                fc2,
+            }),
+            _ => None,
+        };
         let dx = match d_a {
-            Some(da) => Some((dh + self.ln1.backward(&tape.ln1, &da)?)?),
-            None => None,
+            Some(da) if need_dx => Some((dh + self.ln1.backward(&tape.ln1, &da)?)?),
+            _ => None,
         };
         Ok(BlockGrad {
             dx,
             d_past,
             lora: grads,
+            weights,
         })
     }
 
@@ -565,6 +665,101 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every weight gradient of a block (K = 2 cotangents, summed) against central
+    /// differences in f64, causal with a shared past and full; tolerance
+    /// 1e-6 · (1 + |analytic|). Inputs-only tapes give the same outputs and cotangents.
+    #[test]
+    fn weight_gradients_match_finite_differences() {
+        let (n, p, s, d, h) = (2, 2, 3, 8, 2);
+        let mut worst = 0f64;
+        for causal in [true, false] {
+            let b64 = to64(&random_block(d, h, 4, DType::F32));
+            let shape = Shape { n, s, causal };
+            let x = rand_tensor(&[n * s, d], 70, 1.0).to_dtype(DType::F64).unwrap();
+            let prefix = rand_tensor(&[p, d], 71, 1.0).to_dtype(DType::F64).unwrap();
+            let dy = rand_tensor(&[2, n * s, d], 72, 1.0).to_dtype(DType::F64).unwrap();
+            let w = (dy.get(0).unwrap() + dy.get(1).unwrap()).unwrap();
+            let pre_shape = Shape { n: 1, s: p, causal };
+            // The past only where it is meaningful (causal text); full attention plain.
+            let run = |blk: &Block, mode: TapeMode| {
+                let pre = causal.then(|| blk.forward_with(&prefix, pre_shape, None, None, mode).unwrap());
+                let out = blk
+                    .forward_with(&x, shape, pre.as_ref().map(|o| &o.kv), None, mode)
+                    .unwrap();
+                (pre, out)
+            };
+            let (pre, out) = run(&b64, TapeMode::Weights);
+            let g = b64
+                .backward(out.tape.as_ref().unwrap(), &dy, None, None, true)
+                .unwrap();
+            let mut wg = g.weights.clone().unwrap();
+            if let Some(pre) = &pre {
+                let (dk, dv) = g.d_past.as_ref().unwrap();
+                let zeros = Tensor::zeros((2, p, d), DType::F64, &Device::Cpu).unwrap();
+                let gp = b64
+                    .backward(pre.tape.as_ref().unwrap(), &zeros, Some((dk, dv)), None, true)
+                    .unwrap();
+                wg = wg.add(gp.weights.as_ref().unwrap()).unwrap();
+            }
+            // Inputs-only tape: same output and input cotangent, no weight gradients.
+            let (_, out_in) = run(&b64, TapeMode::Inputs);
+            assert_eq!(max_abs_diff(&out_in.y, &out.y), 0.0);
+            let g_in = b64
+                .backward(out_in.tape.as_ref().unwrap(), &dy, None, None, true)
+                .unwrap();
+            assert!(g_in.weights.is_none());
+            assert_eq!(
+                max_abs_diff(g_in.dx.as_ref().unwrap(), g.dx.as_ref().unwrap()),
+                0.0
+            );
+            let params: Vec<(&str, Tensor)> = vec![
+                ("ln1.weight", wg.ln1.weight.clone()),
+                ("ln1.bias", wg.ln1.bias.clone()),
+                ("qkv.weight", wg.qkv.weight.clone()),
+                ("qkv.bias", wg.qkv.bias.clone().unwrap()),
+                ("out.weight", wg.out.weight.clone()),
+                ("out.bias", wg.out.bias.clone().unwrap()),
+                ("ln2.weight", wg.ln2.weight.clone()),
+                ("ln2.bias", wg.ln2.bias.clone()),
+                ("fc1.weight", wg.fc1.weight.clone()),
+                ("fc1.bias", wg.fc1.bias.clone().unwrap()),
+                ("fc2.weight", wg.fc2.weight.clone()),
+                ("fc2.bias", wg.fc2.bias.clone().unwrap()),
+            ];
+            for (k, (name, grad)) in params.iter().enumerate() {
+                let v = rand_tensor(grad.dims(), 80 + k as u64, 1.0)
+                    .to_dtype(DType::F64)
+                    .unwrap();
+                let at = |t: f64| {
+                    let mut b = b64.clone();
+                    let slot = match *name {
+                        "ln1.weight" => &mut b.ln1.weight,
+                        "ln1.bias" => &mut b.ln1.bias,
+                        "qkv.weight" => &mut b.qkv.weight,
+                        "qkv.bias" => b.qkv.bias.as_mut().unwrap(),
+                        "out.weight" => &mut b.out.weight,
+                        "out.bias" => b.out.bias.as_mut().unwrap(),
+                        "ln2.weight" => &mut b.ln2.weight,
+                        "ln2.bias" => &mut b.ln2.bias,
+                        "fc1.weight" => &mut b.fc1.weight,
+                        "fc1.bias" => b.fc1.bias.as_mut().unwrap(),
+                        "fc2.weight" => &mut b.fc2.weight,
+                        _ => b.fc2.bias.as_mut().unwrap(),
+                    };
+                    *slot = (&*slot + (&v * t).unwrap()).unwrap();
+                    dot(&run(&b, TapeMode::None).1.y, &w)
+                };
+                let eps = 1e-5;
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                let an = dot(grad, &v);
+                let err = (fd - an).abs() / (1.0 + an.abs());
+                worst = worst.max(err);
+                assert!(err < 1e-6, "causal={causal} {name}: fd {fd} vs analytic {an}");
+            }
+        }
+        println!("block weight gradients: worst relative finite-difference error {worst:e}");
     }
 
     /// A batch attending to a shared past gives the same outputs and cotangents as the

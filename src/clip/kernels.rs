@@ -147,6 +147,124 @@ pub fn layer_norm_backward(x: &Tensor, gamma: &Tensor, eps: f64, dy: &Tensor) ->
         .broadcast_mul(&rstd.unsqueeze(0)?)?)
 }
 
+/// Rows per work item of [`LayerNormParamGrads`]: fixed, so the partial sums and their
+/// order (hence the rounding) do not depend on the thread count.
+const PARAM_ROWS: usize = 64;
+
+/// LayerNorm parameter gradients from the saved input x `[M, D]` and cotangents
+/// `dy [K, M, D]`: per row recompute μ and 1/σ, then accumulate dγ += dy ⊙ x̂ and
+/// dβ += dy over all K·M rows. Output `[2, D]` (dγ, then dβ).
+struct LayerNormParamGrads {
+    eps: f32,
+}
+
+impl CustomOp2 for LayerNormParamGrads {
+    fn name(&self) -> &'static str {
+        "layer-norm-param-grads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_s: &CpuStorage,
+        x_l: &Layout,
+        dy_s: &CpuStorage,
+        dy_l: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(x_s, x_l)?;
+        let dy = contiguous_f32(dy_s, dy_l)?;
+        let d = *x_l.dims().last().unwrap_or(&0);
+        let rows = x.len() / d.max(1);
+        let inv_d = 1.0 / d as f32;
+        let partials: Vec<Vec<f32>> = dy
+            .par_chunks(PARAM_ROWS * d)
+            .enumerate()
+            .map(|(c, block)| {
+                let mut acc = vec![0f32; 2 * d];
+                let (dg, db) = acc.split_at_mut(d);
+                for (r, dyr) in block.chunks(d).enumerate() {
+                    let i = (c * PARAM_ROWS + r) % rows;
+                    let xr = &x[i * d..(i + 1) * d];
+                    let mean = xr.iter().sum::<f32>() * inv_d;
+                    let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() * inv_d;
+                    let rstd = 1.0 / (var + self.eps).sqrt();
+                    for j in 0..d {
+                        dg[j] += dyr[j] * (xr[j] - mean) * rstd;
+                        db[j] += dyr[j];
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f32; 2 * d];
+        for p in &partials {
+            for (o, v) in out.iter_mut().zip(p) {
+                *o += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[2, d])))
+    }
+}
+
+/// Gradients of LayerNorm's γ and β at input `x: [M, D]` for cotangents `dy: [K, M, D]`,
+/// summed over the K cotangents and the M rows: `(dγ [D], dβ [D])`.
+pub fn layer_norm_param_grads(x: &Tensor, eps: f64, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let d = x.dim(D::Minus1)?;
+    if fused_ok(&[x, dy]) && d > 0 && dy.elem_count() % x.elem_count().max(1) == 0 {
+        let both = x.apply_op2_no_bwd(dy, &LayerNormParamGrads { eps: eps as f32 })?;
+        return Ok((both.get(0)?, both.get(1)?));
+    }
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let rstd = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let xhat = xc.broadcast_mul(&rstd)?;
+    let rows = dy.reshape(((), d))?;
+    let xhat_rows = xhat.unsqueeze(0)?.broadcast_as(dy.shape())?.reshape(((), d))?;
+    Ok(((rows.clone() * xhat_rows)?.sum(0)?, rows.sum(0)?))
+}
+
+/// Column sums of rows: `x: [M, N] → [N]` (bias gradients), in fixed-size row blocks so
+/// the result does not depend on the thread count.
+struct ColumnSum;
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "column-sum"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout)?;
+        let n = *layout.dims().last().unwrap_or(&0);
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(PARAM_ROWS * n.max(1))
+            .map(|block| {
+                let mut acc = vec![0f32; n];
+                for row in block.chunks(n) {
+                    for (a, v) in acc.iter_mut().zip(row) {
+                        *a += v;
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f32; n];
+        for p in &partials {
+            for (o, v) in out.iter_mut().zip(p) {
+                *o += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[n])))
+    }
+}
+
+/// Sum over every axis but the last: `[…, N] → [N]`.
+pub fn column_sum(x: &Tensor) -> Result<Tensor> {
+    let n = x.dim(D::Minus1)?;
+    if fused_ok(&[x]) && n > 0 {
+        return Ok(x.apply_op1_no_bwd(&ColumnSum)?);
+    }
+    Ok(x.reshape(((), n))?.sum(0)?)
+}
+
 fn fused_ok(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
@@ -198,6 +316,20 @@ mod tests {
         )
         .unwrap();
         assert!(max_abs_diff(&fused, &plain) < 1e-5);
+    }
+
+    #[test]
+    fn fused_parameter_gradients_match_the_composition() {
+        // 150 rows × 2 cotangents: several row blocks, one partial at the end.
+        let x = rand_tensor(&[150, 48], 8, 3.0);
+        let dy = rand_tensor(&[2, 150, 48], 9, 1.0);
+        let c = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let (g, b) = layer_norm_param_grads(&x, 1e-5, &dy).unwrap();
+        let (g64, b64) = layer_norm_param_grads(&c(&x), 1e-5, &c(&dy)).unwrap();
+        assert!(max_abs_diff(&g, &g64) < 1e-4 && max_abs_diff(&b, &b64) < 1e-4);
+        let s = column_sum(&dy).unwrap();
+        assert!(max_abs_diff(&s, &column_sum(&c(&dy)).unwrap()) < 1e-4);
+        assert!(max_abs_diff(&s, &b) < 1e-6);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
+use super::attention::{self, AttentionShape};
 use super::checkpoint::WeightSource;
 use super::ops::{
     causal_mask, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormGrad,
@@ -100,11 +101,7 @@ pub struct BlockTape {
     ln1: LayerNormTape,
     /// ln1 output (input of the q/k/v projections), kept with LoRA on q/k/v or for weights.
     ln1_out: Option<Tensor>,
-    q: Tensor,
-    /// Keys and values including the past: `[N, H, P+S, hd]`.
-    keys: Tensor,
-    values: Tensor,
-    probs: Tensor,
+    attn: AttentionTape,
     /// Attention output before the out projection, kept with LoRA on it or for weights.
     attn_out: Option<Tensor>,
     lora_down: [Option<Tensor>; 4],
@@ -116,14 +113,51 @@ pub struct BlockTape {
     act: Option<Tensor>,
 }
 
+/// What the attention core's backward needs, in the layout of the path that ran.
+enum AttentionTape {
+    /// The fused CPU kernel ([`super::attention`]): the q/k/v rows `[N·S, 3D]` and the
+    /// probabilities `[N, H, S, S]`.
+    Fused { qkv: Tensor, probs: Tensor },
+    /// The candle composition (other devices and dtypes, or a shared past): head-major
+    /// queries, keys and values including the past `[N, H, P+S, hd]`, probabilities.
+    Split {
+        q: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        probs: Tensor,
+    },
+}
+
 /// Output of [`Block::forward`].
 pub struct BlockOutput {
     /// Output rows `[N·S, D]`.
     pub y: Tensor,
-    /// This call's own keys/values `[N, H, S, hd]` (to serve as a past elsewhere).
-    pub kv: KeyValues,
     /// The tape, when requested.
     pub tape: Option<BlockTape>,
+    /// This call's q/k/v rows `[N·S, 3D]` (its own keys and values, on demand).
+    qkv: Tensor,
+    shape: Shape,
+    heads: usize,
+}
+
+impl BlockOutput {
+    /// This call's own keys/values `[N, H, S, hd]` (to serve as a past elsewhere).
+    pub fn kv(&self) -> Result<KeyValues> {
+        let Shape { n, s, .. } = self.shape;
+        let d = self.qkv.dim(1)? / 3;
+        let split = |i: usize| -> Result<Tensor> {
+            Ok(self
+                .qkv
+                .narrow(1, i * d, d)?
+                .reshape((n, s, self.heads, d / self.heads))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        Ok(KeyValues {
+            k: split(1)?,
+            v: split(2)?,
+        })
+    }
 }
 
 /// Cotangents produced by [`Block::backward`].
@@ -281,7 +315,7 @@ impl Block {
         lora: Option<&BlockLora>,
         mode: TapeMode,
     ) -> Result<BlockOutput> {
-        let Shape { n, s, causal } = shape;
+        let Shape { n, s, .. } = shape;
         let d = self.width;
         let keep_tape = mode.keeps_tape();
         let weights = mode.weights();
@@ -292,44 +326,35 @@ impl Block {
         } else {
             (self.ln1.forward(x)?, None)
         };
-        let qkv = self.qkv.forward(&a)?;
-        let mut parts = [
-            qkv.narrow(1, 0, d)?,
-            qkv.narrow(1, d, d)?,
-            qkv.narrow(1, 2 * d, d)?,
-        ];
+        let mut qkv = self.qkv.forward(&a)?;
         let mut lora_down: [Option<Tensor>; 4] = [None, None, None, None];
-        if let Some(l) = lora {
+        if lora_qkv {
+            let l = lora.expect("LoRA on q/k/v");
+            let mut deltas = Vec::with_capacity(3);
             for (i, ad) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
-                if let Some(ad) = ad {
-                    let (delta, down) = lora_forward(ad, &a)?;
-                    parts[i] = (&parts[i] + delta)?;
-                    lora_down[i] = Some(down);
-                }
+                deltas.push(match ad {
+                    Some(ad) => {
+                        let (delta, down) = lora_forward(ad, &a)?;
+                        lora_down[i] = Some(down);
+                        delta
+                    }
+                    None => Tensor::zeros((n * s, d), qkv.dtype(), qkv.device())?,
+                });
             }
+            qkv = (qkv + Tensor::cat(&deltas, 1)?)?;
         }
-        let q = self.split_heads(&parts[0], n, s)?;
-        let k_own = self.split_heads(&parts[1], n, s)?;
-        let v_own = self.split_heads(&parts[2], n, s)?;
         let past_len = past.map_or(Ok(0), |p| p.k.dim(2))?;
-        let (keys, values) = match past {
-            Some(p) => {
-                let pk = p.k.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
-                let pv = p.v.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
-                (
-                    Tensor::cat(&[&pk, &k_own], 2)?.contiguous()?,
-                    Tensor::cat(&[&pv, &v_own], 2)?.contiguous()?,
-                )
-            }
-            None => (k_own.clone(), v_own.clone()),
+        let (o, attn_tape) = if past.is_none() && attention::applies(&[&qkv]) {
+            let (o, probs) = attention::forward(&qkv, self.attention_shape(shape), keep_tape)?;
+            let tape = probs.map(|probs| AttentionTape::Fused {
+                qkv: qkv.clone(),
+                probs,
+            });
+            (o, tape)
+        } else {
+            let (o, tape) = self.attention_composed(&qkv, shape, past)?;
+            (o, keep_tape.then_some(tape))
         };
-        let scale = 1.0 / (self.head_dim() as f64).sqrt();
-        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
-        if causal {
-            scores = scores.broadcast_add(&causal_mask(past_len, s, scores.dtype(), scores.device())?)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let o = self.merge_heads(&probs.matmul(&values)?)?;
         let mut attn = self.out.forward(&o)?;
         if let Some(ad) = lora.and_then(|l| l.o.as_ref()) {
             let (delta, down) = lora_forward(ad, &o)?;
@@ -347,17 +372,14 @@ impl Block {
         let act = quick_gelu(&fc1_out)?;
         let y = (&h + self.fc2.forward(&act)?)?;
         let lora_o = lora.is_some_and(|l| l.o.is_some());
-        let tape = match (ln1_tape, ln2_tape) {
-            (Some(ln1), Some(ln2)) => Some(BlockTape {
+        let tape = match (ln1_tape, ln2_tape, attn_tape) {
+            (Some(ln1), Some(ln2), Some(attn)) => Some(BlockTape {
                 shape,
                 past_len,
                 weights,
                 ln1,
                 ln1_out: (lora_qkv || weights).then(|| a.clone()),
-                q,
-                keys,
-                values,
-                probs,
+                attn,
                 attn_out: (lora_o || weights).then(|| o.clone()),
                 lora_down,
                 ln2,
@@ -369,9 +391,64 @@ impl Block {
         };
         Ok(BlockOutput {
             y,
-            kv: KeyValues { k: k_own, v: v_own },
             tape,
+            qkv,
+            shape,
+            heads: self.heads,
         })
+    }
+
+    fn attention_shape(&self, shape: Shape) -> AttentionShape {
+        AttentionShape {
+            n: shape.n,
+            s: shape.s,
+            heads: self.heads,
+            width: self.width,
+            causal: shape.causal,
+        }
+    }
+
+    /// The attention core as a candle composition, attending to `past` when given:
+    /// output rows `[N·S, D]` and the tape of the split layout.
+    fn attention_composed(
+        &self,
+        qkv: &Tensor,
+        shape: Shape,
+        past: Option<&KeyValues>,
+    ) -> Result<(Tensor, AttentionTape)> {
+        let Shape { n, s, causal } = shape;
+        let d = self.width;
+        let q = self.split_heads(&qkv.narrow(1, 0, d)?, n, s)?;
+        let k_own = self.split_heads(&qkv.narrow(1, d, d)?, n, s)?;
+        let v_own = self.split_heads(&qkv.narrow(1, 2 * d, d)?, n, s)?;
+        let past_len = past.map_or(Ok(0), |p| p.k.dim(2))?;
+        let (keys, values) = match past {
+            Some(p) => {
+                let pk = p.k.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
+                let pv = p.v.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
+                (
+                    Tensor::cat(&[&pk, &k_own], 2)?.contiguous()?,
+                    Tensor::cat(&[&pv, &v_own], 2)?.contiguous()?,
+                )
+            }
+            None => (k_own, v_own),
+        };
+        let scale = 1.0 / (self.head_dim() as f64).sqrt();
+        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+        if causal {
+            scores = scores.broadcast_add(&causal_mask(past_len, s, scores.dtype(), scores.device())?)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let o = self.merge_heads(&probs.matmul(&values)?)?;
+        Ok((
+            o,
+            AttentionTape::Split {
+                q,
+                keys,
+                values,
+                probs,
+            },
+        ))
     }
 
     /// Backward for K cotangents `dy: [K, N·S, D]` of the output. `d_own_kv` adds
@@ -432,12 +509,25 @@ impl Block {
             d_o = (d_o + dx_extra)?;
             grads.o = Some(g);
         }
-        let (dq, dk, dv, d_past) = self.attention_backward(tape, &d_o, kk)?;
-        let (dk, dv) = match d_own_kv {
-            Some((ek, ev)) => ((dk + ek)?, (dv + ev)?),
-            None => (dk, dv),
+        let (d_qkv, d_past) = match &tape.attn {
+            AttentionTape::Fused { qkv, probs } => {
+                let mut d_qkv =
+                    attention::backward(qkv, probs, &d_o.contiguous()?, self.attention_shape(tape.shape))?;
+                if let Some((ek, ev)) = d_own_kv {
+                    let zeros = ek.zeros_like()?;
+                    d_qkv = (d_qkv + Tensor::cat(&[&zeros, ek, ev], 2)?)?;
+                }
+                (d_qkv, None)
+            }
+            AttentionTape::Split { .. } => {
+                let (dq, dk, dv, d_past) = self.attention_backward(tape, &d_o, kk)?;
+                let (dk, dv) = match d_own_kv {
+                    Some((ek, ev)) => ((dk + ek)?, (dv + ev)?),
+                    None => (dk, dv),
+                };
+                (Tensor::cat(&[&dq, &dk, &dv], 2)?, d_past)
+            }
         };
-        let d_qkv = Tensor::cat(&[&dq, &dk, &dv], 2)?;
         let g_qkv = tape
             .weights
             .then(|| self.qkv.weight_grad(&kept(&tape.ln1_out)?, &d_qkv))
@@ -449,8 +539,9 @@ impl Block {
             None
         };
         if let Some(l) = lora {
-            for (i, (ad, dpart)) in [(&l.q, &dq), (&l.k, &dk), (&l.v, &dv)].into_iter().enumerate() {
+            for (i, ad) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
                 if let Some(ad) = ad {
+                    let dpart = &d_qkv.narrow(2, i * d, d)?.contiguous()?;
                     let a = tape.ln1_out.as_ref().expect("tape keeps ln1 output with LoRA");
                     let down = tape.lora_down[i]
                         .as_ref()
@@ -490,8 +581,9 @@ impl Block {
         })
     }
 
-    /// Attention core VJP, one cotangent at a time (the saved probabilities are shared).
-    /// Returns dq, dk, dv as rows `[K, N·S, D]` and the past's cotangents `[K, P, D]`.
+    /// Attention core VJP of the composed (split) path, one cotangent at a time (the
+    /// saved probabilities are shared). Returns dq, dk, dv as rows `[K, N·S, D]` and the
+    /// past's cotangents `[K, P, D]`.
     #[allow(clippy::type_complexity)]
     fn attention_backward(
         &self,
@@ -499,6 +591,15 @@ impl Block {
         d_o: &Tensor,
         kk: usize,
     ) -> Result<(Tensor, Tensor, Tensor, Option<(Tensor, Tensor)>)> {
+        let AttentionTape::Split {
+            q,
+            keys,
+            values,
+            probs,
+        } = &tape.attn
+        else {
+            bail!("block backward: the composed attention VJP needs the split tape");
+        };
         let Shape { n, s, .. } = tape.shape;
         let p = tape.past_len;
         let scale = 1.0 / (self.head_dim() as f64).sqrt();
@@ -509,13 +610,13 @@ impl Block {
         let mut dpv = Vec::new();
         for i in 0..kk {
             let d_out = self.split_heads(&d_o.get(i)?, n, s)?;
-            let d_probs = d_out.matmul(&tape.values.t()?)?;
-            let d_values = tape.probs.t()?.matmul(&d_out)?;
-            let row_dot = (&d_probs * &tape.probs)?.sum_keepdim(D::Minus1)?;
-            let d_scores = (tape.probs.clone() * d_probs.broadcast_sub(&row_dot)?)?;
+            let d_probs = d_out.matmul(&values.t()?)?;
+            let d_values = probs.t()?.matmul(&d_out)?;
+            let row_dot = (&d_probs * probs)?.sum_keepdim(D::Minus1)?;
+            let d_scores = (probs.clone() * d_probs.broadcast_sub(&row_dot)?)?;
             let d_scores = (d_scores * scale)?;
-            let dq = d_scores.matmul(&tape.keys)?;
-            let d_keys = d_scores.t()?.matmul(&tape.q)?;
+            let dq = d_scores.matmul(keys)?;
+            let d_keys = d_scores.t()?.matmul(q)?;
             dqs.push(self.merge_heads(&dq)?);
             if p > 0 {
                 let own = |t: &Tensor| t.narrow(2, p, s);
@@ -685,9 +786,8 @@ mod tests {
             // The past only where it is meaningful (causal text); full attention plain.
             let run = |blk: &Block, mode: TapeMode| {
                 let pre = causal.then(|| blk.forward_with(&prefix, pre_shape, None, None, mode).unwrap());
-                let out = blk
-                    .forward_with(&x, shape, pre.as_ref().map(|o| &o.kv), None, mode)
-                    .unwrap();
+                let kv = pre.as_ref().map(|o| o.kv().unwrap());
+                let out = blk.forward_with(&x, shape, kv.as_ref(), None, mode).unwrap();
                 (pre, out)
             };
             let (pre, out) = run(&b64, TapeMode::Weights);
@@ -762,6 +862,102 @@ mod tests {
         println!("block weight gradients: worst relative finite-difference error {worst:e}");
     }
 
+    /// The fused f32 attention kernel (taken for f32 CPU tensors without a past) agrees
+    /// with the candle composition (taken in f64) on outputs, input cotangents, LoRA and
+    /// weight gradients, causal and full, for two cotangents.
+    #[test]
+    fn fused_attention_matches_the_composition() {
+        let (n, s, d, h, r) = (3, 7, 16, 4, 2);
+        let blk = random_block(d, h, 5, DType::F32);
+        let b64 = to64(&blk);
+        let mk = |k: u64| Lora {
+            a: rand_tensor(&[r, d], 90 + k, 0.5),
+            b: rand_tensor(&[d, r], 95 + k, 0.5),
+            scale: 2.0,
+            dropout_mask: None,
+        };
+        let lora = BlockLora {
+            q: Some(mk(1)),
+            k: None,
+            v: Some(mk(2)),
+            o: Some(mk(3)),
+        };
+        let c = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let lora64 = BlockLora {
+            q: lora.q.as_ref().map(|l| Lora {
+                a: c(&l.a),
+                b: c(&l.b),
+                ..l.clone()
+            }),
+            k: None,
+            v: lora.v.as_ref().map(|l| Lora {
+                a: c(&l.a),
+                b: c(&l.b),
+                ..l.clone()
+            }),
+            o: lora.o.as_ref().map(|l| Lora {
+                a: c(&l.a),
+                b: c(&l.b),
+                ..l.clone()
+            }),
+        };
+        let x = rand_tensor(&[n * s, d], 91, 1.0);
+        let dy = rand_tensor(&[2, n * s, d], 92, 1.0);
+        for causal in [true, false] {
+            let shape = Shape { n, s, causal };
+            let f = blk
+                .forward_with(&x, shape, None, Some(&lora), TapeMode::Weights)
+                .unwrap();
+            assert!(matches!(
+                f.tape.as_ref().unwrap().attn,
+                AttentionTape::Fused { .. }
+            ));
+            let g = blk
+                .backward(f.tape.as_ref().unwrap(), &dy, None, Some(&lora), true)
+                .unwrap();
+            let f64_ = b64
+                .forward_with(&c(&x), shape, None, Some(&lora64), TapeMode::Weights)
+                .unwrap();
+            assert!(matches!(
+                f64_.tape.as_ref().unwrap().attn,
+                AttentionTape::Split { .. }
+            ));
+            let g64 = b64
+                .backward(f64_.tape.as_ref().unwrap(), &c(&dy), None, Some(&lora64), true)
+                .unwrap();
+            let close = |a: &Tensor, b: &Tensor, what: &str| {
+                let scale = max_abs_diff(b, &b.zeros_like().unwrap()).max(1.0);
+                let e = max_abs_diff(a, b) / scale;
+                assert!(e < 1e-5, "causal={causal} {what}: relative difference {e:e}");
+            };
+            close(&f.y, &f64_.y, "output");
+            close(
+                g.dx.as_ref().unwrap(),
+                g64.dx.as_ref().unwrap(),
+                "input cotangent",
+            );
+            close(
+                &g.lora.q.as_ref().unwrap().a,
+                &g64.lora.q.as_ref().unwrap().a,
+                "LoRA q.a",
+            );
+            close(
+                &g.lora.v.as_ref().unwrap().b,
+                &g64.lora.v.as_ref().unwrap().b,
+                "LoRA v.b",
+            );
+            let (w, w64) = (g.weights.unwrap(), g64.weights.unwrap());
+            close(&w.qkv.weight, &w64.qkv.weight, "qkv weight");
+            close(
+                w.qkv.bias.as_ref().unwrap(),
+                w64.qkv.bias.as_ref().unwrap(),
+                "qkv bias",
+            );
+            close(&w.ln1.weight, &w64.ln1.weight, "ln1 weight");
+            close(&f.kv().unwrap().v, &f64_.kv().unwrap().v, "own values");
+        }
+    }
+
     /// A batch attending to a shared past gives the same outputs and cotangents as the
     /// same tokens run as one long sequence per batch element.
     #[test]
@@ -807,7 +1003,7 @@ mod tests {
             .forward(
                 &body.reshape((n * s, d)).unwrap(),
                 Shape { n, s, causal: true },
-                Some(&pre.kv),
+                Some(&pre.kv().unwrap()),
                 None,
                 true,
             )

@@ -6,6 +6,7 @@
 //! keep a weight tape, to the gradients of every weight ([`weights::ClipGrads`]), which
 //! pretraining ([`crate::pretrain`]) uses.
 
+pub mod attention;
 pub mod block;
 pub mod checkpoint;
 pub mod config;

@@ -18,7 +18,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
 
-use super::block::{Block, BlockLora, BlockLoraGrad, BlockTape, BlockWeightGrad, Shape};
+use super::block::{Block, BlockLora, BlockLoraGrad, BlockOutput, BlockTape, BlockWeightGrad, Shape};
 use super::checkpoint::WeightSource;
 use super::config::TextConfig;
 use super::ops::{sum_cotangents, LayerNorm, LayerNormGrad, LayerNormTape, TapeMode};
@@ -318,6 +318,7 @@ impl TextEncoder {
                 )?),
                 None => None,
             };
+            let pre_kv = pre_out.as_ref().map(BlockOutput::kv).transpose()?;
             let out = blk.forward_with(
                 &body,
                 Shape {
@@ -325,7 +326,7 @@ impl TextEncoder {
                     s: body_len,
                     causal: true,
                 },
-                pre_out.as_ref().map(|o| &o.kv),
+                pre_kv.as_ref(),
                 l,
                 mode,
             )?;

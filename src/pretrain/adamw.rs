@@ -76,7 +76,9 @@ impl AdamW {
         if !(0.0..1.0).contains(&c.beta1) || !(0.0..1.0).contains(&c.beta2) {
             bail!("AdamW betas ({}, {}) must lie in [0, 1)", c.beta1, c.beta2);
         }
-        if !(c.eps > 0.0) || !(c.weight_decay >= 0.0) {
+        let eps_ok = c.eps > 0.0 && c.eps.is_finite();
+        let decay_ok = c.weight_decay >= 0.0 && c.weight_decay.is_finite();
+        if !eps_ok || !decay_ok {
             bail!(
                 "AdamW eps {} must be positive and weight decay {} non-negative",
                 c.eps,

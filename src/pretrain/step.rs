@@ -145,22 +145,36 @@ pub fn loss_and_grads(clip: &Clip, batch: &Batch) -> Result<(LossStats, ClipGrad
     Ok((LossStats::from(&loss), grads))
 }
 
-/// FLOPs of one [`loss_and_grads`] on `batch` pairs with `text_positions` computed text
-/// positions (2 per multiply–add). Every matmul of the forward runs three times in all
+/// FLOPs of the forward matmuls of both towers on `batch` pairs with `text_positions`
+/// computed text positions (2 per multiply–add): patch embedding, blocks, projections.
+/// Causal attention is counted at the full key count (it is computed so).
+pub fn forward_flops(config: &ClipConfig, batch: usize, text_positions: usize) -> f64 {
+    patch_flops(config, batch) + blocks_and_heads_flops(config, batch, text_positions)
+}
+
+/// FLOPs of one [`loss_and_grads`]: every matmul of the forward runs three times in all
 /// (forward, input cotangent, weight gradient), the attention matmuls once forward and
 /// twice backward — three times the forward either way; the patch matmul has no input
 /// cotangent (twice its forward). Element-wise work and the B × B loss are not counted.
 pub fn step_flops(config: &ClipConfig, batch: usize, text_positions: usize) -> f64 {
+    3.0 * blocks_and_heads_flops(config, batch, text_positions) + 2.0 * patch_flops(config, batch)
+}
+
+fn patch_flops(config: &ClipConfig, batch: usize) -> f64 {
     let v = &config.vision;
-    let t = &config.text;
+    2.0 * batch as f64
+        * (v.grid() * v.grid()) as f64
+        * (3 * v.patch_size * v.patch_size) as f64
+        * v.width as f64
+}
+
+fn blocks_and_heads_flops(config: &ClipConfig, batch: usize, text_positions: usize) -> f64 {
+    let (v, t) = (&config.vision, &config.text);
     let b = batch as f64;
-    let v_tokens = b * v.tokens() as f64;
-    let patch =
-        2.0 * b * (v.grid() * v.grid()) as f64 * (3 * v.patch_size * v.patch_size) as f64 * v.width as f64;
-    let vision = v.layers as f64 * block_flops(v.width, v.mlp_width, v_tokens, v.tokens() as f64);
-    let t_tokens = b * text_positions as f64;
-    // Causal attention over S positions still computes S keys per query here.
-    let text = t.layers as f64 * block_flops(t.width, t.mlp_width, t_tokens, text_positions as f64);
+    let vision =
+        v.layers as f64 * block_flops(v.width, v.mlp_width, b * v.tokens() as f64, v.tokens() as f64);
+    let s = text_positions as f64;
+    let text = t.layers as f64 * block_flops(t.width, t.mlp_width, b * s, s);
     let heads = 2.0 * b * config.embed_dim as f64 * (v.width + t.width) as f64;
-    3.0 * (vision + text + heads) + 2.0 * patch
+    vision + text + heads
 }

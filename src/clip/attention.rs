@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::kernels::fast_exp;
+use super::kernels::{fast_exp, lane_dot, lane_sum, wide_simd};
 
 /// The layout of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -126,21 +126,32 @@ impl<'a> F32View<'a> {
     }
 }
 
-/// Row softmax of an `s × s` score block in place; with `causal`, row i keeps only
-/// columns ≤ i (the rest become 0).
-fn softmax_rows(scores: &mut [f32], s: usize, causal: bool) {
-    for (i, row) in scores.chunks_mut(s).enumerate() {
-        let len = if causal { i + 1 } else { s };
-        let (live, masked) = row.split_at_mut(len);
-        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in live.iter_mut() {
-            *v = fast_exp(*v - max);
-            sum += *v;
+wide_simd! {
+    /// Row softmax of an `s × s` score block in place; with `causal`, row i keeps only
+    /// columns ≤ i (the rest become 0). Max, exponentials, sum and scaling are separate
+    /// passes so each vectorizes.
+    fn softmax_rows(scores: &mut [f32], s: usize, causal: bool) {
+        for (i, row) in scores.chunks_mut(s).enumerate() {
+            let len = if causal { i + 1 } else { s };
+            let (live, masked) = row.split_at_mut(len);
+            let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            live.iter_mut().for_each(|v| *v = fast_exp(*v - max));
+            let inv = 1.0 / lane_sum(live);
+            live.iter_mut().for_each(|v| *v *= inv);
+            masked.iter_mut().for_each(|v| *v = 0.0);
         }
-        let inv = 1.0 / sum;
-        live.iter_mut().for_each(|v| *v *= inv);
-        masked.iter_mut().for_each(|v| *v = 0.0);
+    }
+}
+
+wide_simd! {
+    /// dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale in place of dP, for an `s × s` block.
+    fn softmax_backward_rows(ds: &mut [f32], p: &[f32], s: usize, scale: f32) {
+        for (dr, pr) in ds.chunks_mut(s).zip(p.chunks(s)) {
+            let row_dot = lane_dot(dr, pr);
+            for (d, &pv) in dr.iter_mut().zip(pr) {
+                *d = pv * (*d - row_dot) * scale;
+            }
+        }
     }
 }
 
@@ -267,12 +278,7 @@ pub fn backward(qkv: &Tensor, probs: &Tensor, d_out: &Tensor, shape: AttentionSh
                 false,
             );
             // dS = P ⊙ (dP − rowsum(dP ⊙ P)), scaled
-            for (dr, pr) in ds.chunks_mut(s).zip(p.chunks(s)) {
-                let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                for (d, &pv) in dr.iter_mut().zip(pr) {
-                    *d = pv * (*d - dot) * scale;
-                }
-            }
+            softmax_backward_rows(&mut ds, p, s, scale);
             // dQ = dS K ; dK = dSᵀ Q
             small_gemm(
                 (s, hd, s),

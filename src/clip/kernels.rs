@@ -38,6 +38,149 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + fast_exp(-x))
 }
 
+/// Defines a slice kernel that runs compiled for AVX2 when the CPU has it: the same
+/// arithmetic in wider registers. No FMA is enabled, so every element gets the same bits
+/// as in the baseline (SSE2) build; only the lane count changes.
+macro_rules! wide_simd {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use wide_simd;
+
+/// Σ a with eight independent partial sums: a shape the compiler vectorizes (one running
+/// f32 sum is a serial dependency it may not reorder). The order is fixed by this code,
+/// not by the vector width.
+#[inline(always)]
+pub(crate) fn lane_sum(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for x in chunks {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Σ a·b in the shape of [`lane_sum`].
+#[inline(always)]
+pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Mean and 1/√(var + eps) of a row.
+#[inline(always)]
+fn row_stats(xr: &[f32], eps: f32) -> (f32, f32) {
+    let inv_d = 1.0 / xr.len() as f32;
+    let mean = lane_sum(xr) * inv_d;
+    let mut acc = [0f32; 8];
+    let chunks = xr.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+    for x in chunks {
+        for l in 0..8 {
+            acc[l] += (x[l] - mean) * (x[l] - mean);
+        }
+    }
+    let var = (acc.iter().sum::<f32>() + tail) * inv_d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+wide_simd! {
+    /// One row of the LayerNorm VJP (see [`LayerNormBackward`]).
+    fn layer_norm_backward_row(out: &mut [f32], dyr: &[f32], xr: &[f32], gamma: &[f32], eps: f32) {
+        let inv_d = 1.0 / xr.len() as f32;
+        let (mean, rstd) = row_stats(xr, eps);
+        // g = dy ⊙ γ into `out`, then Σ g and Σ g ⊙ x̂.
+        for ((o, &d), &g) in out.iter_mut().zip(dyr).zip(gamma) {
+            *o = d * g;
+        }
+        let sum_g = lane_sum(out);
+        // Σ g ⊙ (x − μ) directly (not Σ g x − μ Σ g, which cancels for large μ).
+        let mut acc = [0f32; 8];
+        let (cg, cx) = (out.chunks_exact(8), xr.chunks_exact(8));
+        let tail: f32 = cg.remainder().iter().zip(cx.remainder()).map(|(g, x)| g * (x - mean)).sum();
+        for (g, x) in cg.zip(cx) {
+            for l in 0..8 {
+                acc[l] += g[l] * (x[l] - mean);
+            }
+        }
+        let sum_gx = (acc.iter().sum::<f32>() + tail) * rstd;
+        let (a, b) = (sum_g * inv_d, sum_gx * inv_d);
+        for (o, &x) in out.iter_mut().zip(xr) {
+            let xhat = (x - mean) * rstd;
+            *o = rstd * (*o - a - xhat * b);
+        }
+    }
+}
+
+wide_simd! {
+    /// Accumulates dγ (first half of `acc`) and dβ (second half) over a block of
+    /// cotangent rows starting at row `first` (rows of x cycle every `rows`).
+    fn layer_norm_param_block(acc: &mut [f32], block: &[f32], x: &[f32], first: usize, rows: usize, eps: f32) {
+        let d = acc.len() / 2;
+        let (dg, db) = acc.split_at_mut(d);
+        for (r, dyr) in block.chunks(d).enumerate() {
+            let i = (first + r) % rows;
+            let xr = &x[i * d..(i + 1) * d];
+            let (mean, rstd) = row_stats(xr, eps);
+            for (((g, b), &dv), &xv) in dg.iter_mut().zip(db.iter_mut()).zip(dyr).zip(xr) {
+                *g += dv * (xv - mean) * rstd;
+                *b += dv;
+            }
+        }
+    }
+}
+
+wide_simd! {
+    /// y = x · σ(1.702 x) over a chunk.
+    fn gelu_chunk(y: &mut [f32], x: &[f32]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = v * sigmoid(GELU_ALPHA * v);
+        }
+    }
+}
+
+wide_simd! {
+    /// dx = dy · (s + 1.702 h s (1 − s)), s = σ(1.702 h), over a chunk.
+    fn gelu_backward_chunk(dx: &mut [f32], dy: &[f32], h: &[f32]) {
+        for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(h) {
+            let s = sigmoid(GELU_ALPHA * v);
+            *o = g * (s + GELU_ALPHA * v * s * (1.0 - s));
+        }
+    }
+}
+
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
@@ -58,11 +201,7 @@ impl CustomOp1 for QuickGelu {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(yc, xc)| {
-                for (o, &v) in yc.iter_mut().zip(xc) {
-                    *o = v * sigmoid(GELU_ALPHA * v);
-                }
-            });
+            .for_each(|(yc, xc)| gelu_chunk(yc, xc));
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 }
@@ -86,18 +225,13 @@ impl CustomOp2 for QuickGeluBackward {
         let dy = contiguous_f32(dy_s, dy_l)?;
         let n = h.len();
         let mut dx = vec![0f32; dy.len()];
-        // Chunks of h's length never straddle two cotangents.
-        let chunk = if n % CHUNK == 0 { CHUNK } else { n };
-        dx.par_chunks_mut(chunk)
-            .zip(dy.par_chunks(chunk))
-            .enumerate()
-            .for_each(|(i, (o, g))| {
-                let start = (i * chunk) % n;
-                for ((o, &g), &v) in o.iter_mut().zip(g).zip(&h[start..start + g.len()]) {
-                    let s = sigmoid(GELU_ALPHA * v);
-                    *o = g * (s + GELU_ALPHA * v * s * (1.0 - s));
-                }
-            });
+        // One cotangent at a time, so chunks line up with h.
+        for (dx_k, dy_k) in dx.chunks_mut(n.max(1)).zip(dy.chunks(n.max(1))) {
+            dx_k.par_chunks_mut(CHUNK)
+                .zip(dy_k.par_chunks(CHUNK))
+                .zip(h.par_chunks(CHUNK))
+                .for_each(|((o, g), hc)| gelu_backward_chunk(o, g, hc));
+        }
         Ok((CpuStorage::F32(dx), dy_l.shape().clone()))
     }
 }
@@ -129,26 +263,12 @@ impl CustomOp3 for LayerNormBackward {
         let d = gamma.len();
         let rows = x.len() / d;
         let mut dx = vec![0f32; dy.len()];
-        let inv_d = 1.0 / d as f32;
         dx.par_chunks_mut(d)
             .zip(dy.par_chunks(d))
             .enumerate()
             .for_each(|(i, (out, dyr))| {
                 let xr = &x[(i % rows) * d..(i % rows + 1) * d];
-                let mean = xr.iter().sum::<f32>() * inv_d;
-                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() * inv_d;
-                let rstd = 1.0 / (var + self.eps).sqrt();
-                let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                for j in 0..d {
-                    let g = dyr[j] * gamma[j];
-                    sum_g += g;
-                    sum_gx += g * (xr[j] - mean) * rstd;
-                }
-                let (a, b) = (sum_g * inv_d, sum_gx * inv_d);
-                for j in 0..d {
-                    let xhat = (xr[j] - mean) * rstd;
-                    out[j] = rstd * (dyr[j] * gamma[j] - a - xhat * b);
-                }
+                layer_norm_backward_row(out, dyr, xr, gamma, self.eps);
             });
         Ok((CpuStorage::F32(dx), dy_l.shape().clone()))
     }
@@ -199,24 +319,12 @@ impl CustomOp2 for LayerNormParamGrads {
         let dy = contiguous_f32(dy_s, dy_l)?;
         let d = *x_l.dims().last().unwrap_or(&0);
         let rows = x.len() / d.max(1);
-        let inv_d = 1.0 / d as f32;
         let partials: Vec<Vec<f32>> = dy
             .par_chunks(PARAM_ROWS * d)
             .enumerate()
             .map(|(c, block)| {
                 let mut acc = vec![0f32; 2 * d];
-                let (dg, db) = acc.split_at_mut(d);
-                for (r, dyr) in block.chunks(d).enumerate() {
-                    let i = (c * PARAM_ROWS + r) % rows;
-                    let xr = &x[i * d..(i + 1) * d];
-                    let mean = xr.iter().sum::<f32>() * inv_d;
-                    let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() * inv_d;
-                    let rstd = 1.0 / (var + self.eps).sqrt();
-                    for j in 0..d {
-                        dg[j] += dyr[j] * (xr[j] - mean) * rstd;
-                        db[j] += dyr[j];
-                    }
-                }
+                layer_norm_param_block(&mut acc, block, x, c * PARAM_ROWS, rows, self.eps);
                 acc
             })
             .collect();
@@ -321,6 +429,19 @@ mod tests {
     use super::*;
     use crate::clip::ops::testutil::{max_abs_diff, rand_tensor};
 
+    /// The AVX2 build of a kernel gives the baseline's bits: same arithmetic, wider lanes.
+    #[test]
+    fn wide_kernels_give_the_baseline_bits() {
+        let x: Vec<f32> = rand_tensor(&[5000], 12, 6.0).to_vec1().unwrap();
+        let mut fast = vec![0f32; x.len()];
+        gelu_chunk(&mut fast, &x);
+        let plain: Vec<f32> = x
+            .iter()
+            .map(|&v| v * (1.0 / (1.0 + fast_exp(-(GELU_ALPHA * v)))))
+            .collect();
+        assert_eq!(fast, plain);
+    }
+
     #[test]
     fn fast_exp_is_accurate() {
         let mut worst = 0f64;
@@ -382,5 +503,17 @@ mod tests {
         let c = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let plain = layer_norm_backward(&c(&x), &c(&gamma), 1e-5, &c(&dy)).unwrap();
         assert!(max_abs_diff(&fused, &plain) < 1e-5);
+        // Rows far from zero mean (a residual stream) lose nothing to cancellation.
+        let shifted = (&x + 50.0).unwrap();
+        let fused = layer_norm_backward(&shifted, &gamma, 1e-5, &dy).unwrap();
+        let plain = layer_norm_backward(&c(&shifted), &c(&gamma), 1e-5, &c(&dy)).unwrap();
+        assert!(
+            max_abs_diff(&fused, &plain) < 2e-4,
+            "{}",
+            max_abs_diff(&fused, &plain)
+        );
+        let (g, _) = layer_norm_param_grads(&shifted, 1e-5, &dy).unwrap();
+        let (g64, _) = layer_norm_param_grads(&c(&shifted), 1e-5, &c(&dy)).unwrap();
+        assert!(max_abs_diff(&g, &g64) < 2e-3, "{}", max_abs_diff(&g, &g64));
     }
 }

@@ -206,7 +206,8 @@ impl BlockWeightGrad {
     }
 }
 
-/// One frozen residual attention block.
+/// One residual attention block (its weights are read-only here; training updates them
+/// as named tensors, [`super::weights::ClipWeights`], and rebuilds the block).
 #[derive(Debug, Clone)]
 pub struct Block {
     /// Pre-attention LayerNorm.

@@ -28,7 +28,8 @@ impl Default for LoadOptions {
     }
 }
 
-/// CLIP with frozen weights.
+/// CLIP: both towers and the logit scale (frozen for fine-tuning; pretraining rebuilds
+/// it from [`ClipWeights`](super::weights::ClipWeights) each step).
 #[derive(Debug, Clone)]
 pub struct Clip {
     /// Architecture.

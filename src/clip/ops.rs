@@ -1,4 +1,4 @@
-//! The frozen layers of a CLIP transformer, each with a forward that keeps what its
+//! The layers of a CLIP transformer, each with a forward that keeps what its
 //! backward needs and an explicit vector-Jacobian product (VJP).
 //!
 //! Conventions used throughout `clip/`:
@@ -99,7 +99,7 @@ impl LayerNormGrad {
     }
 }
 
-/// A frozen affine map `y = x Wᵀ + b` with `W: [out, in]`.
+/// An affine map `y = x Wᵀ + b` with `W: [out, in]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// Weight `[out, in]`.
@@ -158,7 +158,7 @@ impl Linear {
     }
 }
 
-/// A frozen LayerNorm over the last axis.
+/// A LayerNorm over the last axis.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     /// Scale γ `[D]`.

@@ -551,6 +551,7 @@ mod tests {
     use crate::clip::model::tests::{expected, fixture_dir, reference_tokens};
     use crate::clip::model::{Clip, LoadOptions};
     use crate::clip::ops::testutil::{dot, fd_directional, max_abs_diff, rand_tensor};
+    use crate::clip::ops::TapeMode;
 
     /// CoOp-style prompts: the CIFAR-100 reference prompts with positions 1..=4 replaced
     /// by shared random context vectors (the start token stays shared too).
@@ -677,6 +678,61 @@ mod tests {
             (fd - an).abs() < 1e-4 * (1.0 + an.abs()),
             "fd {fd} vs analytic {an}"
         );
+    }
+
+    /// Truncation and the shared prefix are exact for weight gradients too: every
+    /// weight's gradient (and the token-embedding scatter) equals the plain path's, and
+    /// positions past the longest EOT get none. (Finite differences of every named
+    /// weight: `clip::weights` tests.)
+    #[test]
+    fn weight_gradients_agree_across_paths() {
+        let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let (ids, eot) = reference_tokens(&expected());
+        let (ids, eot) = (ids[..6].to_vec(), eot[..6].to_vec());
+        let batch = PromptBatch {
+            embeddings: clip.text.embed_tokens(&ids).unwrap(),
+            eot: eot.clone(),
+        };
+        let d_feat = rand_tensor(&[2, 6, 96], 7, 1.0);
+        let run = |path| {
+            let (_, tape) = clip
+                .text
+                .forward_with(&batch, path, None, TapeMode::Weights)
+                .unwrap();
+            let b = clip
+                .text
+                .backward_full(tape.as_ref().unwrap(), &d_feat, None)
+                .unwrap();
+            let tok = clip.text.token_embedding_grad(&ids, &b.input).unwrap();
+            (b.weights.unwrap(), tok)
+        };
+        let (plain, tok_plain) = run(TextPath::Plain);
+        let p = TextEncoder::shared_prefix_len(&ids, &eot);
+        assert!(p >= 1);
+        for path in [TextPath::Truncated, TextPath::SharedPrefix(p)] {
+            let (w, tok) = run(path);
+            let close = |a: &Tensor, b: &Tensor, what: &str| {
+                let scale = max_abs_diff(b, &b.zeros_like().unwrap()).max(1e-3);
+                let e = max_abs_diff(a, b) / scale;
+                assert!(e < 1e-4, "{path:?} {what}: relative difference {e:e}");
+            };
+            close(&w.projection, &plain.projection, "projection");
+            close(&w.ln_final.weight, &plain.ln_final.weight, "final LN");
+            close(&w.positional, &plain.positional, "positions");
+            close(&tok, &tok_plain, "token embedding");
+            for (l, (a, b)) in w.blocks.iter().zip(&plain.blocks).enumerate() {
+                close(&a.qkv.weight, &b.qkv.weight, &format!("layer {l} qkv"));
+                close(
+                    &a.fc2.bias.clone().unwrap(),
+                    &b.fc2.bias.clone().unwrap(),
+                    &format!("layer {l} fc2 bias"),
+                );
+                close(&a.ln1.weight, &b.ln1.weight, &format!("layer {l} ln1"));
+            }
+        }
+        let last = *eot.iter().max().unwrap();
+        let tail = plain.positional.narrow(0, last + 1, 77 - last - 1).unwrap();
+        assert_eq!(max_abs_diff(&tail, &tail.zeros_like().unwrap()), 0.0);
     }
 
     #[test]

@@ -344,7 +344,7 @@ mod tests {
     use crate::clip::block::Lora;
     use crate::clip::model::tests::fixture_dir;
     use crate::clip::model::{Clip, LoadOptions};
-    use crate::clip::ops::testutil::{dot, fd_directional, rand_tensor};
+    use crate::clip::ops::testutil::{dot, fd_directional, max_abs_diff, rand_tensor};
 
     #[test]
     fn lora_gradients_through_the_image_tower_match_finite_differences() {
@@ -398,5 +398,21 @@ mod tests {
             "fd {fd} vs analytic {an}"
         );
         assert!(grads[0].k.is_none() && grads[2].q.is_some());
+        // A weight tape changes nothing about the LoRA gradients and adds every weight's.
+        let (_, wt) = v.forward_with(&pixels, Some(&lora), TapeMode::Weights).unwrap();
+        let full = v
+            .backward_full(wt.as_ref().unwrap(), &d_feat, Some(&lora))
+            .unwrap();
+        let b0 = |g: &[BlockLoraGrad]| g[0].v.as_ref().unwrap().b.clone();
+        assert!(max_abs_diff(&b0(&full.lora), &b0(&grads)) < 1e-6);
+        let w = full.weights.unwrap();
+        assert_eq!(w.patch.dims(), v.patch.dims());
+        assert_eq!(w.positional.dims(), v.positional.dims());
+        assert_eq!(w.blocks.len(), v.blocks.len());
+        assert!(v
+            .backward_full(tape.as_ref().unwrap(), &d_feat, None)
+            .unwrap()
+            .weights
+            .is_none());
     }
 }

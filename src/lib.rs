@@ -13,6 +13,8 @@
 //! * [`objective`] — cross-entropy, TKL, gradient purification, the stage-2 loss: values
 //!   and gradients w.r.t. logits.
 //! * [`fed`] — federated training: the optimizer and the local steps of both stages.
+//! * [`pretrain`] — contrastive pretraining of a small CLIP (all weights): InfoNCE,
+//!   AdamW, cosine schedule, and a [`pretrain::Trainer`] fed by a caller's batch source.
 //! * [`metrics`] — accuracy per Many/Medium/Few group, balancedness, per-class tables.
 //! * [`report`] — atomic writes, run directories, comparison tables and plots (partition
 //!   heatmap, per-class accuracy against training count, metrics per round).
@@ -34,5 +36,6 @@ pub mod fed;
 pub mod metrics;
 pub mod objective;
 pub mod peft;
+pub mod pretrain;
 pub mod report;
 pub mod rng;

@@ -104,6 +104,52 @@ fn model_info_reports_both_layouts() {
     }
 }
 
+/// A freshly initialized small CLIP written by `ClipWeights::save_hf` is a checkpoint
+/// `model info` reads, with the architecture taken from its config.json.
+#[test]
+fn model_info_reads_a_saved_pretraining_checkpoint() {
+    use fedpurel::clip::config::{ClipConfig, TextConfig, VisionConfig};
+    let config = ClipConfig {
+        text: TextConfig {
+            vocab_size: 500,
+            width: 64,
+            layers: 2,
+            heads: 2,
+            mlp_width: 256,
+            context_length: 24,
+        },
+        vision: VisionConfig {
+            image_size: 32,
+            patch_size: 4,
+            width: 96,
+            layers: 2,
+            heads: 3,
+            mlp_width: 384,
+        },
+        embed_dim: 64,
+        layer_norm_eps: 1e-5,
+    };
+    let weights = fedpurel::clip::init::init_weights(&config, 11).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = fedpurel::clip::weights::SaveOptions {
+        tokenizer: Some(root().join("tests/fixtures/tiny-clip/hf/tokenizer.json")),
+        ..Default::default()
+    };
+    weights.save_hf(dir.path(), &opts).unwrap();
+    let model = dir.path().to_str().unwrap();
+    let (ok, stdout, stderr) = fedpurel(&["model", "info", "--model", model, "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["layout"], "huggingface");
+    assert!(
+        v["config_source"].as_str().unwrap().ends_with("config.json"),
+        "{v}"
+    );
+    assert_eq!(v["config"], serde_json::to_value(&config).unwrap());
+    assert_eq!(v["parameters"], weights.numel());
+    assert!(dir.path().join("tokenizer.json").is_file());
+}
+
 #[test]
 fn bad_inputs_fail_with_a_message_naming_them() {
     let (ok, _, stderr) = fedpurel(&["model", "info", "--model", "no/such/dir"]);

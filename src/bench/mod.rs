@@ -5,6 +5,7 @@
 pub mod image_encoder;
 pub mod matmul;
 pub mod mem;
+pub mod pretrain;
 pub mod round;
 pub mod text_encoder;
 

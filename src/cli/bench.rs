@@ -8,9 +8,10 @@ use clap::{Args, Subcommand};
 use super::run::{algorithm, federation, load, PeftKind};
 use super::run_config::preset;
 use crate::bench::image_encoder::ImageBenchSettings;
+use crate::bench::pretrain::PretrainBenchSettings;
 use crate::bench::round::{project, read_reference, round_rows, ReferenceRound};
 use crate::bench::text_encoder::TextBenchSettings;
-use crate::bench::{image_encoder, matmul, mem, text_encoder, timed, BenchResult};
+use crate::bench::{image_encoder, matmul, mem, pretrain, text_encoder, timed, BenchResult};
 use crate::clip::tokenizer::ClipTokenizer;
 use crate::data::source::DatasetName;
 use crate::fed::train::{KeyedSchedule, Schedule};
@@ -126,6 +127,43 @@ pub enum Workload {
         /// Cotangents per backward.
         #[arg(long, default_value_t = 2)]
         cotangents: usize,
+    },
+    /// One contrastive pretraining step of a small fresh CLIP (all weights, both towers,
+    /// explicit backward, AdamW) on a random batch; images/s and GFLOP/s.
+    PretrainStep {
+        /// Image–text pairs per batch.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 32)]
+        image_size: usize,
+        /// Patch side in pixels.
+        #[arg(long, default_value_t = 4)]
+        patch_size: usize,
+        /// Vision width (heads: width / 32; MLP: 4 × width).
+        #[arg(long, default_value_t = 128)]
+        vision_width: usize,
+        /// Vision layers.
+        #[arg(long, default_value_t = 4)]
+        vision_layers: usize,
+        /// Text width (heads: width / 32; MLP: 4 × width).
+        #[arg(long, default_value_t = 128)]
+        text_width: usize,
+        /// Text layers.
+        #[arg(long, default_value_t = 4)]
+        text_layers: usize,
+        /// Text context length (EOT positions drawn in [context/2, context)).
+        #[arg(long, default_value_t = 32)]
+        context: usize,
+        /// Vocabulary size.
+        #[arg(long, default_value_t = 1000)]
+        vocab: usize,
+        /// Joint embedding width.
+        #[arg(long, default_value_t = 128)]
+        embed_dim: usize,
+        /// Timed steps after one warm-up step.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
     },
 }
 
@@ -432,6 +470,38 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 cotangents,
             };
             results.extend(image_encoder::run(&settings, &device, peak_rate)?);
+        }
+        Workload::PretrainStep {
+            batch,
+            image_size,
+            patch_size,
+            vision_width,
+            vision_layers,
+            text_width,
+            text_layers,
+            context,
+            vocab,
+            embed_dim,
+            steps,
+        } => {
+            if !device.is_cpu() {
+                anyhow::bail!("bench pretrain-step runs on the CPU only (pretraining is CPU-only for now)");
+            }
+            mem::reset_peak();
+            let settings = PretrainBenchSettings {
+                batch,
+                image_size,
+                patch_size,
+                vision_width,
+                vision_layers,
+                text_width,
+                text_layers,
+                context,
+                vocab,
+                embed_dim,
+                steps,
+            };
+            results.extend(pretrain::run(&settings, peak_rate)?);
         }
     }
     print(&results, args.json)

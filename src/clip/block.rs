@@ -6,17 +6,20 @@
 //! h = x + out(attn(ln1(x)))      attn keys/values = [past ; own], causal optional
 //! y = h + fc2(gelu(fc1(ln2(h))))
 //! ```
-//! [`Block::forward`] returns the output rows, this block's own keys/values (so they can
-//! serve as the past of another batch) and, when asked, a [`BlockTape`]; [`Block::backward`]
-//! maps K cotangents of the output to K cotangents of the input, of the past keys/values,
-//! and to per-cotangent LoRA gradients.
+//! [`Block::forward_with`] returns the output rows, this block's own keys/values (so they
+//! can serve as the past of another batch) and, when asked, a [`BlockTape`];
+//! [`Block::backward`] maps K cotangents of the output to K cotangents of the input, of the
+//! past keys/values, to per-cotangent LoRA gradients and — when the tape was kept with
+//! [`TapeMode::Weights`] — to the gradients of all the block's weights (summed over K).
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
-use super::checkpoint::Checkpoint;
+use super::attention::{self, AttentionShape};
+use super::checkpoint::WeightSource;
 use super::ops::{
-    causal_mask, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormTape, Linear,
+    causal_mask, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormGrad,
+    LayerNormTape, Linear, LinearGrad, TapeMode,
 };
 
 /// A low-rank adapter `Δy = scale · B (A · drop(x))` on one projection.
@@ -93,29 +96,68 @@ pub struct Shape {
 pub struct BlockTape {
     shape: Shape,
     past_len: usize,
+    /// Kept with [`TapeMode::Weights`]: the backward also returns weight gradients.
+    weights: bool,
     ln1: LayerNormTape,
-    /// ln1 output (input of the q/k/v projections), kept only when LoRA is on q/k/v.
+    /// ln1 output (input of the q/k/v projections), kept with LoRA on q/k/v or for weights.
     ln1_out: Option<Tensor>,
-    q: Tensor,
-    /// Keys and values including the past: `[N, H, P+S, hd]`.
-    keys: Tensor,
-    values: Tensor,
-    probs: Tensor,
-    /// Attention output before the out projection, kept only with LoRA on it.
+    attn: AttentionTape,
+    /// Attention output before the out projection, kept with LoRA on it or for weights.
     attn_out: Option<Tensor>,
     lora_down: [Option<Tensor>; 4],
     ln2: LayerNormTape,
+    /// ln2 output (input of fc1), kept for weights.
+    ln2_out: Option<Tensor>,
     fc1_out: Tensor,
+    /// QuickGELU output (input of fc2), kept for weights.
+    act: Option<Tensor>,
+}
+
+/// What the attention core's backward needs, in the layout of the path that ran.
+enum AttentionTape {
+    /// The fused CPU kernel ([`super::attention`]): the q/k/v rows `[N·S, 3D]` and the
+    /// probabilities `[N, H, S, S]`.
+    Fused { qkv: Tensor, probs: Tensor },
+    /// The candle composition (other devices and dtypes, or a shared past): head-major
+    /// queries, keys and values including the past `[N, H, P+S, hd]`, probabilities.
+    Split {
+        q: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        probs: Tensor,
+    },
 }
 
 /// Output of [`Block::forward`].
 pub struct BlockOutput {
     /// Output rows `[N·S, D]`.
     pub y: Tensor,
-    /// This call's own keys/values `[N, H, S, hd]` (to serve as a past elsewhere).
-    pub kv: KeyValues,
     /// The tape, when requested.
     pub tape: Option<BlockTape>,
+    /// This call's q/k/v rows `[N·S, 3D]` (its own keys and values, on demand).
+    qkv: Tensor,
+    shape: Shape,
+    heads: usize,
+}
+
+impl BlockOutput {
+    /// This call's own keys/values `[N, H, S, hd]` (to serve as a past elsewhere).
+    pub fn kv(&self) -> Result<KeyValues> {
+        let Shape { n, s, .. } = self.shape;
+        let d = self.qkv.dim(1)? / 3;
+        let split = |i: usize| -> Result<Tensor> {
+            Ok(self
+                .qkv
+                .narrow(1, i * d, d)?
+                .reshape((n, s, self.heads, d / self.heads))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        Ok(KeyValues {
+            k: split(1)?,
+            v: split(2)?,
+        })
+    }
 }
 
 /// Cotangents produced by [`Block::backward`].
@@ -127,9 +169,45 @@ pub struct BlockGrad {
     pub d_past: Option<(Tensor, Tensor)>,
     /// LoRA gradients.
     pub lora: BlockLoraGrad,
+    /// Gradients of the block's weights, summed over the K cotangents (present when the
+    /// tape was kept with [`TapeMode::Weights`]).
+    pub weights: Option<BlockWeightGrad>,
 }
 
-/// One frozen residual attention block.
+/// Gradients of all weights of one [`Block`], in its fused layout (q, k, v stacked in
+/// `qkv` as in the weights).
+#[derive(Debug, Clone)]
+pub struct BlockWeightGrad {
+    /// Pre-attention LayerNorm.
+    pub ln1: LayerNormGrad,
+    /// Fused q/k/v projection: weight `[3D, D]`, bias `[3D]`.
+    pub qkv: LinearGrad,
+    /// Attention output projection.
+    pub out: LinearGrad,
+    /// Pre-MLP LayerNorm.
+    pub ln2: LayerNormGrad,
+    /// MLP up projection.
+    pub fc1: LinearGrad,
+    /// MLP down projection.
+    pub fc2: LinearGrad,
+}
+
+impl BlockWeightGrad {
+    /// Elementwise sum (a block run twice, e.g. on a shared prefix and on the bodies).
+    pub fn add(&self, o: &BlockWeightGrad) -> Result<BlockWeightGrad> {
+        Ok(BlockWeightGrad {
+            ln1: self.ln1.add(&o.ln1)?,
+            qkv: self.qkv.add(&o.qkv)?,
+            out: self.out.add(&o.out)?,
+            ln2: self.ln2.add(&o.ln2)?,
+            fc1: self.fc1.add(&o.fc1)?,
+            fc2: self.fc2.add(&o.fc2)?,
+        })
+    }
+}
+
+/// One residual attention block (its weights are read-only here; training updates them
+/// as named tensors, [`super::weights::ClipWeights`], and rebuilds the block).
 #[derive(Debug, Clone)]
 pub struct Block {
     /// Pre-attention LayerNorm.
@@ -154,7 +232,7 @@ impl Block {
     /// Loads block weights under the canonical prefix (e.g. `text_model.encoder.layers.3`).
     #[allow(clippy::too_many_arguments)]
     pub fn load(
-        ck: &Checkpoint,
+        ck: &dyn WeightSource,
         prefix: &str,
         width: usize,
         mlp: usize,
@@ -214,9 +292,8 @@ impl Block {
         Ok(t.transpose(1, 2)?.contiguous()?.reshape((n * s, self.width))?)
     }
 
-    /// Runs the block on rows `x: [N·S, D]`. `past` (keys/values `[1, H, P, hd]`) is
-    /// prepended to every sequence's keys/values; with `causal`, position i of this call
-    /// sits at absolute position P + i.
+    /// [`forward_with`](Self::forward_with) keeping the frozen tape (input and LoRA
+    /// cotangents) when `keep_tape`, else none.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -225,8 +302,24 @@ impl Block {
         lora: Option<&BlockLora>,
         keep_tape: bool,
     ) -> Result<BlockOutput> {
-        let Shape { n, s, causal } = shape;
+        self.forward_with(x, shape, past, lora, TapeMode::frozen(keep_tape))
+    }
+
+    /// Runs the block on rows `x: [N·S, D]`. `past` (keys/values `[1, H, P, hd]`) is
+    /// prepended to every sequence's keys/values; with `causal`, position i of this call
+    /// sits at absolute position P + i. `mode` says what the tape keeps.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        shape: Shape,
+        past: Option<&KeyValues>,
+        lora: Option<&BlockLora>,
+        mode: TapeMode,
+    ) -> Result<BlockOutput> {
+        let Shape { n, s, .. } = shape;
         let d = self.width;
+        let keep_tape = mode.keeps_tape();
+        let weights = mode.weights();
         let lora_qkv = lora.is_some_and(|l| l.q.is_some() || l.k.is_some() || l.v.is_some());
         let (a, ln1_tape) = if keep_tape {
             let (a, t) = self.ln1.forward_taped(x)?;
@@ -234,44 +327,35 @@ impl Block {
         } else {
             (self.ln1.forward(x)?, None)
         };
-        let qkv = self.qkv.forward(&a)?;
-        let mut parts = [
-            qkv.narrow(1, 0, d)?,
-            qkv.narrow(1, d, d)?,
-            qkv.narrow(1, 2 * d, d)?,
-        ];
+        let mut qkv = self.qkv.forward(&a)?;
         let mut lora_down: [Option<Tensor>; 4] = [None, None, None, None];
-        if let Some(l) = lora {
+        if lora_qkv {
+            let l = lora.expect("LoRA on q/k/v");
+            let mut deltas = Vec::with_capacity(3);
             for (i, ad) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
-                if let Some(ad) = ad {
-                    let (delta, down) = lora_forward(ad, &a)?;
-                    parts[i] = (&parts[i] + delta)?;
-                    lora_down[i] = Some(down);
-                }
+                deltas.push(match ad {
+                    Some(ad) => {
+                        let (delta, down) = lora_forward(ad, &a)?;
+                        lora_down[i] = Some(down);
+                        delta
+                    }
+                    None => Tensor::zeros((n * s, d), qkv.dtype(), qkv.device())?,
+                });
             }
+            qkv = (qkv + Tensor::cat(&deltas, 1)?)?;
         }
-        let q = self.split_heads(&parts[0], n, s)?;
-        let k_own = self.split_heads(&parts[1], n, s)?;
-        let v_own = self.split_heads(&parts[2], n, s)?;
         let past_len = past.map_or(Ok(0), |p| p.k.dim(2))?;
-        let (keys, values) = match past {
-            Some(p) => {
-                let pk = p.k.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
-                let pv = p.v.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
-                (
-                    Tensor::cat(&[&pk, &k_own], 2)?.contiguous()?,
-                    Tensor::cat(&[&pv, &v_own], 2)?.contiguous()?,
-                )
-            }
-            None => (k_own.clone(), v_own.clone()),
+        let (o, attn_tape) = if past.is_none() && attention::applies(&[&qkv]) {
+            let (o, probs) = attention::forward(&qkv, self.attention_shape(shape), keep_tape)?;
+            let tape = probs.map(|probs| AttentionTape::Fused {
+                qkv: qkv.clone(),
+                probs,
+            });
+            (o, tape)
+        } else {
+            let (o, tape) = self.attention_composed(&qkv, shape, past)?;
+            (o, keep_tape.then_some(tape))
         };
-        let scale = 1.0 / (self.head_dim() as f64).sqrt();
-        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
-        if causal {
-            scores = scores.broadcast_add(&causal_mask(past_len, s, scores.dtype(), scores.device())?)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let o = self.merge_heads(&probs.matmul(&values)?)?;
         let mut attn = self.out.forward(&o)?;
         if let Some(ad) = lora.and_then(|l| l.o.as_ref()) {
             let (delta, down) = lora_forward(ad, &o)?;
@@ -286,35 +370,93 @@ impl Block {
             (self.ln2.forward(&h)?, None)
         };
         let fc1_out = self.fc1.forward(&b)?;
-        let y = (&h + self.fc2.forward(&quick_gelu(&fc1_out)?)?)?;
-        let tape = match (ln1_tape, ln2_tape) {
-            (Some(ln1), Some(ln2)) => Some(BlockTape {
+        let act = quick_gelu(&fc1_out)?;
+        let y = (&h + self.fc2.forward(&act)?)?;
+        let lora_o = lora.is_some_and(|l| l.o.is_some());
+        let tape = match (ln1_tape, ln2_tape, attn_tape) {
+            (Some(ln1), Some(ln2), Some(attn)) => Some(BlockTape {
                 shape,
                 past_len,
+                weights,
                 ln1,
-                ln1_out: lora_qkv.then(|| a.clone()),
-                q,
-                keys,
-                values,
-                probs,
-                attn_out: lora.and_then(|l| l.o.as_ref()).map(|_| o.clone()),
+                ln1_out: (lora_qkv || weights).then(|| a.clone()),
+                attn,
+                attn_out: (lora_o || weights).then(|| o.clone()),
                 lora_down,
                 ln2,
+                ln2_out: weights.then(|| b.clone()),
                 fc1_out,
+                act: weights.then_some(act),
             }),
             _ => None,
         };
         Ok(BlockOutput {
             y,
-            kv: KeyValues { k: k_own, v: v_own },
             tape,
+            qkv,
+            shape,
+            heads: self.heads,
         })
+    }
+
+    fn attention_shape(&self, shape: Shape) -> AttentionShape {
+        AttentionShape {
+            n: shape.n,
+            s: shape.s,
+            heads: self.heads,
+            width: self.width,
+            causal: shape.causal,
+        }
+    }
+
+    /// The attention core as a candle composition, attending to `past` when given:
+    /// output rows `[N·S, D]` and the tape of the split layout.
+    fn attention_composed(
+        &self,
+        qkv: &Tensor,
+        shape: Shape,
+        past: Option<&KeyValues>,
+    ) -> Result<(Tensor, AttentionTape)> {
+        let Shape { n, s, causal } = shape;
+        let d = self.width;
+        let q = self.split_heads(&qkv.narrow(1, 0, d)?, n, s)?;
+        let k_own = self.split_heads(&qkv.narrow(1, d, d)?, n, s)?;
+        let v_own = self.split_heads(&qkv.narrow(1, 2 * d, d)?, n, s)?;
+        let past_len = past.map_or(Ok(0), |p| p.k.dim(2))?;
+        let (keys, values) = match past {
+            Some(p) => {
+                let pk = p.k.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
+                let pv = p.v.broadcast_as((n, self.heads, past_len, self.head_dim()))?;
+                (
+                    Tensor::cat(&[&pk, &k_own], 2)?.contiguous()?,
+                    Tensor::cat(&[&pv, &v_own], 2)?.contiguous()?,
+                )
+            }
+            None => (k_own, v_own),
+        };
+        let scale = 1.0 / (self.head_dim() as f64).sqrt();
+        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+        if causal {
+            scores = scores.broadcast_add(&causal_mask(past_len, s, scores.dtype(), scores.device())?)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let o = self.merge_heads(&probs.matmul(&values)?)?;
+        Ok((
+            o,
+            AttentionTape::Split {
+                q,
+                keys,
+                values,
+                probs,
+            },
+        ))
     }
 
     /// Backward for K cotangents `dy: [K, N·S, D]` of the output. `d_own_kv` adds
     /// cotangents for this call's own keys/values (rows `[K, N·S, D]`), which arise when
     /// they served as another batch's past. `need_dx = false` skips the input cotangent
-    /// (the first block of an encoder whose input is not trained).
+    /// (the first block of an encoder whose input is not trained). A tape kept with
+    /// [`TapeMode::Weights`] also yields [`BlockGrad::weights`].
     pub fn backward(
         &self,
         tape: &BlockTape,
@@ -333,12 +475,32 @@ impl Block {
             );
         }
         let mut grads = BlockLoraGrad::default();
+        let kept = |t: &Option<Tensor>| -> Result<Tensor> {
+            t.clone()
+                .ok_or_else(|| anyhow::anyhow!("block tape lacks an activation kept for weights"))
+        };
         // MLP branch.
         let d_act = self.fc2.backward_input(dy)?;
+        let g_fc2 = tape
+            .weights
+            .then(|| self.fc2.weight_grad(&kept(&tape.act)?, dy))
+            .transpose()?;
         let d_fc1 = quick_gelu_backward(&tape.fc1_out, &d_act)?;
+        let g_fc1 = tape
+            .weights
+            .then(|| self.fc1.weight_grad(&kept(&tape.ln2_out)?, &d_fc1))
+            .transpose()?;
         let d_b = self.fc1.backward_input(&d_fc1)?;
+        let g_ln2 = tape
+            .weights
+            .then(|| self.ln2.param_grad(&tape.ln2, &d_b))
+            .transpose()?;
         let dh = (dy + self.ln2.backward(&tape.ln2, &d_b)?)?;
         // Attention branch.
+        let g_out = tape
+            .weights
+            .then(|| self.out.weight_grad(&kept(&tape.attn_out)?, &dh))
+            .transpose()?;
         let mut d_o = self.out.backward_input(&dh)?;
         if let (Some(ad), Some(o)) = (lora.and_then(|l| l.o.as_ref()), tape.attn_out.as_ref()) {
             let down = tape.lora_down[3]
@@ -348,21 +510,39 @@ impl Block {
             d_o = (d_o + dx_extra)?;
             grads.o = Some(g);
         }
-        let (dq, dk, dv, d_past) = self.attention_backward(tape, &d_o, kk)?;
-        let (dk, dv) = match d_own_kv {
-            Some((ek, ev)) => ((dk + ek)?, (dv + ev)?),
-            None => (dk, dv),
+        let (d_qkv, d_past) = match &tape.attn {
+            AttentionTape::Fused { qkv, probs } => {
+                let mut d_qkv =
+                    attention::backward(qkv, probs, &d_o.contiguous()?, self.attention_shape(tape.shape))?;
+                if let Some((ek, ev)) = d_own_kv {
+                    let zeros = ek.zeros_like()?;
+                    d_qkv = (d_qkv + Tensor::cat(&[&zeros, ek, ev], 2)?)?;
+                }
+                (d_qkv, None)
+            }
+            AttentionTape::Split { .. } => {
+                let (dq, dk, dv, d_past) = self.attention_backward(tape, &d_o, kk)?;
+                let (dk, dv) = match d_own_kv {
+                    Some((ek, ev)) => ((dk + ek)?, (dv + ev)?),
+                    None => (dk, dv),
+                };
+                (Tensor::cat(&[&dq, &dk, &dv], 2)?, d_past)
+            }
         };
-        let d_qkv = Tensor::cat(&[&dq, &dk, &dv], 2)?;
-        let need_a = need_dx;
+        let g_qkv = tape
+            .weights
+            .then(|| self.qkv.weight_grad(&kept(&tape.ln1_out)?, &d_qkv))
+            .transpose()?;
+        let need_a = need_dx || tape.weights;
         let mut d_a = if need_a {
             Some(self.qkv.backward_input(&d_qkv)?)
         } else {
             None
         };
         if let Some(l) = lora {
-            for (i, (ad, dpart)) in [(&l.q, &dq), (&l.k, &dk), (&l.v, &dv)].into_iter().enumerate() {
+            for (i, ad) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
                 if let Some(ad) = ad {
+                    let dpart = &d_qkv.narrow(2, i * d, d)?.contiguous()?;
                     let a = tape.ln1_out.as_ref().expect("tape keeps ln1 output with LoRA");
                     let down = tape.lora_down[i]
                         .as_ref()
@@ -379,19 +559,32 @@ impl Block {
                 }
             }
         }
+        let weights = match (&d_a, g_qkv, g_out, g_ln2, g_fc1, g_fc2) {
+            (Some(da), Some(qkv), Some(out), Some(ln2), Some(fc1), Some(fc2)) => Some(BlockWeightGrad {
+                ln1: self.ln1.param_grad(&tape.ln1, da)?,
+                qkv,
+                out,
+                ln2,
+                fc1,
+                fc2,
+            }),
+            _ => None,
+        };
         let dx = match d_a {
-            Some(da) => Some((dh + self.ln1.backward(&tape.ln1, &da)?)?),
-            None => None,
+            Some(da) if need_dx => Some((dh + self.ln1.backward(&tape.ln1, &da)?)?),
+            _ => None,
         };
         Ok(BlockGrad {
             dx,
             d_past,
             lora: grads,
+            weights,
         })
     }
 
-    /// Attention core VJP, one cotangent at a time (the saved probabilities are shared).
-    /// Returns dq, dk, dv as rows `[K, N·S, D]` and the past's cotangents `[K, P, D]`.
+    /// Attention core VJP of the composed (split) path, one cotangent at a time (the
+    /// saved probabilities are shared). Returns dq, dk, dv as rows `[K, N·S, D]` and the
+    /// past's cotangents `[K, P, D]`.
     #[allow(clippy::type_complexity)]
     fn attention_backward(
         &self,
@@ -399,6 +592,15 @@ impl Block {
         d_o: &Tensor,
         kk: usize,
     ) -> Result<(Tensor, Tensor, Tensor, Option<(Tensor, Tensor)>)> {
+        let AttentionTape::Split {
+            q,
+            keys,
+            values,
+            probs,
+        } = &tape.attn
+        else {
+            bail!("block backward: the composed attention VJP needs the split tape");
+        };
         let Shape { n, s, .. } = tape.shape;
         let p = tape.past_len;
         let scale = 1.0 / (self.head_dim() as f64).sqrt();
@@ -409,13 +611,13 @@ impl Block {
         let mut dpv = Vec::new();
         for i in 0..kk {
             let d_out = self.split_heads(&d_o.get(i)?, n, s)?;
-            let d_probs = d_out.matmul(&tape.values.t()?)?;
-            let d_values = tape.probs.t()?.matmul(&d_out)?;
-            let row_dot = (&d_probs * &tape.probs)?.sum_keepdim(D::Minus1)?;
-            let d_scores = (tape.probs.clone() * d_probs.broadcast_sub(&row_dot)?)?;
+            let d_probs = d_out.matmul(&values.t()?)?;
+            let d_values = probs.t()?.matmul(&d_out)?;
+            let row_dot = (&d_probs * probs)?.sum_keepdim(D::Minus1)?;
+            let d_scores = (probs.clone() * d_probs.broadcast_sub(&row_dot)?)?;
             let d_scores = (d_scores * scale)?;
-            let dq = d_scores.matmul(&tape.keys)?;
-            let d_keys = d_scores.t()?.matmul(&tape.q)?;
+            let dq = d_scores.matmul(keys)?;
+            let d_keys = d_scores.t()?.matmul(q)?;
             dqs.push(self.merge_heads(&dq)?);
             if p > 0 {
                 let own = |t: &Tensor| t.narrow(2, p, s);
@@ -567,6 +769,196 @@ mod tests {
         }
     }
 
+    /// Every weight gradient of a block (K = 2 cotangents, summed) against central
+    /// differences in f64, causal with a shared past and full; tolerance
+    /// 1e-6 · (1 + |analytic|). Inputs-only tapes give the same outputs and cotangents.
+    #[test]
+    fn weight_gradients_match_finite_differences() {
+        let (n, p, s, d, h) = (2, 2, 3, 8, 2);
+        let mut worst = 0f64;
+        for causal in [true, false] {
+            let b64 = to64(&random_block(d, h, 4, DType::F32));
+            let shape = Shape { n, s, causal };
+            let x = rand_tensor(&[n * s, d], 70, 1.0).to_dtype(DType::F64).unwrap();
+            let prefix = rand_tensor(&[p, d], 71, 1.0).to_dtype(DType::F64).unwrap();
+            let dy = rand_tensor(&[2, n * s, d], 72, 1.0).to_dtype(DType::F64).unwrap();
+            let w = (dy.get(0).unwrap() + dy.get(1).unwrap()).unwrap();
+            let pre_shape = Shape { n: 1, s: p, causal };
+            // The past only where it is meaningful (causal text); full attention plain.
+            let run = |blk: &Block, mode: TapeMode| {
+                let pre = causal.then(|| blk.forward_with(&prefix, pre_shape, None, None, mode).unwrap());
+                let kv = pre.as_ref().map(|o| o.kv().unwrap());
+                let out = blk.forward_with(&x, shape, kv.as_ref(), None, mode).unwrap();
+                (pre, out)
+            };
+            let (pre, out) = run(&b64, TapeMode::Weights);
+            let g = b64
+                .backward(out.tape.as_ref().unwrap(), &dy, None, None, true)
+                .unwrap();
+            let mut wg = g.weights.clone().unwrap();
+            if let Some(pre) = &pre {
+                let (dk, dv) = g.d_past.as_ref().unwrap();
+                let zeros = Tensor::zeros((2, p, d), DType::F64, &Device::Cpu).unwrap();
+                let gp = b64
+                    .backward(pre.tape.as_ref().unwrap(), &zeros, Some((dk, dv)), None, true)
+                    .unwrap();
+                wg = wg.add(gp.weights.as_ref().unwrap()).unwrap();
+            }
+            // Inputs-only tape: same output and input cotangent, no weight gradients.
+            let (_, out_in) = run(&b64, TapeMode::Inputs);
+            assert_eq!(max_abs_diff(&out_in.y, &out.y), 0.0);
+            let g_in = b64
+                .backward(out_in.tape.as_ref().unwrap(), &dy, None, None, true)
+                .unwrap();
+            assert!(g_in.weights.is_none());
+            assert_eq!(
+                max_abs_diff(g_in.dx.as_ref().unwrap(), g.dx.as_ref().unwrap()),
+                0.0
+            );
+            let params: Vec<(&str, Tensor)> = vec![
+                ("ln1.weight", wg.ln1.weight.clone()),
+                ("ln1.bias", wg.ln1.bias.clone()),
+                ("qkv.weight", wg.qkv.weight.clone()),
+                ("qkv.bias", wg.qkv.bias.clone().unwrap()),
+                ("out.weight", wg.out.weight.clone()),
+                ("out.bias", wg.out.bias.clone().unwrap()),
+                ("ln2.weight", wg.ln2.weight.clone()),
+                ("ln2.bias", wg.ln2.bias.clone()),
+                ("fc1.weight", wg.fc1.weight.clone()),
+                ("fc1.bias", wg.fc1.bias.clone().unwrap()),
+                ("fc2.weight", wg.fc2.weight.clone()),
+                ("fc2.bias", wg.fc2.bias.clone().unwrap()),
+            ];
+            for (k, (name, grad)) in params.iter().enumerate() {
+                let v = rand_tensor(grad.dims(), 80 + k as u64, 1.0)
+                    .to_dtype(DType::F64)
+                    .unwrap();
+                let at = |t: f64| {
+                    let mut b = b64.clone();
+                    let slot = match *name {
+                        "ln1.weight" => &mut b.ln1.weight,
+                        "ln1.bias" => &mut b.ln1.bias,
+                        "qkv.weight" => &mut b.qkv.weight,
+                        "qkv.bias" => b.qkv.bias.as_mut().unwrap(),
+                        "out.weight" => &mut b.out.weight,
+                        "out.bias" => b.out.bias.as_mut().unwrap(),
+                        "ln2.weight" => &mut b.ln2.weight,
+                        "ln2.bias" => &mut b.ln2.bias,
+                        "fc1.weight" => &mut b.fc1.weight,
+                        "fc1.bias" => b.fc1.bias.as_mut().unwrap(),
+                        "fc2.weight" => &mut b.fc2.weight,
+                        _ => b.fc2.bias.as_mut().unwrap(),
+                    };
+                    *slot = (&*slot + (&v * t).unwrap()).unwrap();
+                    dot(&run(&b, TapeMode::None).1.y, &w)
+                };
+                let eps = 1e-5;
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                let an = dot(grad, &v);
+                let err = (fd - an).abs() / (1.0 + an.abs());
+                worst = worst.max(err);
+                assert!(err < 1e-6, "causal={causal} {name}: fd {fd} vs analytic {an}");
+            }
+        }
+        println!("block weight gradients: worst relative finite-difference error {worst:e}");
+    }
+
+    /// The fused f32 attention kernel (taken for f32 CPU tensors without a past) agrees
+    /// with the candle composition (taken in f64) on outputs, input cotangents, LoRA and
+    /// weight gradients, causal and full, for two cotangents.
+    #[test]
+    fn fused_attention_matches_the_composition() {
+        let (n, s, d, h, r) = (3, 7, 16, 4, 2);
+        let blk = random_block(d, h, 5, DType::F32);
+        let b64 = to64(&blk);
+        let mk = |k: u64| Lora {
+            a: rand_tensor(&[r, d], 90 + k, 0.5),
+            b: rand_tensor(&[d, r], 95 + k, 0.5),
+            scale: 2.0,
+            dropout_mask: None,
+        };
+        let lora = BlockLora {
+            q: Some(mk(1)),
+            k: None,
+            v: Some(mk(2)),
+            o: Some(mk(3)),
+        };
+        let c = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let lora64 = BlockLora {
+            q: lora.q.as_ref().map(|l| Lora {
+                a: c(&l.a),
+                b: c(&l.b),
+                ..l.clone()
+            }),
+            k: None,
+            v: lora.v.as_ref().map(|l| Lora {
+                a: c(&l.a),
+                b: c(&l.b),
+                ..l.clone()
+            }),
+            o: lora.o.as_ref().map(|l| Lora {
+                a: c(&l.a),
+                b: c(&l.b),
+                ..l.clone()
+            }),
+        };
+        let x = rand_tensor(&[n * s, d], 91, 1.0);
+        let dy = rand_tensor(&[2, n * s, d], 92, 1.0);
+        for causal in [true, false] {
+            let shape = Shape { n, s, causal };
+            let f = blk
+                .forward_with(&x, shape, None, Some(&lora), TapeMode::Weights)
+                .unwrap();
+            assert!(matches!(
+                f.tape.as_ref().unwrap().attn,
+                AttentionTape::Fused { .. }
+            ));
+            let g = blk
+                .backward(f.tape.as_ref().unwrap(), &dy, None, Some(&lora), true)
+                .unwrap();
+            let f64_ = b64
+                .forward_with(&c(&x), shape, None, Some(&lora64), TapeMode::Weights)
+                .unwrap();
+            assert!(matches!(
+                f64_.tape.as_ref().unwrap().attn,
+                AttentionTape::Split { .. }
+            ));
+            let g64 = b64
+                .backward(f64_.tape.as_ref().unwrap(), &c(&dy), None, Some(&lora64), true)
+                .unwrap();
+            let close = |a: &Tensor, b: &Tensor, what: &str| {
+                let scale = max_abs_diff(b, &b.zeros_like().unwrap()).max(1.0);
+                let e = max_abs_diff(a, b) / scale;
+                assert!(e < 1e-5, "causal={causal} {what}: relative difference {e:e}");
+            };
+            close(&f.y, &f64_.y, "output");
+            close(
+                g.dx.as_ref().unwrap(),
+                g64.dx.as_ref().unwrap(),
+                "input cotangent",
+            );
+            close(
+                &g.lora.q.as_ref().unwrap().a,
+                &g64.lora.q.as_ref().unwrap().a,
+                "LoRA q.a",
+            );
+            close(
+                &g.lora.v.as_ref().unwrap().b,
+                &g64.lora.v.as_ref().unwrap().b,
+                "LoRA v.b",
+            );
+            let (w, w64) = (g.weights.unwrap(), g64.weights.unwrap());
+            close(&w.qkv.weight, &w64.qkv.weight, "qkv weight");
+            close(
+                w.qkv.bias.as_ref().unwrap(),
+                w64.qkv.bias.as_ref().unwrap(),
+                "qkv bias",
+            );
+            close(&w.ln1.weight, &w64.ln1.weight, "ln1 weight");
+            close(&f.kv().unwrap().v, &f64_.kv().unwrap().v, "own values");
+        }
+    }
+
     /// A batch attending to a shared past gives the same outputs and cotangents as the
     /// same tokens run as one long sequence per batch element.
     #[test]
@@ -612,7 +1004,7 @@ mod tests {
             .forward(
                 &body.reshape((n * s, d)).unwrap(),
                 Shape { n, s, causal: true },
-                Some(&pre.kv),
+                Some(&pre.kv().unwrap()),
                 None,
                 true,
             )

@@ -32,6 +32,27 @@ impl std::fmt::Display for Layout {
     }
 }
 
+/// Where encoder weights come from: an opened [`Checkpoint`], or trainable weights held in
+/// memory ([`super::weights::ClipWeights`]). Tensors are asked for by canonical (Hugging
+/// Face) name with the shape the architecture implies.
+pub trait WeightSource {
+    /// The architecture the tensors describe.
+    fn config(&self) -> &ClipConfig;
+
+    /// The tensor called `name`, checked to have `shape`, in `dtype` on `device`.
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor>;
+}
+
+impl WeightSource for Checkpoint {
+    fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        Checkpoint::tensor(self, name, shape, dtype, device)
+    }
+}
+
 /// An opened checkpoint: memory-mapped weights plus the architecture they describe.
 pub struct Checkpoint {
     /// The directory the checkpoint was opened from.

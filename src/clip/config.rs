@@ -1,5 +1,6 @@
 //! CLIP architecture description: named presets for the published ViT models, reading
-//! Hugging Face `config.json`, and inference from tensor shapes (as OpenAI's `build_model`).
+//! and writing Hugging Face `config.json`, and inference from tensor shapes (as OpenAI's
+//! `build_model`).
 
 use std::path::Path;
 
@@ -50,6 +51,18 @@ impl VisionConfig {
     pub fn tokens(&self) -> usize {
         self.grid() * self.grid() + 1
     }
+}
+
+/// Special-token ids written into a Hugging Face `config.json` (`text_config.*_token_id`);
+/// `None` leaves the field out (Hugging Face's defaults apply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecialTokens {
+    /// Start of text.
+    pub bos: Option<u32>,
+    /// End of text (Hugging Face pools the text features at this token).
+    pub eos: Option<u32>,
+    /// Padding.
+    pub pad: Option<u32>,
 }
 
 /// A whole CLIP model: both towers and the shared embedding width.
@@ -175,6 +188,57 @@ impl ClipConfig {
         Ok(cfg)
     }
 
+    /// The Hugging Face `CLIPModel` `config.json` of this architecture (the fields
+    /// [`from_hf_config`](Self::from_hf_config) and `transformers` read; logit scale
+    /// initial value ln(1/0.07) as CLIP's).
+    pub fn to_hf_config_json(&self, tokens: &SpecialTokens) -> serde_json::Value {
+        let t = &self.text;
+        let v = &self.vision;
+        let mut text = serde_json::json!({
+            "vocab_size": t.vocab_size,
+            "hidden_size": t.width,
+            "intermediate_size": t.mlp_width,
+            "num_hidden_layers": t.layers,
+            "num_attention_heads": t.heads,
+            "max_position_embeddings": t.context_length,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": self.layer_norm_eps,
+            "projection_dim": self.embed_dim,
+            "attention_dropout": 0.0,
+        });
+        for (key, id) in [
+            ("bos_token_id", tokens.bos),
+            ("eos_token_id", tokens.eos),
+            ("pad_token_id", tokens.pad),
+        ] {
+            if let Some(id) = id {
+                text[key] = id.into();
+            }
+        }
+        serde_json::json!({
+            "architectures": ["CLIPModel"],
+            "model_type": "clip",
+            "projection_dim": self.embed_dim,
+            "logit_scale_init_value": (1.0f64 / 0.07).ln(),
+            "initializer_factor": 1.0,
+            "text_config": text,
+            "vision_config": {
+                "hidden_size": v.width,
+                "intermediate_size": v.mlp_width,
+                "num_hidden_layers": v.layers,
+                "num_attention_heads": v.heads,
+                "num_channels": 3,
+                "image_size": v.image_size,
+                "patch_size": v.patch_size,
+                "hidden_act": "quick_gelu",
+                "layer_norm_eps": self.layer_norm_eps,
+                "projection_dim": self.embed_dim,
+                "attention_dropout": 0.0,
+            },
+            "torch_dtype": "float32",
+        })
+    }
+
     /// Checks internal consistency (heads divide widths, patches tile the image, …).
     pub fn validate(&self) -> Result<()> {
         let t = &self.text;
@@ -197,11 +261,17 @@ impl ClipConfig {
                 "vision width must be a multiple of vision heads",
             ),
             (
-                v.patch_size > 0 && v.image_size % v.patch_size == 0,
-                "image size must be a multiple of the patch size",
+                v.patch_size > 0 && v.image_size >= v.patch_size && v.image_size % v.patch_size == 0,
+                "image size must be a positive multiple of the patch size",
             ),
             (t.context_length >= 2, "context length must be at least 2"),
+            (t.vocab_size >= 2, "vocabulary must have at least 2 tokens"),
+            (t.mlp_width > 0 && v.mlp_width > 0, "MLP widths must be positive"),
             (self.embed_dim > 0, "embedding width must be positive"),
+            (
+                self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite(),
+                "LayerNorm epsilon must be positive",
+            ),
         ];
         for (ok, msg) in checks {
             if !ok {

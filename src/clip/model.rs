@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 
-use super::checkpoint::{Checkpoint, Layout};
+use super::checkpoint::{Checkpoint, Layout, WeightSource};
 use super::config::ClipConfig;
 use super::text::{PromptBatch, TextEncoder, TextPath};
 use super::vision::VisionEncoder;
@@ -28,7 +28,8 @@ impl Default for LoadOptions {
     }
 }
 
-/// CLIP with frozen weights.
+/// CLIP: both towers and the logit scale (frozen for fine-tuning; pretraining rebuilds
+/// it from [`ClipWeights`](super::weights::ClipWeights) each step).
 #[derive(Debug, Clone)]
 pub struct Clip {
     /// Architecture.
@@ -52,16 +53,23 @@ impl Clip {
 
     /// Builds the model from an opened checkpoint.
     pub fn from_checkpoint(ck: &Checkpoint, opts: &LoadOptions) -> Result<Self> {
-        let e = ck.config.embed_dim;
-        let logit_scale = ck
+        Self::from_source(ck, ck.layout, opts)
+    }
+
+    /// Builds the model from any source of canonically named weights (a checkpoint, or
+    /// trainable [`ClipWeights`](super::weights::ClipWeights)); `layout` records where
+    /// they came from.
+    pub fn from_source(src: &dyn WeightSource, layout: Layout, opts: &LoadOptions) -> Result<Self> {
+        let e = src.config().embed_dim;
+        let logit_scale = src
             .tensor("logit_scale", &[], DType::F32, &Device::Cpu)?
             .to_scalar::<f32>()?;
         Ok(Clip {
-            config: ck.config.clone(),
-            text: TextEncoder::load(ck, e, opts.dtype, &opts.device)?,
-            vision: VisionEncoder::load(ck, e, opts.dtype, &opts.device)?,
+            config: src.config().clone(),
+            text: TextEncoder::load(src, e, opts.dtype, &opts.device)?,
+            vision: VisionEncoder::load(src, e, opts.dtype, &opts.device)?,
             logit_scale,
-            layout: ck.layout,
+            layout,
         })
     }
 

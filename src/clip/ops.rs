@@ -1,4 +1,4 @@
-//! The frozen layers of a CLIP transformer, each with a forward that keeps what its
+//! The layers of a CLIP transformer, each with a forward that keeps what its
 //! backward needs and an explicit vector-Jacobian product (VJP).
 //!
 //! Conventions used throughout `clip/`:
@@ -7,15 +7,99 @@
 //!   here maps K output cotangents to K input cotangents in one pass, reusing the saved
 //!   activations (broadcast over K), so FedPuReL's two losses cost one backward.
 //!
-//! The weights are frozen: no VJP returns weight gradients except the LoRA adapter's.
+//! Weight gradients are opt-in: a forward run with [`TapeMode::Weights`] keeps the extra
+//! activations they need (layer inputs of every matmul), and the backward then also
+//! returns the gradient of every weight, **summed over the K cotangents** (pretraining
+//! uses K = 1). With [`TapeMode::Inputs`] (the frozen-encoder tape) nothing extra is kept
+//! and no weight-gradient matmul runs.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 
-use super::checkpoint::Checkpoint;
-pub use super::kernels::{layer_norm_backward, quick_gelu, quick_gelu_backward};
+use super::checkpoint::WeightSource;
+pub use super::kernels::{
+    column_sum, layer_norm_backward, layer_norm_param_grads, quick_gelu, quick_gelu_backward,
+};
 
-/// A frozen affine map `y = x Wᵀ + b` with `W: [out, in]`.
+/// What a forward keeps for the backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapeMode {
+    /// Nothing: inference.
+    None,
+    /// What input (and LoRA) cotangents need: the frozen-encoder tape.
+    Inputs,
+    /// Also what the gradients of the weights need (the input of every matmul).
+    Weights,
+}
+
+impl TapeMode {
+    /// The frozen tape when `keep_tape`, else none (the encoders' `keep_tape: bool`).
+    pub fn frozen(keep_tape: bool) -> Self {
+        if keep_tape {
+            TapeMode::Inputs
+        } else {
+            TapeMode::None
+        }
+    }
+
+    /// True when a tape is kept at all.
+    pub fn keeps_tape(self) -> bool {
+        self != TapeMode::None
+    }
+
+    /// True when weight gradients were asked for.
+    pub fn weights(self) -> bool {
+        self == TapeMode::Weights
+    }
+}
+
+/// Σ over the leading cotangent axis: `[K, M, N] → [M, N]` (a view when K = 1).
+pub fn sum_cotangents(dy: &Tensor) -> Result<Tensor> {
+    Ok(if dy.dim(0)? == 1 { dy.get(0)? } else { dy.sum(0)? })
+}
+
+/// Gradients of a [`Linear`]'s weight `[out, in]` and bias `[out]`.
+#[derive(Debug, Clone)]
+pub struct LinearGrad {
+    /// dW `[out, in]`.
+    pub weight: Tensor,
+    /// db `[out]` (absent when the layer has no bias).
+    pub bias: Option<Tensor>,
+}
+
+impl LinearGrad {
+    /// Elementwise sum of two gradients of the same layer.
+    pub fn add(&self, other: &LinearGrad) -> Result<LinearGrad> {
+        Ok(LinearGrad {
+            weight: (&self.weight + &other.weight)?,
+            bias: match (&self.bias, &other.bias) {
+                (Some(a), Some(b)) => Some((a + b)?),
+                (a, b) => a.clone().or_else(|| b.clone()),
+            },
+        })
+    }
+}
+
+/// Gradients of a [`LayerNorm`]'s γ and β, `[D]` each.
+#[derive(Debug, Clone)]
+pub struct LayerNormGrad {
+    /// dγ.
+    pub weight: Tensor,
+    /// dβ.
+    pub bias: Tensor,
+}
+
+impl LayerNormGrad {
+    /// Elementwise sum of two gradients of the same layer.
+    pub fn add(&self, other: &LayerNormGrad) -> Result<LayerNormGrad> {
+        Ok(LayerNormGrad {
+            weight: (&self.weight + &other.weight)?,
+            bias: (&self.bias + &other.bias)?,
+        })
+    }
+}
+
+/// An affine map `y = x Wᵀ + b` with `W: [out, in]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// Weight `[out, in]`.
@@ -27,7 +111,7 @@ pub struct Linear {
 impl Linear {
     /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`) from a checkpoint.
     pub fn load(
-        ck: &Checkpoint,
+        ck: &dyn WeightSource,
         prefix: &str,
         out: usize,
         inp: usize,
@@ -59,9 +143,22 @@ impl Linear {
         let dx = dy.reshape((k * m, out))?.matmul(&self.weight)?;
         Ok(dx.reshape((k, m, self.weight.dim(1)?))?)
     }
+
+    /// Weight and bias gradients for input rows `x: [M, in]` and output cotangents
+    /// `dy: [K, M, out]`, summed over K: dW = (Σ_k dy_k)ᵀ x, db = Σ_rows Σ_k dy_k.
+    pub fn weight_grad(&self, x: &Tensor, dy: &Tensor) -> Result<LinearGrad> {
+        let g = sum_cotangents(dy)?;
+        Ok(LinearGrad {
+            weight: g.t()?.matmul(x)?,
+            bias: match self.bias {
+                Some(_) => Some(column_sum(&g)?),
+                None => None,
+            },
+        })
+    }
 }
 
-/// A frozen LayerNorm over the last axis.
+/// A LayerNorm over the last axis.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     /// Scale γ `[D]`.
@@ -83,7 +180,7 @@ pub struct LayerNormTape {
 impl LayerNorm {
     /// Loads `{prefix}.weight` and `{prefix}.bias`.
     pub fn load(
-        ck: &Checkpoint,
+        ck: &dyn WeightSource,
         prefix: &str,
         dim: usize,
         eps: f64,
@@ -124,6 +221,12 @@ impl LayerNorm {
     /// VJP: `dy: [K, M, D] → dx: [K, M, D]`.
     pub fn backward(&self, tape: &LayerNormTape, dy: &Tensor) -> Result<Tensor> {
         layer_norm_backward(&tape.x, &self.weight, self.eps, dy)
+    }
+
+    /// γ and β gradients for cotangents `dy: [K, M, D]` of the output, summed over K.
+    pub fn param_grad(&self, tape: &LayerNormTape, dy: &Tensor) -> Result<LayerNormGrad> {
+        let (weight, bias) = layer_norm_param_grads(&tape.x, self.eps, dy)?;
+        Ok(LayerNormGrad { weight, bias })
     }
 }
 

@@ -9,14 +9,19 @@
 //!   sequence attends to their keys/values.
 //!
 //! Both give the plain 77-position numbers (tests below and in `tests/`).
+//!
+//! With [`TapeMode::Weights`] the backward ([`TextEncoder::backward_full`]) also returns
+//! the gradients of every weight of the tower; the token-embedding gradient is a
+//! scatter-add of the input cotangents over the token ids
+//! ([`TextEncoder::token_embedding_grad`]).
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
 
-use super::block::{Block, BlockLora, BlockTape, Shape};
-use super::checkpoint::Checkpoint;
+use super::block::{Block, BlockLora, BlockLoraGrad, BlockOutput, BlockTape, BlockWeightGrad, Shape};
+use super::checkpoint::WeightSource;
 use super::config::TextConfig;
-use super::ops::{LayerNorm, LayerNormTape};
+use super::ops::{sum_cotangents, LayerNorm, LayerNormGrad, LayerNormTape, TapeMode};
 
 /// How much of the sequence to compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +64,8 @@ pub struct TextTape {
     layers: Vec<(Option<BlockTape>, BlockTape)>,
     eot_rows: Vec<u32>,
     ln_final: LayerNormTape,
+    /// Final LayerNorm output (input of the projection), kept for weight gradients.
+    normed: Option<Tensor>,
 }
 
 impl TextTape {
@@ -108,6 +115,31 @@ impl TextGrad {
     }
 }
 
+/// Gradients of every text-tower weight except the token embedding (which needs the ids:
+/// [`TextEncoder::token_embedding_grad`]), summed over the K cotangents.
+#[derive(Debug, Clone)]
+pub struct TextWeightGrad {
+    /// Per block, in order.
+    pub blocks: Vec<BlockWeightGrad>,
+    /// Positional embeddings `[context, D]` (zero past the computed positions).
+    pub positional: Tensor,
+    /// Final LayerNorm.
+    pub ln_final: LayerNormGrad,
+    /// Projection `[E, D]`.
+    pub projection: Tensor,
+}
+
+/// Everything [`TextEncoder::backward_full`] returns.
+#[derive(Debug, Clone)]
+pub struct TextBackward {
+    /// Cotangents of the input embeddings, per cotangent.
+    pub input: TextGrad,
+    /// Per-layer LoRA gradients (empty adapters without LoRA).
+    pub lora: Vec<BlockLoraGrad>,
+    /// Weight gradients, when the forward kept a [`TapeMode::Weights`] tape.
+    pub weights: Option<TextWeightGrad>,
+}
+
 /// The CLIP text tower.
 #[derive(Debug, Clone)]
 pub struct TextEncoder {
@@ -127,9 +159,9 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     /// Loads the text tower (canonical names `text_model.*`, `text_projection.weight`).
-    pub fn load(ck: &Checkpoint, embed_dim: usize, dtype: DType, dev: &Device) -> Result<Self> {
-        let c = ck.config.text.clone();
-        let eps = ck.config.layer_norm_eps;
+    pub fn load(ck: &dyn WeightSource, embed_dim: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        let c = ck.config().text.clone();
+        let eps = ck.config().layer_norm_eps;
         let blocks = (0..c.layers)
             .map(|i| {
                 Block::load(
@@ -183,7 +215,7 @@ impl TextEncoder {
             .reshape((n, s, self.config.width))?)
     }
 
-    /// Encodes a batch: projected (unnormalized) features `[N, E]`, plus a tape if asked.
+    /// [`forward_with`](Self::forward_with) keeping the frozen tape when `keep_tape`.
     pub fn forward(
         &self,
         batch: &PromptBatch,
@@ -191,6 +223,19 @@ impl TextEncoder {
         lora: Option<&[BlockLora]>,
         keep_tape: bool,
     ) -> Result<(Tensor, Option<TextTape>)> {
+        self.forward_with(batch, path, lora, TapeMode::frozen(keep_tape))
+    }
+
+    /// Encodes a batch: projected (unnormalized) features `[N, E]`, plus a tape unless
+    /// `mode` is [`TapeMode::None`].
+    pub fn forward_with(
+        &self,
+        batch: &PromptBatch,
+        path: TextPath,
+        lora: Option<&[BlockLora]>,
+        mode: TapeMode,
+    ) -> Result<(Tensor, Option<TextTape>)> {
+        let keep_tape = mode.keeps_tape();
         let (n, s_full, d) = batch.embeddings.dims3()?;
         if n != batch.eot.len() || n == 0 {
             bail!(
@@ -260,7 +305,7 @@ impl TextEncoder {
         for (li, blk) in self.blocks.iter().enumerate() {
             let l = lora.map(|l| &l[li]);
             let pre_out = match &prefix {
-                Some(x) => Some(blk.forward(
+                Some(x) => Some(blk.forward_with(
                     x,
                     Shape {
                         n: 1,
@@ -269,20 +314,21 @@ impl TextEncoder {
                     },
                     None,
                     l,
-                    keep_tape,
+                    mode,
                 )?),
                 None => None,
             };
-            let out = blk.forward(
+            let pre_kv = pre_out.as_ref().map(BlockOutput::kv).transpose()?;
+            let out = blk.forward_with(
                 &body,
                 Shape {
                     n,
                     s: body_len,
                     causal: true,
                 },
-                pre_out.as_ref().map(|o| &o.kv),
+                pre_kv.as_ref(),
                 l,
-                keep_tape,
+                mode,
             )?;
             body = out.y;
             let pre_tape = pre_out.map(|o| {
@@ -315,6 +361,7 @@ impl TextEncoder {
             layers,
             eot_rows,
             ln_final,
+            normed: mode.weights().then_some(normed),
         });
         Ok((features, tape))
     }
@@ -326,7 +373,20 @@ impl TextEncoder {
         tape: &TextTape,
         d_features: &Tensor,
         lora: Option<&[BlockLora]>,
-    ) -> Result<(TextGrad, Vec<super::block::BlockLoraGrad>)> {
+    ) -> Result<(TextGrad, Vec<BlockLoraGrad>)> {
+        let b = self.backward_full(tape, d_features, lora)?;
+        Ok((b.input, b.lora))
+    }
+
+    /// VJP of [`forward_with`](Self::forward_with): input-embedding cotangents and LoRA
+    /// gradients as [`backward`](Self::backward), plus the weight gradients (summed over
+    /// K) when the tape was kept with [`TapeMode::Weights`].
+    pub fn backward_full(
+        &self,
+        tape: &TextTape,
+        d_features: &Tensor,
+        lora: Option<&[BlockLora]>,
+    ) -> Result<TextBackward> {
         let (kk, n, e) = d_features.dims3()?;
         if n != tape.n {
             bail!("text backward: {n} feature cotangents for a batch of {}", tape.n);
@@ -337,6 +397,13 @@ impl TextEncoder {
             .matmul(&self.projection)?
             .reshape((kk, n, d))?;
         let d_pooled = self.ln_final.backward(&tape.ln_final, &d_normed)?;
+        let head = match &tape.normed {
+            Some(normed) => Some((
+                sum_cotangents(d_features)?.t()?.matmul(normed)?,
+                self.ln_final.param_grad(&tape.ln_final, &d_normed)?,
+            )),
+            None => None,
+        };
         let rows = n * tape.body_len;
         let idx = Tensor::from_vec(tape.eot_rows.clone(), n, d_features.device())?;
         let zeros = Tensor::zeros((kk, rows, d), d_features.dtype(), d_features.device())?;
@@ -352,26 +419,99 @@ impl TextEncoder {
             None
         };
         let mut lora_grads = Vec::with_capacity(self.blocks.len());
+        let mut block_grads = Vec::with_capacity(self.blocks.len());
         for (li, (blk, (pre_tape, body_tape))) in self.blocks.iter().zip(&tape.layers).enumerate().rev() {
             let l = lora.map(|l| &l[li]);
             let g = blk.backward(body_tape, &d_body, None, l, true)?;
             let mut lg = g.lora;
+            let mut wg = g.weights;
             d_body = g.dx.expect("requested");
             if let (Some(pt), Some(dp)) = (pre_tape, d_prefix.as_ref()) {
                 let (dk, dv) = g.d_past.as_ref().expect("body attended to the prefix");
                 let gp = blk.backward(pt, dp, Some((dk, dv)), l, true)?;
                 lg = add_lora_grads(lg, gp.lora)?;
+                wg = match (wg, gp.weights) {
+                    (Some(a), Some(b)) => Some(a.add(&b)?),
+                    (a, b) => a.or(b),
+                };
                 d_prefix = gp.dx;
             }
             lora_grads.push(lg);
+            block_grads.extend(wg);
         }
         lora_grads.reverse();
+        block_grads.reverse();
         let grad = TextGrad {
             prefix: d_prefix,
             body: d_body.reshape((kk, n, tape.body_len, d))?,
             body_start: p,
         };
-        Ok((grad, lora_grads))
+        let weights = match head {
+            Some((projection, ln_final)) => {
+                if block_grads.len() != self.blocks.len() {
+                    bail!("text backward: the block tapes were not kept for weight gradients");
+                }
+                Some(TextWeightGrad {
+                    blocks: block_grads,
+                    positional: self.positional_grad(&grad)?,
+                    ln_final,
+                    projection,
+                })
+            }
+            None => None,
+        };
+        Ok(TextBackward {
+            input: grad,
+            lora: lora_grads,
+            weights,
+        })
+    }
+
+    /// The positional-embedding gradient `[context, D]`: embeddings and positions enter as
+    /// a sum, so position j gets the input cotangent at j summed over sequences and K.
+    fn positional_grad(&self, grad: &TextGrad) -> Result<Tensor> {
+        let computed = grad.body_start + grad.body.dim(2)?;
+        let used = grad.shared_positions(0, computed)?.sum(0)?;
+        let rest = self.config.context_length - computed;
+        if rest == 0 {
+            return Ok(used);
+        }
+        let zeros = Tensor::zeros((rest, self.config.width), used.dtype(), used.device())?;
+        Ok(Tensor::cat(&[&used, &zeros], 0)?)
+    }
+
+    /// The token-embedding gradient `[V, D]` for the padded id rows `ids` that produced
+    /// the embeddings of a backward with cotangents `grad`: each computed position's
+    /// cotangent (summed over K) is added to its token's row. With a shared prefix, the
+    /// prefix positions use the first row's ids (they are the same in every row).
+    pub fn token_embedding_grad(&self, ids: &[Vec<u32>], grad: &TextGrad) -> Result<Tensor> {
+        let (_, n, sb, d) = grad.body.dims4()?;
+        let start = grad.body_start;
+        if ids.len() != n || ids.iter().any(|r| r.len() < start + sb) {
+            bail!(
+                "token-embedding gradient: {} id rows for {n} sequences of at least {} positions",
+                ids.len(),
+                start + sb
+            );
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(bad) = ids.iter().flatten().find(|&&t| t as usize >= vocab) {
+            bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        let dev = grad.body.device();
+        let body_ids: Vec<u32> = ids
+            .iter()
+            .flat_map(|r| r[start..start + sb].iter().copied())
+            .collect();
+        let rows = sum_cotangents(&grad.body)?.reshape((n * sb, d))?;
+        let table = Tensor::zeros((vocab, d), grad.body.dtype(), dev)?;
+        let mut table = table.index_add(&Tensor::from_vec(body_ids, n * sb, dev)?, &rows, 0)?;
+        if let Some(prefix) = &grad.prefix {
+            let pre_ids: Vec<u32> = ids[0][..start].to_vec();
+            let pre_rows = sum_cotangents(prefix)?;
+            table = table.index_add(&Tensor::from_vec(pre_ids, start, dev)?, &pre_rows, 0)?;
+        }
+        Ok(table)
     }
 
     /// Longest prefix of positions whose token ids are identical in every row and that
@@ -385,10 +525,7 @@ impl TextEncoder {
     }
 }
 
-fn add_lora_grads(
-    a: super::block::BlockLoraGrad,
-    b: super::block::BlockLoraGrad,
-) -> Result<super::block::BlockLoraGrad> {
+fn add_lora_grads(a: BlockLoraGrad, b: BlockLoraGrad) -> Result<BlockLoraGrad> {
     use super::block::LoraGrad;
     let add = |x: Option<LoraGrad>, y: Option<LoraGrad>| -> Result<Option<LoraGrad>> {
         Ok(match (x, y) {
@@ -400,7 +537,7 @@ fn add_lora_grads(
             (None, y) => y,
         })
     };
-    Ok(super::block::BlockLoraGrad {
+    Ok(BlockLoraGrad {
         q: add(a.q, b.q)?,
         k: add(a.k, b.k)?,
         v: add(a.v, b.v)?,
@@ -414,6 +551,7 @@ mod tests {
     use crate::clip::model::tests::{expected, fixture_dir, reference_tokens};
     use crate::clip::model::{Clip, LoadOptions};
     use crate::clip::ops::testutil::{dot, fd_directional, max_abs_diff, rand_tensor};
+    use crate::clip::ops::TapeMode;
 
     /// CoOp-style prompts: the CIFAR-100 reference prompts with positions 1..=4 replaced
     /// by shared random context vectors (the start token stays shared too).
@@ -540,6 +678,61 @@ mod tests {
             (fd - an).abs() < 1e-4 * (1.0 + an.abs()),
             "fd {fd} vs analytic {an}"
         );
+    }
+
+    /// Truncation and the shared prefix are exact for weight gradients too: every
+    /// weight's gradient (and the token-embedding scatter) equals the plain path's, and
+    /// positions past the longest EOT get none. (Finite differences of every named
+    /// weight: `clip::weights` tests.)
+    #[test]
+    fn weight_gradients_agree_across_paths() {
+        let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let (ids, eot) = reference_tokens(&expected());
+        let (ids, eot) = (ids[..6].to_vec(), eot[..6].to_vec());
+        let batch = PromptBatch {
+            embeddings: clip.text.embed_tokens(&ids).unwrap(),
+            eot: eot.clone(),
+        };
+        let d_feat = rand_tensor(&[2, 6, 96], 7, 1.0);
+        let run = |path| {
+            let (_, tape) = clip
+                .text
+                .forward_with(&batch, path, None, TapeMode::Weights)
+                .unwrap();
+            let b = clip
+                .text
+                .backward_full(tape.as_ref().unwrap(), &d_feat, None)
+                .unwrap();
+            let tok = clip.text.token_embedding_grad(&ids, &b.input).unwrap();
+            (b.weights.unwrap(), tok)
+        };
+        let (plain, tok_plain) = run(TextPath::Plain);
+        let p = TextEncoder::shared_prefix_len(&ids, &eot);
+        assert!(p >= 1);
+        for path in [TextPath::Truncated, TextPath::SharedPrefix(p)] {
+            let (w, tok) = run(path);
+            let close = |a: &Tensor, b: &Tensor, what: &str| {
+                let scale = max_abs_diff(b, &b.zeros_like().unwrap()).max(1e-3);
+                let e = max_abs_diff(a, b) / scale;
+                assert!(e < 1e-4, "{path:?} {what}: relative difference {e:e}");
+            };
+            close(&w.projection, &plain.projection, "projection");
+            close(&w.ln_final.weight, &plain.ln_final.weight, "final LN");
+            close(&w.positional, &plain.positional, "positions");
+            close(&tok, &tok_plain, "token embedding");
+            for (l, (a, b)) in w.blocks.iter().zip(&plain.blocks).enumerate() {
+                close(&a.qkv.weight, &b.qkv.weight, &format!("layer {l} qkv"));
+                close(
+                    &a.fc2.bias.clone().unwrap(),
+                    &b.fc2.bias.clone().unwrap(),
+                    &format!("layer {l} fc2 bias"),
+                );
+                close(&a.ln1.weight, &b.ln1.weight, &format!("layer {l} ln1"));
+            }
+        }
+        let last = *eot.iter().max().unwrap();
+        let tail = plain.positional.narrow(0, last + 1, 77 - last - 1).unwrap();
+        assert_eq!(max_abs_diff(&tail, &tail.zeros_like().unwrap()), 0.0);
     }
 
     #[test]

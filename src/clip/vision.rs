@@ -1,14 +1,17 @@
 //! The ViT image tower: patch embedding (a strided convolution written as one matmul),
 //! class token, positional embedding, pre-LN, residual blocks, post-LN on the class token,
-//! projection. The backward pass returns LoRA gradients (the pixels are never trained).
+//! projection. The backward pass returns LoRA gradients (the pixels are never trained)
+//! and, for a forward with [`TapeMode::Weights`], the gradients of every weight
+//! ([`VisionEncoder::backward_full`]): the patch embedding's is a matmul of the token
+//! cotangents with the unfolded patches, the convolution's own formulation.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-use super::block::{Block, BlockLora, BlockLoraGrad, BlockTape, Shape};
-use super::checkpoint::Checkpoint;
+use super::block::{Block, BlockLora, BlockLoraGrad, BlockTape, BlockWeightGrad, Shape};
+use super::checkpoint::WeightSource;
 use super::config::VisionConfig;
-use super::ops::{LayerNorm, LayerNormTape};
+use super::ops::{sum_cotangents, LayerNorm, LayerNormGrad, LayerNormTape, TapeMode};
 
 /// The CLIP vision tower.
 #[derive(Debug, Clone)]
@@ -36,13 +39,51 @@ pub struct VisionTape {
     batch: usize,
     layers: Vec<BlockTape>,
     ln_post: LayerNormTape,
+    /// Kept for weight gradients only.
+    weights: Option<VisionWeightTape>,
+}
+
+/// The extra activations weight gradients need: unfolded patches (input of the patch
+/// matmul), ln_pre's input, and ln_post's output (input of the projection).
+struct VisionWeightTape {
+    patches: Tensor,
+    ln_pre: LayerNormTape,
+    normed: Tensor,
+}
+
+/// Gradients of every vision-tower weight, summed over the K cotangents.
+#[derive(Debug, Clone)]
+pub struct VisionWeightGrad {
+    /// Patch embedding as the matrix `[D, 3·p·p]` (reshape to `[D, 3, p, p]` for the conv).
+    pub patch: Tensor,
+    /// Class token `[D]`.
+    pub class_embedding: Tensor,
+    /// Positional embeddings `[1 + grid², D]`.
+    pub positional: Tensor,
+    /// LayerNorm before the blocks.
+    pub ln_pre: LayerNormGrad,
+    /// Per block, in order.
+    pub blocks: Vec<BlockWeightGrad>,
+    /// LayerNorm on the class token.
+    pub ln_post: LayerNormGrad,
+    /// Projection `[E, D]`.
+    pub projection: Tensor,
+}
+
+/// Everything [`VisionEncoder::backward_full`] returns.
+#[derive(Debug, Clone)]
+pub struct VisionBackward {
+    /// Per-layer LoRA gradients (empty adapters without LoRA).
+    pub lora: Vec<BlockLoraGrad>,
+    /// Weight gradients, when the forward kept a [`TapeMode::Weights`] tape.
+    pub weights: Option<VisionWeightGrad>,
 }
 
 impl VisionEncoder {
     /// Loads the vision tower (canonical names `vision_model.*`, `visual_projection.weight`).
-    pub fn load(ck: &Checkpoint, embed_dim: usize, dtype: DType, dev: &Device) -> Result<Self> {
-        let c = ck.config.vision.clone();
-        let eps = ck.config.layer_norm_eps;
+    pub fn load(ck: &dyn WeightSource, embed_dim: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        let c = ck.config().vision.clone();
+        let eps = ck.config().layer_norm_eps;
         let p = c.patch_size;
         let conv = ck.tensor(
             "vision_model.embeddings.patch_embedding.weight",
@@ -81,8 +122,9 @@ impl VisionEncoder {
         })
     }
 
-    /// Token rows `[B·T, D]` after patch embedding, class token, positions and ln_pre.
-    fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
+    /// Token rows `[B·T, D]` after patch embedding, class token, positions and ln_pre;
+    /// with `keep`, also the unfolded patches and ln_pre's tape.
+    fn embed(&self, pixels: &Tensor, keep: bool) -> Result<(Tensor, Option<(Tensor, LayerNormTape)>)> {
         let (b, ch, h, w) = pixels.dims4()?;
         let c = &self.config;
         if ch != 3 || h != c.image_size || w != c.image_size {
@@ -105,18 +147,35 @@ impl VisionEncoder {
             .class_embedding
             .reshape((1, 1, c.width))?
             .broadcast_as((b, 1, c.width))?;
-        let x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.positional)?;
-        self.ln_pre.forward(&x.reshape((b * c.tokens(), c.width))?)
+        let x = Tensor::cat(&[&cls, &tokens], 1)?
+            .broadcast_add(&self.positional)?
+            .reshape((b * c.tokens(), c.width))?;
+        if keep {
+            let (y, tape) = self.ln_pre.forward_taped(&x)?;
+            return Ok((y, Some((patches, tape))));
+        }
+        Ok((self.ln_pre.forward(&x)?, None))
     }
 
-    /// Encodes normalized pixels `[B, 3, H, W]` to projected (unnormalized) features
-    /// `[B, E]`, keeping a tape for the backward when asked.
+    /// [`forward_with`](Self::forward_with) keeping the frozen tape when `keep_tape`.
     pub fn forward(
         &self,
         pixels: &Tensor,
         lora: Option<&[BlockLora]>,
         keep_tape: bool,
     ) -> Result<(Tensor, Option<VisionTape>)> {
+        self.forward_with(pixels, lora, TapeMode::frozen(keep_tape))
+    }
+
+    /// Encodes normalized pixels `[B, 3, H, W]` to projected (unnormalized) features
+    /// `[B, E]`, keeping a tape for the backward unless `mode` is [`TapeMode::None`].
+    pub fn forward_with(
+        &self,
+        pixels: &Tensor,
+        lora: Option<&[BlockLora]>,
+        mode: TapeMode,
+    ) -> Result<(Tensor, Option<VisionTape>)> {
+        let keep_tape = mode.keeps_tape();
         let b = pixels.dim(0)?;
         let t = self.config.tokens();
         if let Some(l) = lora {
@@ -128,10 +187,10 @@ impl VisionEncoder {
                 );
             }
         }
-        let mut x = self.embed(pixels)?;
+        let (mut x, embed_tape) = self.embed(pixels, mode.weights())?;
         let mut layers = Vec::new();
         for (i, blk) in self.blocks.iter().enumerate() {
-            let out = blk.forward(
+            let out = blk.forward_with(
                 &x,
                 Shape {
                     n: b,
@@ -140,7 +199,7 @@ impl VisionEncoder {
                 },
                 None,
                 lora.map(|l| &l[i]),
-                keep_tape,
+                mode,
             )?;
             x = out.y;
             if let Some(tp) = out.tape {
@@ -151,12 +210,18 @@ impl VisionEncoder {
         let cls = x.index_select(&Tensor::from_vec(cls_rows, b, x.device())?, 0)?;
         let (normed, tape) = if keep_tape {
             let (y, ln_post) = self.ln_post.forward_taped(&cls)?;
+            let weights = embed_tape.map(|(patches, ln_pre)| VisionWeightTape {
+                patches,
+                ln_pre,
+                normed: y.clone(),
+            });
             (
                 y,
                 Some(VisionTape {
                     batch: b,
                     layers,
                     ln_post,
+                    weights,
                 }),
             )
         } else {
@@ -172,16 +237,30 @@ impl VisionEncoder {
         d_features: &Tensor,
         lora: &[BlockLora],
     ) -> Result<Vec<BlockLoraGrad>> {
+        Ok(self.backward_full(tape, d_features, Some(lora))?.lora)
+    }
+
+    /// VJP for K feature cotangents `[K, B, E]`: per-layer LoRA gradients (when LoRA is
+    /// on) and, for a tape kept with [`TapeMode::Weights`], the weight gradients summed
+    /// over K.
+    pub fn backward_full(
+        &self,
+        tape: &VisionTape,
+        d_features: &Tensor,
+        lora: Option<&[BlockLora]>,
+    ) -> Result<VisionBackward> {
         let (kk, b, e) = d_features.dims3()?;
         if b != tape.batch {
             bail!("vision backward: {b} cotangents for a batch of {}", tape.batch);
         }
-        if lora.len() != self.blocks.len() {
-            bail!(
-                "vision LoRA: {} layer adapters for {} layers",
-                lora.len(),
-                self.blocks.len()
-            );
+        if let Some(l) = lora {
+            if l.len() != self.blocks.len() {
+                bail!(
+                    "vision LoRA: {} layer adapters for {} layers",
+                    l.len(),
+                    self.blocks.len()
+                );
+            }
         }
         let d = self.config.width;
         let t = self.config.tokens();
@@ -197,16 +276,65 @@ impl VisionEncoder {
         )?;
         let mut dy = Tensor::zeros((kk, b * t, d), d_features.dtype(), d_features.device())?
             .index_add(&idx, &d_cls, 1)?;
+        let wt = tape.weights.as_ref();
         let mut grads = Vec::with_capacity(self.blocks.len());
+        let mut block_grads = Vec::with_capacity(self.blocks.len());
         for (i, (blk, bt)) in self.blocks.iter().zip(&tape.layers).enumerate().rev() {
-            let g = blk.backward(bt, &dy, None, Some(&lora[i]), i > 0)?;
+            let g = blk.backward(bt, &dy, None, lora.map(|l| &l[i]), i > 0 || wt.is_some())?;
             grads.push(g.lora);
+            block_grads.extend(g.weights);
             if let Some(dx) = g.dx {
                 dy = dx;
             }
         }
         grads.reverse();
-        Ok(grads)
+        block_grads.reverse();
+        let weights = match wt {
+            Some(wt) => {
+                if block_grads.len() != self.blocks.len() {
+                    bail!("vision backward: the block tapes were not kept for weight gradients");
+                }
+                Some(self.embedding_grads(wt, d_features, &d_normed, &dy, block_grads, &tape.ln_post)?)
+            }
+            None => None,
+        };
+        Ok(VisionBackward { lora: grads, weights })
+    }
+
+    /// Weight gradients outside the blocks: projection and ln_post from the head,
+    /// ln_pre, positions, class token and patch matrix from the first block's input
+    /// cotangent `d_x0: [K, B·T, D]`.
+    fn embedding_grads(
+        &self,
+        wt: &VisionWeightTape,
+        d_features: &Tensor,
+        d_normed: &Tensor,
+        d_x0: &Tensor,
+        blocks: Vec<BlockWeightGrad>,
+        ln_post_tape: &LayerNormTape,
+    ) -> Result<VisionWeightGrad> {
+        let c = &self.config;
+        let (t, d) = (c.tokens(), c.width);
+        let b = d_x0.dim(1)? / t;
+        let projection = sum_cotangents(d_features)?.t()?.matmul(&wt.normed)?;
+        let ln_post = self.ln_post.param_grad(ln_post_tape, d_normed)?;
+        // ln_pre's VJP is linear in the cotangent: sum over K first.
+        let d_x0 = sum_cotangents(d_x0)?.unsqueeze(0)?;
+        let ln_pre = self.ln_pre.param_grad(&wt.ln_pre, &d_x0)?;
+        let d_embed = self.ln_pre.backward(&wt.ln_pre, &d_x0)?.reshape((b, t, d))?;
+        let positional = d_embed.sum(0)?;
+        let class_embedding = positional.get(0)?;
+        let d_tokens = d_embed.narrow(1, 1, t - 1)?.reshape((b * (t - 1), d))?;
+        let patch = d_tokens.t()?.matmul(&wt.patches)?;
+        Ok(VisionWeightGrad {
+            patch,
+            class_embedding,
+            positional,
+            ln_pre,
+            blocks,
+            ln_post,
+            projection,
+        })
     }
 }
 
@@ -216,7 +344,7 @@ mod tests {
     use crate::clip::block::Lora;
     use crate::clip::model::tests::fixture_dir;
     use crate::clip::model::{Clip, LoadOptions};
-    use crate::clip::ops::testutil::{dot, fd_directional, rand_tensor};
+    use crate::clip::ops::testutil::{dot, fd_directional, max_abs_diff, rand_tensor};
 
     #[test]
     fn lora_gradients_through_the_image_tower_match_finite_differences() {
@@ -270,5 +398,21 @@ mod tests {
             "fd {fd} vs analytic {an}"
         );
         assert!(grads[0].k.is_none() && grads[2].q.is_some());
+        // A weight tape changes nothing about the LoRA gradients and adds every weight's.
+        let (_, wt) = v.forward_with(&pixels, Some(&lora), TapeMode::Weights).unwrap();
+        let full = v
+            .backward_full(wt.as_ref().unwrap(), &d_feat, Some(&lora))
+            .unwrap();
+        let b0 = |g: &[BlockLoraGrad]| g[0].v.as_ref().unwrap().b.clone();
+        assert!(max_abs_diff(&b0(&full.lora), &b0(&grads)) < 1e-6);
+        let w = full.weights.unwrap();
+        assert_eq!(w.patch.dims(), v.patch.dims());
+        assert_eq!(w.positional.dims(), v.positional.dims());
+        assert_eq!(w.blocks.len(), v.blocks.len());
+        assert!(v
+            .backward_full(tape.as_ref().unwrap(), &d_feat, None)
+            .unwrap()
+            .weights
+            .is_none());
     }
 }

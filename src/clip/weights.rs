@@ -1,0 +1,802 @@
+//! CLIP as a named parameter set: every weight under its canonical Hugging Face
+//! `CLIPModel` name (`text_model.encoder.layers.N.self_attn.q_proj.weight`, …), for
+//! training, optimizers and savers.
+//!
+//! * [`parameter_shapes`] lists the names and shapes a [`ClipConfig`] implies — the one
+//!   place where the naming lives;
+//! * [`ClipWeights`] holds the tensors by name, builds the encoders from them (q/k/v are
+//!   fused at build time, exactly as when loading a checkpoint) and writes a Hugging Face
+//!   directory (`config.json`, `model.safetensors`, tokenizer files) that
+//!   [`Checkpoint::open`](super::Checkpoint::open) reads back bit for bit;
+//! * [`ClipGrads`] maps the encoders' structured weight gradients (fused q/k/v, patch
+//!   matrix) back to the same names, so gradient and weight line up tensor by tensor.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+use super::block::{Block, BlockWeightGrad};
+use super::checkpoint::{Layout, WeightSource};
+use super::config::{ClipConfig, SpecialTokens};
+use super::model::{Clip, LoadOptions};
+use super::ops::{LayerNorm, Linear};
+use super::text::TextWeightGrad;
+use super::vision::VisionWeightGrad;
+
+/// The logit scale's name (a scalar: ln of the multiplier of cosine similarities).
+pub const LOGIT_SCALE: &str = "logit_scale";
+
+/// `(name, shape)` of every parameter of a CLIP with this architecture, in a fixed order
+/// (text tower, vision tower, projections, logit scale).
+pub fn parameter_shapes(c: &ClipConfig) -> Vec<(String, Vec<usize>)> {
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut push = |n: String, s: Vec<usize>| out.push((n, s));
+    let (t, v) = (&c.text, &c.vision);
+    push(
+        "text_model.embeddings.token_embedding.weight".into(),
+        vec![t.vocab_size, t.width],
+    );
+    push(
+        "text_model.embeddings.position_embedding.weight".into(),
+        vec![t.context_length, t.width],
+    );
+    for i in 0..t.layers {
+        for (n, s) in block_shapes(t.width, t.mlp_width) {
+            push(format!("text_model.encoder.layers.{i}.{n}"), s);
+        }
+    }
+    push("text_model.final_layer_norm.weight".into(), vec![t.width]);
+    push("text_model.final_layer_norm.bias".into(), vec![t.width]);
+    push("vision_model.embeddings.class_embedding".into(), vec![v.width]);
+    push(
+        "vision_model.embeddings.patch_embedding.weight".into(),
+        vec![v.width, 3, v.patch_size, v.patch_size],
+    );
+    push(
+        "vision_model.embeddings.position_embedding.weight".into(),
+        vec![v.tokens(), v.width],
+    );
+    push("vision_model.pre_layrnorm.weight".into(), vec![v.width]);
+    push("vision_model.pre_layrnorm.bias".into(), vec![v.width]);
+    for i in 0..v.layers {
+        for (n, s) in block_shapes(v.width, v.mlp_width) {
+            push(format!("vision_model.encoder.layers.{i}.{n}"), s);
+        }
+    }
+    push("vision_model.post_layernorm.weight".into(), vec![v.width]);
+    push("vision_model.post_layernorm.bias".into(), vec![v.width]);
+    push("text_projection.weight".into(), vec![c.embed_dim, t.width]);
+    push("visual_projection.weight".into(), vec![c.embed_dim, v.width]);
+    push(LOGIT_SCALE.into(), vec![]);
+    out
+}
+
+/// Names (relative to the layer) and shapes of one residual block's parameters.
+fn block_shapes(d: usize, f: usize) -> Vec<(&'static str, Vec<usize>)> {
+    vec![
+        ("self_attn.q_proj.weight", vec![d, d]),
+        ("self_attn.q_proj.bias", vec![d]),
+        ("self_attn.k_proj.weight", vec![d, d]),
+        ("self_attn.k_proj.bias", vec![d]),
+        ("self_attn.v_proj.weight", vec![d, d]),
+        ("self_attn.v_proj.bias", vec![d]),
+        ("self_attn.out_proj.weight", vec![d, d]),
+        ("self_attn.out_proj.bias", vec![d]),
+        ("layer_norm1.weight", vec![d]),
+        ("layer_norm1.bias", vec![d]),
+        ("mlp.fc1.weight", vec![f, d]),
+        ("mlp.fc1.bias", vec![f]),
+        ("mlp.fc2.weight", vec![d, f]),
+        ("mlp.fc2.bias", vec![d]),
+        ("layer_norm2.weight", vec![d]),
+        ("layer_norm2.bias", vec![d]),
+    ]
+}
+
+/// One block's tensors in the fused layout (weights or their gradients), split into the
+/// canonical names: the `[3D, …]` q/k/v rows become `q_proj`, `k_proj`, `v_proj`.
+#[allow(clippy::too_many_arguments)]
+fn block_entries(
+    prefix: &str,
+    width: usize,
+    ln1: (&Tensor, &Tensor),
+    qkv: (&Tensor, Option<&Tensor>),
+    out: (&Tensor, Option<&Tensor>),
+    ln2: (&Tensor, &Tensor),
+    fc1: (&Tensor, Option<&Tensor>),
+    fc2: (&Tensor, Option<&Tensor>),
+) -> Result<Vec<(String, Tensor)>> {
+    let name = |n: &str| format!("{prefix}.{n}");
+    let bias = |b: Option<&Tensor>, what: &str| {
+        b.cloned()
+            .ok_or_else(|| anyhow!("{prefix}: {what} has no bias (CLIP's projections all do)"))
+    };
+    let mut v = Vec::with_capacity(16);
+    let qkv_bias = bias(qkv.1, "the q/k/v projection")?;
+    for (i, p) in ["q_proj", "k_proj", "v_proj"].into_iter().enumerate() {
+        v.push((
+            name(&format!("self_attn.{p}.weight")),
+            qkv.0.narrow(0, i * width, width)?.contiguous()?,
+        ));
+        v.push((
+            name(&format!("self_attn.{p}.bias")),
+            qkv_bias.narrow(0, i * width, width)?.contiguous()?,
+        ));
+    }
+    v.push((name("self_attn.out_proj.weight"), out.0.clone()));
+    v.push((name("self_attn.out_proj.bias"), bias(out.1, "out_proj")?));
+    v.push((name("layer_norm1.weight"), ln1.0.clone()));
+    v.push((name("layer_norm1.bias"), ln1.1.clone()));
+    v.push((name("mlp.fc1.weight"), fc1.0.clone()));
+    v.push((name("mlp.fc1.bias"), bias(fc1.1, "fc1")?));
+    v.push((name("mlp.fc2.weight"), fc2.0.clone()));
+    v.push((name("mlp.fc2.bias"), bias(fc2.1, "fc2")?));
+    v.push((name("layer_norm2.weight"), ln2.0.clone()));
+    v.push((name("layer_norm2.bias"), ln2.1.clone()));
+    Ok(v)
+}
+
+fn block_weight_entries(prefix: &str, b: &Block) -> Result<Vec<(String, Tensor)>> {
+    let lin = |l: &Linear| (l.weight.clone(), l.bias.clone());
+    let ln = |l: &LayerNorm| (l.weight.clone(), l.bias.clone());
+    let (ln1, qkv, out, ln2, fc1, fc2) = (
+        ln(&b.ln1),
+        lin(&b.qkv),
+        lin(&b.out),
+        ln(&b.ln2),
+        lin(&b.fc1),
+        lin(&b.fc2),
+    );
+    block_entries(
+        prefix,
+        b.width,
+        (&ln1.0, &ln1.1),
+        (&qkv.0, qkv.1.as_ref()),
+        (&out.0, out.1.as_ref()),
+        (&ln2.0, &ln2.1),
+        (&fc1.0, fc1.1.as_ref()),
+        (&fc2.0, fc2.1.as_ref()),
+    )
+}
+
+fn block_grad_entries(prefix: &str, width: usize, g: &BlockWeightGrad) -> Result<Vec<(String, Tensor)>> {
+    block_entries(
+        prefix,
+        width,
+        (&g.ln1.weight, &g.ln1.bias),
+        (&g.qkv.weight, g.qkv.bias.as_ref()),
+        (&g.out.weight, g.out.bias.as_ref()),
+        (&g.ln2.weight, &g.ln2.bias),
+        (&g.fc1.weight, g.fc1.bias.as_ref()),
+        (&g.fc2.weight, g.fc2.bias.as_ref()),
+    )
+}
+
+/// Checks that `tensors` holds exactly the parameters of `config` with their shapes.
+fn check_complete(config: &ClipConfig, tensors: &BTreeMap<String, Tensor>, what: &str) -> Result<()> {
+    let shapes = parameter_shapes(config);
+    for (name, shape) in &shapes {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| anyhow!("{what}: parameter `{name}` is missing"))?;
+        if t.dims() != shape.as_slice() {
+            bail!(
+                "{what}: parameter `{name}` has shape {:?}, expected {shape:?}",
+                t.dims()
+            );
+        }
+    }
+    if tensors.len() != shapes.len() {
+        let known: std::collections::HashSet<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
+        let extra = tensors
+            .keys()
+            .find(|k| !known.contains(k.as_str()))
+            .map_or("?", String::as_str);
+        bail!("{what}: unexpected parameter `{extra}` for this architecture");
+    }
+    Ok(())
+}
+
+/// What to write next to the weights in [`ClipWeights::save_hf`].
+#[derive(Debug, Clone, Default)]
+pub struct SaveOptions {
+    /// Tokenizer to ship with the model: a `tokenizer.json` file, or a directory whose
+    /// tokenizer files (`tokenizer.json`, `vocab.json`, `merges.txt`,
+    /// `tokenizer_config.json`, `special_tokens_map.json`, where present) are copied.
+    pub tokenizer: Option<PathBuf>,
+    /// Special-token ids for `config.json` (Hugging Face pools the text at `eos_token_id`).
+    pub special_tokens: SpecialTokens,
+}
+
+/// Tokenizer files copied from a directory by [`ClipWeights::save_hf`].
+const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+/// Trainable CLIP weights: every parameter by canonical name, with the architecture.
+#[derive(Debug, Clone)]
+pub struct ClipWeights {
+    config: ClipConfig,
+    tensors: BTreeMap<String, Tensor>,
+}
+
+impl ClipWeights {
+    /// Weights from named tensors; every parameter of `config` must be present with its
+    /// shape, and nothing else.
+    pub fn new(config: ClipConfig, tensors: BTreeMap<String, Tensor>) -> Result<Self> {
+        config.validate()?;
+        check_complete(&config, &tensors, "CLIP weights")?;
+        Ok(ClipWeights { config, tensors })
+    }
+
+    /// Every weight of a loaded model (fused q/k/v split back into q, k, v; the patch
+    /// matrix reshaped to the convolution's `[D, 3, p, p]`).
+    pub fn from_clip(clip: &Clip) -> Result<Self> {
+        let mut m = BTreeMap::new();
+        let t = &clip.text;
+        let v = &clip.vision;
+        m.insert(
+            "text_model.embeddings.token_embedding.weight".into(),
+            t.token_embedding.clone(),
+        );
+        m.insert(
+            "text_model.embeddings.position_embedding.weight".into(),
+            t.positional.clone(),
+        );
+        for (i, b) in t.blocks.iter().enumerate() {
+            m.extend(block_weight_entries(
+                &format!("text_model.encoder.layers.{i}"),
+                b,
+            )?);
+        }
+        m.insert(
+            "text_model.final_layer_norm.weight".into(),
+            t.ln_final.weight.clone(),
+        );
+        m.insert("text_model.final_layer_norm.bias".into(), t.ln_final.bias.clone());
+        let p = v.config.patch_size;
+        m.insert(
+            "vision_model.embeddings.class_embedding".into(),
+            v.class_embedding.clone(),
+        );
+        m.insert(
+            "vision_model.embeddings.patch_embedding.weight".into(),
+            v.patch.reshape((v.config.width, 3, p, p))?,
+        );
+        m.insert(
+            "vision_model.embeddings.position_embedding.weight".into(),
+            v.positional.clone(),
+        );
+        m.insert("vision_model.pre_layrnorm.weight".into(), v.ln_pre.weight.clone());
+        m.insert("vision_model.pre_layrnorm.bias".into(), v.ln_pre.bias.clone());
+        for (i, b) in v.blocks.iter().enumerate() {
+            m.extend(block_weight_entries(
+                &format!("vision_model.encoder.layers.{i}"),
+                b,
+            )?);
+        }
+        m.insert(
+            "vision_model.post_layernorm.weight".into(),
+            v.ln_post.weight.clone(),
+        );
+        m.insert("vision_model.post_layernorm.bias".into(), v.ln_post.bias.clone());
+        m.insert("text_projection.weight".into(), t.projection.clone());
+        m.insert("visual_projection.weight".into(), v.projection.clone());
+        m.insert(
+            LOGIT_SCALE.into(),
+            Tensor::new(clip.logit_scale, &Device::Cpu)?
+                .to_dtype(t.projection.dtype())?
+                .to_device(t.projection.device())?,
+        );
+        let mut config = clip.config.clone();
+        config.text.vocab_size = t.config.vocab_size;
+        Self::new(config, m)
+    }
+
+    /// Every parameter of an opened checkpoint (either key layout), in f32 on the CPU.
+    pub fn from_checkpoint(ck: &dyn WeightSource) -> Result<Self> {
+        let config = ck.config().clone();
+        let tensors = parameter_shapes(&config)
+            .into_iter()
+            .map(|(n, s)| {
+                let t = ck.tensor(&n, &s, DType::F32, &Device::Cpu)?;
+                Ok((n, t))
+            })
+            .collect::<Result<_>>()?;
+        Self::new(config, tensors)
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    /// The tensors by name.
+    pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| anyhow!("CLIP weights: no parameter `{name}`"))
+    }
+
+    /// Replaces the tensor called `name` by one of the same shape and dtype.
+    pub fn set(&mut self, name: &str, value: Tensor) -> Result<()> {
+        let old = self
+            .tensors
+            .get_mut(name)
+            .ok_or_else(|| anyhow!("CLIP weights: no parameter `{name}`"))?;
+        if old.dims() != value.dims() || old.dtype() != value.dtype() {
+            bail!(
+                "CLIP weights: `{name}` is {:?} {:?}, the update is {:?} {:?}",
+                old.dims(),
+                old.dtype(),
+                value.dims(),
+                value.dtype()
+            );
+        }
+        *old = value;
+        Ok(())
+    }
+
+    /// Number of scalars.
+    pub fn numel(&self) -> usize {
+        self.tensors.values().map(Tensor::elem_count).sum()
+    }
+
+    /// The same weights in another precision.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.to_dtype(dtype)?)))
+            .collect::<Result<_>>()?;
+        Ok(ClipWeights {
+            config: self.config.clone(),
+            tensors,
+        })
+    }
+
+    /// The encoders built from these weights (q/k/v fused, patch matrix flattened), in
+    /// `opts`' precision and device — the same code path as loading a checkpoint.
+    pub fn to_clip(&self, opts: &LoadOptions) -> Result<Clip> {
+        Clip::from_source(self, Layout::HuggingFace, opts)
+    }
+
+    /// Writes a Hugging Face `CLIPModel` directory: `config.json`, the tokenizer files
+    /// (when given), then `model.safetensors` — each file atomically, the weights last,
+    /// so an interrupted save never leaves weights beside a stale or missing config.
+    pub fn save_hf(&self, dir: &Path, opts: &SaveOptions) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let config = self.config.to_hf_config_json(&opts.special_tokens);
+        crate::report::atomic::write(
+            &dir.join("config.json"),
+            serde_json::to_string_pretty(&config)?.as_bytes(),
+        )?;
+        if let Some(tok) = &opts.tokenizer {
+            copy_tokenizer(tok, dir)?;
+        }
+        let cpu: Vec<(&str, Tensor)> = self
+            .tensors
+            .iter()
+            .map(|(k, v)| Ok((k.as_str(), v.to_device(&Device::Cpu)?.contiguous()?)))
+            .collect::<Result<_>>()?;
+        let path = dir.join("model.safetensors");
+        let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (*k, v)), None)
+            .map_err(|e| anyhow!("{}: cannot serialize the weights: {e}", path.display()))?;
+        crate::report::atomic::write(&path, &bytes)
+    }
+}
+
+impl WeightSource for ClipWeights {
+    fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let t = self.get(name)?;
+        if t.dims() != shape {
+            bail!(
+                "CLIP weights: `{name}` has shape {:?}, expected {shape:?}",
+                t.dims()
+            );
+        }
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+}
+
+fn copy_tokenizer(src: &Path, dir: &Path) -> Result<()> {
+    let files: Vec<PathBuf> = if src.is_file() {
+        vec![src.to_path_buf()]
+    } else if src.is_dir() {
+        let found: Vec<PathBuf> = TOKENIZER_FILES
+            .iter()
+            .map(|f| src.join(f))
+            .filter(|p| p.is_file())
+            .collect();
+        if found.is_empty() {
+            bail!(
+                "{}: no tokenizer files (expected one of {})",
+                src.display(),
+                TOKENIZER_FILES.join(", ")
+            );
+        }
+        found
+    } else {
+        bail!("{}: no such tokenizer file or directory", src.display());
+    };
+    for f in files {
+        let name = f
+            .file_name()
+            .ok_or_else(|| anyhow!("{}: not a file path", f.display()))?;
+        let bytes = std::fs::read(&f).with_context(|| format!("{}: cannot read", f.display()))?;
+        crate::report::atomic::write(&dir.join(name), &bytes)?;
+    }
+    Ok(())
+}
+
+/// Gradients of every CLIP parameter under the canonical names of [`parameter_shapes`]
+/// (q/k/v split, patch gradient in the convolution's shape, logit scale a scalar).
+#[derive(Debug, Clone)]
+pub struct ClipGrads {
+    /// The gradients by name.
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl ClipGrads {
+    /// Collects the towers' weight gradients, the token-embedding gradient and the logit
+    /// scale's into one named set, checked against `config`.
+    pub fn from_towers(
+        config: &ClipConfig,
+        text: &TextWeightGrad,
+        token_embedding: &Tensor,
+        vision: &VisionWeightGrad,
+        logit_scale: f64,
+    ) -> Result<Self> {
+        let (t, v) = (&config.text, &config.vision);
+        if text.blocks.len() != t.layers || vision.blocks.len() != v.layers {
+            bail!(
+                "CLIP gradients: {} text and {} vision block gradients for {} and {} layers",
+                text.blocks.len(),
+                vision.blocks.len(),
+                t.layers,
+                v.layers
+            );
+        }
+        let mut m = BTreeMap::new();
+        m.insert(
+            "text_model.embeddings.token_embedding.weight".into(),
+            token_embedding.clone(),
+        );
+        m.insert(
+            "text_model.embeddings.position_embedding.weight".into(),
+            text.positional.clone(),
+        );
+        for (i, g) in text.blocks.iter().enumerate() {
+            m.extend(block_grad_entries(
+                &format!("text_model.encoder.layers.{i}"),
+                t.width,
+                g,
+            )?);
+        }
+        m.insert(
+            "text_model.final_layer_norm.weight".into(),
+            text.ln_final.weight.clone(),
+        );
+        m.insert(
+            "text_model.final_layer_norm.bias".into(),
+            text.ln_final.bias.clone(),
+        );
+        let p = v.patch_size;
+        m.insert(
+            "vision_model.embeddings.class_embedding".into(),
+            vision.class_embedding.clone(),
+        );
+        m.insert(
+            "vision_model.embeddings.patch_embedding.weight".into(),
+            vision.patch.reshape((v.width, 3, p, p))?,
+        );
+        m.insert(
+            "vision_model.embeddings.position_embedding.weight".into(),
+            vision.positional.clone(),
+        );
+        m.insert(
+            "vision_model.pre_layrnorm.weight".into(),
+            vision.ln_pre.weight.clone(),
+        );
+        m.insert(
+            "vision_model.pre_layrnorm.bias".into(),
+            vision.ln_pre.bias.clone(),
+        );
+        for (i, g) in vision.blocks.iter().enumerate() {
+            m.extend(block_grad_entries(
+                &format!("vision_model.encoder.layers.{i}"),
+                v.width,
+                g,
+            )?);
+        }
+        m.insert(
+            "vision_model.post_layernorm.weight".into(),
+            vision.ln_post.weight.clone(),
+        );
+        m.insert(
+            "vision_model.post_layernorm.bias".into(),
+            vision.ln_post.bias.clone(),
+        );
+        m.insert("text_projection.weight".into(), text.projection.clone());
+        m.insert("visual_projection.weight".into(), vision.projection.clone());
+        let dtype = text.projection.dtype();
+        m.insert(
+            LOGIT_SCALE.into(),
+            Tensor::new(logit_scale, text.projection.device())?.to_dtype(dtype)?,
+        );
+        check_complete(config, &m, "CLIP gradients")?;
+        Ok(ClipGrads { tensors: m })
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| anyhow!("CLIP gradients: no parameter `{name}`"))
+    }
+
+    /// ‖g‖₂ over all parameters together (accumulated in f64).
+    pub fn global_norm(&self) -> Result<f64> {
+        let mut sq = 0f64;
+        for t in self.tensors.values() {
+            sq += t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        }
+        Ok(sq.sqrt())
+    }
+
+    /// Every gradient multiplied by `factor`.
+    pub fn scale(&mut self, factor: f64) -> Result<()> {
+        for t in self.tensors.values_mut() {
+            *t = (&*t * factor)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::clip::config::{TextConfig, VisionConfig};
+    use crate::clip::init::{init_weights, tests::small_config};
+    use crate::clip::ops::testutil::{dot, max_abs_diff, rand_tensor};
+    use crate::clip::ops::TapeMode;
+    use crate::clip::text::{PromptBatch, TextPath};
+    use crate::clip::Checkpoint;
+
+    /// A tiny architecture for f64 finite differences: 8×8 images with patch 4 (5 tokens),
+    /// context 6, two layers per tower.
+    pub(crate) fn tiny_config() -> ClipConfig {
+        ClipConfig {
+            text: TextConfig {
+                vocab_size: 11,
+                width: 8,
+                layers: 2,
+                heads: 2,
+                mlp_width: 16,
+                context_length: 6,
+            },
+            vision: VisionConfig {
+                image_size: 8,
+                patch_size: 4,
+                width: 8,
+                layers: 2,
+                heads: 2,
+                mlp_width: 16,
+            },
+            embed_dim: 6,
+            layer_norm_eps: 1e-5,
+        }
+    }
+
+    /// Every parameter uniform random (LayerNorm γ around 1), so no gradient is trivially
+    /// zero or symmetric; f64.
+    pub(crate) fn random_weights(config: &ClipConfig, seed: u64) -> ClipWeights {
+        let tensors = parameter_shapes(config)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, shape))| {
+                let t = rand_tensor(&shape, seed * 1000 + i as u64, 0.5);
+                let gamma = name.ends_with(".weight") && name.contains("norm");
+                let t = if gamma { (t + 1.0).unwrap() } else { t };
+                (name, t.to_dtype(DType::F64).unwrap())
+            })
+            .collect();
+        ClipWeights::new(config.clone(), tensors).unwrap()
+    }
+
+    /// ⟨image features, wi⟩ + ⟨text features, wt⟩ of a model.
+    fn objective(
+        w: &ClipWeights,
+        px: &Tensor,
+        prompts: &PromptBatch,
+        path: TextPath,
+        wi: &Tensor,
+        wt: &Tensor,
+    ) -> f64 {
+        let clip = w
+            .to_clip(&LoadOptions {
+                dtype: DType::F64,
+                ..LoadOptions::default()
+            })
+            .unwrap();
+        let (img, _) = clip.vision.forward_with(px, None, TapeMode::None).unwrap();
+        let emb = clip.text.embed_tokens(&prompt_ids()).unwrap();
+        let batch = PromptBatch {
+            embeddings: emb,
+            eot: prompts.eot.clone(),
+        };
+        let (txt, _) = clip
+            .text
+            .forward_with(&batch, path, None, TapeMode::None)
+            .unwrap();
+        dot(&img, wi) + dot(&txt, wt)
+    }
+
+    /// Three token rows sharing their first two ids; EOT (id 10) at 4, 2, 3; padding 0.
+    fn prompt_ids() -> Vec<Vec<u32>> {
+        vec![
+            vec![1, 5, 3, 2, 10, 0],
+            vec![1, 5, 10, 0, 0, 0],
+            vec![1, 5, 7, 10, 0, 0],
+        ]
+    }
+
+    /// The gradient of every named weight of both towers (K = 2 cotangents, summed) by the
+    /// explicit backward passes and [`ClipGrads::from_towers`], against central
+    /// differences in f64 along a random direction per tensor, on the truncated and the
+    /// shared-prefix text paths. Tolerance: 1e-6 · (1 + |analytic|).
+    #[test]
+    fn every_named_weight_gradient_matches_finite_differences() {
+        let config = tiny_config();
+        let w = random_weights(&config, 1);
+        let px = rand_tensor(&[2, 3, 8, 8], 2, 1.5).to_dtype(DType::F64).unwrap();
+        let ids = prompt_ids();
+        let eot = vec![4, 2, 3];
+        let d_img = rand_tensor(&[2, 2, 6], 3, 1.0).to_dtype(DType::F64).unwrap();
+        let d_txt = rand_tensor(&[2, 3, 6], 4, 1.0).to_dtype(DType::F64).unwrap();
+        let sum_k = |t: &Tensor| (t.get(0).unwrap() + t.get(1).unwrap()).unwrap();
+        let (wi, wt) = (sum_k(&d_img), sum_k(&d_txt));
+        let clip = w
+            .to_clip(&LoadOptions {
+                dtype: DType::F64,
+                ..LoadOptions::default()
+            })
+            .unwrap();
+        let mut worst = 0f64;
+        for path in [TextPath::Truncated, TextPath::SharedPrefix(2)] {
+            let prompts = PromptBatch {
+                embeddings: clip.text.embed_tokens(&ids).unwrap(),
+                eot: eot.clone(),
+            };
+            let (_, vt) = clip.vision.forward_with(&px, None, TapeMode::Weights).unwrap();
+            let vb = clip
+                .vision
+                .backward_full(vt.as_ref().unwrap(), &d_img, None)
+                .unwrap();
+            let (_, tt) = clip
+                .text
+                .forward_with(&prompts, path, None, TapeMode::Weights)
+                .unwrap();
+            let tb = clip
+                .text
+                .backward_full(tt.as_ref().unwrap(), &d_txt, None)
+                .unwrap();
+            let tok = clip.text.token_embedding_grad(&ids, &tb.input).unwrap();
+            let grads = ClipGrads::from_towers(
+                &config,
+                tb.weights.as_ref().unwrap(),
+                &tok,
+                vb.weights.as_ref().unwrap(),
+                0.0,
+            )
+            .unwrap();
+            for (i, (name, shape)) in parameter_shapes(&config).into_iter().enumerate() {
+                let v = rand_tensor(&shape, 500 + i as u64, 1.0)
+                    .to_dtype(DType::F64)
+                    .unwrap();
+                let at = |t: f64| {
+                    let mut p = w.clone();
+                    let moved = (w.get(&name).unwrap() + (&v * t).unwrap()).unwrap();
+                    p.set(&name, moved).unwrap();
+                    objective(&p, &px, &prompts, path, &wi, &wt)
+                };
+                let eps = 1e-5;
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                let an = dot(grads.get(&name).unwrap(), &v);
+                let err = (fd - an).abs() / (1.0 + an.abs());
+                worst = worst.max(err);
+                assert!(err < 1e-6, "{path:?} `{name}`: fd {fd} vs analytic {an}");
+            }
+        }
+        println!("named CLIP weight gradients: worst relative finite-difference error {worst:e}");
+    }
+
+    #[test]
+    fn weights_round_trip_through_a_clip() {
+        let w = init_weights(&small_config(), 2).unwrap();
+        let back = ClipWeights::from_clip(&w.to_clip(&LoadOptions::default()).unwrap()).unwrap();
+        for (name, t) in w.tensors() {
+            assert_eq!(max_abs_diff(t, back.get(name).unwrap()), 0.0, "{name}");
+        }
+        let mut bad = w.clone();
+        assert!(bad
+            .set("logit_scale", Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap())
+            .is_err());
+        let mut m = w.tensors().clone();
+        m.remove("visual_projection.weight");
+        let e = format!("{:#}", ClipWeights::new(w.config().clone(), m).unwrap_err());
+        assert!(e.contains("visual_projection.weight"), "{e}");
+    }
+
+    /// Saved as a Hugging Face directory, the weights read back bit for bit through
+    /// `Checkpoint::open` (config from config.json, not inferred) and give the same
+    /// features; the tokenizer files travel along.
+    #[test]
+    fn hf_directory_reads_back_bit_exactly() {
+        let config = small_config();
+        let w = init_weights(&config, 4).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/hf");
+        let opts = SaveOptions {
+            tokenizer: Some(fixture.join("tokenizer.json")),
+            special_tokens: SpecialTokens {
+                bos: Some(1),
+                eos: Some(2),
+                pad: Some(0),
+            },
+        };
+        w.save_hf(dir.path(), &opts).unwrap();
+        let ck = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!(ck.layout, Layout::HuggingFace);
+        assert!(ck.config_source.ends_with("config.json"), "{}", ck.config_source);
+        assert_eq!(ck.config, config);
+        let back = ClipWeights::from_checkpoint(&ck).unwrap();
+        for (name, t) in w.tensors() {
+            assert_eq!(max_abs_diff(t, back.get(name).unwrap()), 0.0, "{name}");
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+        assert_eq!(json["text_config"]["eos_token_id"], 2);
+        let loaded = Clip::load(dir.path(), &LoadOptions::default()).unwrap();
+        let px = rand_tensor(&[2, 3, 32, 32], 5, 1.0);
+        let mine = w.to_clip(&LoadOptions::default()).unwrap();
+        assert_eq!(
+            max_abs_diff(
+                &loaded.encode_images(&px).unwrap(),
+                &mine.encode_images(&px).unwrap()
+            ),
+            0.0
+        );
+        assert_eq!(loaded.logit_scale, mine.logit_scale);
+        crate::clip::tokenizer::ClipTokenizer::from_dir(dir.path()).unwrap();
+        // A directory of tokenizer files is copied too; a missing one is named.
+        let dir2 = tempfile::tempdir().unwrap();
+        let opts = SaveOptions {
+            tokenizer: Some(fixture.clone()),
+            ..SaveOptions::default()
+        };
+        w.save_hf(dir2.path(), &opts).unwrap();
+        assert!(dir2.path().join("vocab.json").is_file() && dir2.path().join("merges.txt").is_file());
+        let opts = SaveOptions {
+            tokenizer: Some(fixture.join("nope.json")),
+            ..SaveOptions::default()
+        };
+        let e = format!("{:#}", w.save_hf(dir2.path(), &opts).unwrap_err());
+        assert!(e.contains("nope.json"), "{e}");
+    }
+}

@@ -91,7 +91,7 @@ fn configuration_errors_name_the_setting_and_the_range() {
         (
             "unknown-preset",
             strings(&["run", "--preset", "cifar10-prompt", "--model", "m"]),
-            vec!["unknown preset `cifar10-prompt`; valid presets: cifar100-lt-prompt"],
+            vec!["unknown preset `cifar10-prompt`; valid presets: demo, demo-quick, cifar100-lt-prompt"],
         ),
         (
             "frac-out-of-range",
@@ -200,6 +200,8 @@ fn missing_and_mismatched_files_are_named() {
         "no/such/data",
         "--model",
         "tests/fixtures/tiny-clip/hf",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     expect_error(
         "missing-dataset",

@@ -109,26 +109,7 @@ impl ClipTokenizer {
                 ),
             }
         }
-        let spec = json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": [
-                {"id": sot, "content": SOT, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-                {"id": eot, "content": EOT, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
-            ],
-            "normalizer": {"type": "Sequence", "normalizers": [
-                {"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "}, {"type": "Lowercase"}
-            ]},
-            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": SPLIT_PATTERN}, "behavior": "Removed", "invert": true},
-                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
-            ]},
-            "post_processor": {"type": "RobertaProcessing", "sep": [EOT, eot], "cls": [SOT, sot], "trim_offsets": false, "add_prefix_space": false},
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": EOT, "continuing_subword_prefix": "", "end_of_word_suffix": "</w>",
-                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab_map, "merges": merge_list}
-        });
+        let spec = clip_tokenizer_spec(Value::Object(vocab_map), merge_list, sot, eot);
         let inner = Tokenizer::from_str(&spec.to_string()).map_err(|e| {
             anyhow!(
                 "{} + {}: cannot build the tokenizer: {e}",
@@ -190,6 +171,32 @@ impl ClipTokenizer {
     pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<TokenizedPrompt>> {
         texts.iter().map(|t| self.encode_prompt(t)).collect()
     }
+}
+
+/// The Hugging Face `tokenizer.json` of CLIP's pipeline (NFC, whitespace squeezed,
+/// lower-cased; CLIP's split pattern; byte-level BPE with `</w>` word ends; start and end
+/// tokens added) around a vocabulary (token → id) and its merges (`[a, b]` pairs).
+pub fn clip_tokenizer_spec(vocab: Value, merges: Vec<Value>, sot: u64, eot: u64) -> Value {
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [
+            {"id": sot, "content": SOT, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": eot, "content": EOT, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+        ],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "}, {"type": "Lowercase"}
+        ]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": SPLIT_PATTERN}, "behavior": "Removed", "invert": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+        ]},
+        "post_processor": {"type": "RobertaProcessing", "sep": [EOT, eot], "cls": [SOT, sot], "trim_offsets": false, "add_prefix_space": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": EOT, "continuing_subword_prefix": "", "end_of_word_suffix": "</w>",
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
+    })
 }
 
 /// Runs a call into the `tokenizers` crate, turning a panic into an error: some malformed

@@ -21,12 +21,8 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::{captions, classes};
-use crate::clip::tokenizer::{EOT, SOT};
+use crate::clip::tokenizer::{clip_tokenizer_spec, EOT, SOT};
 use crate::report::atomic;
-
-/// CLIP's pre-tokenization pattern (as in `clip::tokenizer`).
-const SPLIT_PATTERN: &str =
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// End-of-word suffix of CLIP's BPE.
 const EOW: &str = "</w>";
@@ -189,26 +185,7 @@ impl Vocabulary {
         let n = self.tokens.len();
         let (sot, eot) = (n - 2, n - 1);
         let merges: Vec<Value> = self.merges.iter().map(|(a, b)| json!([a, b])).collect();
-        let spec = json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": [
-                {"id": sot, "content": SOT, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-                {"id": eot, "content": EOT, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
-            ],
-            "normalizer": {"type": "Sequence", "normalizers": [
-                {"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "}, {"type": "Lowercase"}
-            ]},
-            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": SPLIT_PATTERN}, "behavior": "Removed", "invert": true},
-                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
-            ]},
-            "post_processor": {"type": "RobertaProcessing", "sep": [EOT, eot], "cls": [SOT, sot], "trim_offsets": false, "add_prefix_space": false},
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": EOT, "continuing_subword_prefix": "", "end_of_word_suffix": EOW,
-                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": Value::Object(self.vocab_map()), "merges": merges}
-        });
+        let spec = clip_tokenizer_spec(Value::Object(self.vocab_map()), merges, sot as u64, eot as u64);
         serde_json::to_string_pretty(&spec).expect("serializable")
     }
 }

@@ -520,3 +520,49 @@ fn compare_on_the_demo_preset_shows_spread_over_seeds() {
         summary_in_range(&out.join(format!("promptfl/seed-{s}/summary.json")));
     }
 }
+
+/// `--views V` with an augmenting transform: V augmented views of every training image are
+/// encoded once into the feature cache (V × N rows), each step picks one view per sample
+/// from a keyed stream, so two runs agree to the bit; live augmentation (`--views 0`)
+/// needs no training-feature cache at all.
+#[test]
+fn augmented_views_are_cached_and_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    let run = |out: &str, views: &str| {
+        let o = tmp.path().join(out);
+        let mut a = run_args(o.to_str().unwrap(), cache, "prompt", "2");
+        a.extend(["--transform", "clip", "--views", views]);
+        let (ok, _, err) = fedpurel(&a);
+        assert!(ok, "{err}");
+        let text = std::fs::read_to_string(o.join("metrics.jsonl")).unwrap();
+        let mut out = Vec::new();
+        for (i, l) in text.lines().enumerate() {
+            numbers(&serde_json::from_str(l).unwrap(), &format!("round{i}"), &mut out);
+        }
+        out
+    };
+    let (a, b) = (run("a", "3"), run("b", "3"));
+    assert_eq!(a, b, "the same seed and views gave other numbers");
+    let rows: Vec<usize> = std::fs::read_dir(cache)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let t = candle_core::safetensors::load(e.path(), &candle_core::Device::Cpu).ok()?;
+            t.values().next().map(|x| x.dim(0).unwrap())
+        })
+        .collect();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("a/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["rounds_completed"], 2);
+    let config = std::fs::read_to_string(tmp.path().join("a/config.toml")).unwrap();
+    assert!(config.contains("views = 3"), "{config}");
+    // One test-split file (60 rows) and one train file holding 3 views of each image.
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.contains(&60), "{rows:?}");
+    let train = rows.iter().find(|&&r| r != 60).unwrap();
+    assert_eq!(train % 3, 0, "{rows:?}");
+    let live = run("live", "0");
+    assert_ne!(live, a, "live augmentation gave the cached views' numbers");
+}

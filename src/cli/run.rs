@@ -124,6 +124,12 @@ pub struct RunArgs {
     /// CIFAR-100 and synthetic, native for world, clip else).
     #[arg(long, value_enum)]
     pub transform: Option<TransformKind>,
+    /// With an augmenting train transform (clip): encode this many augmented views of each
+    /// training image once, cached, and let each step take one per sample; 0 augments and
+    /// encodes live (the reference's protocol). No effect with a deterministic transform
+    /// or with LoRA on the image tower.
+    #[arg(long, default_value_t = 0)]
+    pub views: usize,
     /// Zero-shot prompt template.
     #[arg(long, default_value = "a photo of a {}.")]
     pub template: String,
@@ -252,16 +258,19 @@ pub fn federation(l: &Loaded) -> Result<Federation<'_>> {
         }
         PeftKind::Adapter => Peft::Adapter { text: fixed },
     };
-    let encode = |split, idx: &[usize]| {
+    let encode = |split, idx: &[usize], views: usize| {
         let Some(ck) = &l.ck else {
-            return random_features(split, idx, l.clip.config.embed_dim, l.clip.device());
+            return random_features(split, idx, views, l.clip.config.embed_dim, l.clip.device());
         };
+        // Augmented views of the training images (an augmenting transform with --views);
+        // otherwise the deterministic pipeline, whose train and test outputs are the same.
+        let augment = split == SplitKind::Train && !l.transform.is_deterministic(Mode::Train);
         let req = EncodeRequest {
             split,
             indices: Some(idx.to_vec()),
             transform: l.transform,
-            mode: Mode::Test,
-            views: 1,
+            mode: if augment { Mode::Train } else { Mode::Test },
+            views: views.max(1),
             seed: cfg.data.seed,
             batch_size: 64,
         };
@@ -286,13 +295,20 @@ pub fn federation(l: &Loaded) -> Result<Federation<'_>> {
     )
 }
 
-/// Stand-in frozen features of a random model: a N(0, 1) vector per image, seeded by
-/// split and index (so a subset sees the same rows as the whole).
-fn random_features(split: SplitKind, idx: &[usize], dim: usize, dev: &candle_core::Device) -> Result<Tensor> {
+/// Stand-in frozen features of a random model: a N(0, 1) vector per image and view,
+/// seeded by split, view and index (so a subset sees the same rows as the whole),
+/// view-major.
+fn random_features(
+    split: SplitKind,
+    idx: &[usize],
+    views: usize,
+    dim: usize,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
     let salt = if split == SplitKind::Train { 0 } else { 1 << 40 };
-    let rows = idx
-        .iter()
-        .map(|&i| crate::clip::random::normal(&[1, dim], salt + i as u64, 1.0, dev))
+    let rows = (0..views.max(1) as u64)
+        .flat_map(|v| idx.iter().map(move |&i| salt + (v << 48) + i as u64))
+        .map(|key| crate::clip::random::normal(&[1, dim], key, 1.0, dev))
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&rows, 0)?)
 }

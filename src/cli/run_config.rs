@@ -113,6 +113,7 @@ fn paper_train(seed: u64) -> TrainSettings {
         align: AlignLoss::Tkl,
         seed,
         eval_batch: 256,
+        views: 0,
     }
 }
 
@@ -279,6 +280,7 @@ fn from_args(a: &RunArgs) -> RunConfig {
     train.align = a.align;
     train.carry_momentum = a.carry_momentum;
     train.eval_batch = a.eval_batch;
+    train.views = a.views;
     RunConfig {
         algorithm: a.algorithm.clone(),
         data: a.data.clone(),
@@ -357,6 +359,7 @@ pub fn resolve(a: &RunArgs, m: Option<&ArgMatches>) -> Result<RunConfig> {
         "align" => c.train.align, flags.train.align;
         "carry_momentum" => c.train.carry_momentum, flags.train.carry_momentum;
         "eval_batch" => c.train.eval_batch, flags.train.eval_batch;
+        "views" => c.train.views, flags.train.views;
         "la_tau" => c.baselines.la_tau, flags.baselines.la_tau;
         "folio_theta" => c.baselines.folio_theta, flags.baselines.folio_theta;
         "align_weight" => c.baselines.align_weight, flags.baselines.align_weight;

@@ -217,10 +217,11 @@ mod tests {
             align: AlignLoss::Tkl,
             seed: 1,
             eval_batch: 512,
+            views: 0,
         };
         let (train_f, test_f) = (t["train_features"].clone(), t["test_features"].clone());
         let lt = partition.lt_train.clone();
-        let encode = |split, idx: &[usize]| -> anyhow::Result<Tensor> {
+        let encode = |split, idx: &[usize], _views: usize| -> anyhow::Result<Tensor> {
             Ok(match split {
                 SplitKind::Train => {
                     assert_eq!(idx, lt.as_slice());

@@ -13,13 +13,17 @@
 //! produced uninterrupted; the only state is the parameters and the momentum buffer.
 //!
 //! Frozen image features are encoded once (the image-feature cache) whenever the
-//! transform is deterministic; LoRA trains the image tower and always sees pixels.
+//! transform is deterministic, or, with an augmenting transform and `views` V ≥ 1, as V
+//! augmented views per training image of which each step takes one per sample (the
+//! `"view"` stream of (round, client, stage, step)); LoRA on the image tower trains it and
+//! always sees live pixels.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, IndexOp, Tensor};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::algorithm::{Algorithm, GmRule, PmRule};
@@ -65,6 +69,14 @@ pub struct TrainSettings {
     pub seed: u64,
     /// Test images per evaluation batch.
     pub eval_batch: usize,
+    /// With a random (augmenting) train transform and a frozen image tower: how many
+    /// augmented views of every training image to encode once and cache; each step then
+    /// takes one of them per sample (drawn from the `"view"` stream of the step). 0 (the
+    /// default) augments and encodes live, as the reference does. Ignored when the train
+    /// transform is deterministic (its one view is always cached) or the image tower is
+    /// trained (vision LoRA sees live pixels).
+    #[serde(default)]
+    pub views: usize,
 }
 
 /// Accuracy, balancedness and TKL of one model on one evaluation.
@@ -246,8 +258,10 @@ pub fn batches_of(order: &[usize], b: usize) -> Vec<Vec<usize>> {
 
 /// Frozen-feature banks for the splits (None where features must be computed live).
 struct FeatureBank {
-    /// Train features, one row per index in `train_rows`.
+    /// Train features, `views` blocks of one row per index in `train_rows` (view-major).
     train: Option<Tensor>,
+    /// Views per training image in `train` (1: the deterministic transform's only view).
+    views: usize,
     /// Row of each original train index in `train` (usize::MAX where absent).
     train_row: Vec<usize>,
     /// Test features for the whole test split.
@@ -270,7 +284,8 @@ pub struct Federation<'a> {
 
 impl<'a> Federation<'a> {
     /// Prepares a run. `zero_shot_text` are the normalized class text features of the
-    /// dataset's template; `encode` turns (split, indices) into frozen features (the
+    /// dataset's template; `encode` turns (split, indices, views) into frozen features,
+    /// `[views · N, E]` view-major (views > 1 only for an augmenting train transform; the
     /// caller decides about caching).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -281,7 +296,7 @@ impl<'a> Federation<'a> {
         transform: Transform,
         zero_shot_text: Tensor,
         settings: TrainSettings,
-        mut encode: impl FnMut(SplitKind, &[usize]) -> Result<Tensor>,
+        mut encode: impl FnMut(SplitKind, &[usize], usize) -> Result<Tensor>,
     ) -> Result<Self> {
         if settings.batch_size == 0 || settings.rounds == 0 {
             bail!("batch size and rounds must be at least 1");
@@ -291,9 +306,10 @@ impl<'a> Federation<'a> {
         }
         let n_train = dataset.train.len();
         let deterministic = transform.is_deterministic(Mode::Train);
-        let (train, train_row) = if deterministic {
+        let views = if deterministic { 1 } else { settings.views };
+        let (train, train_row) = if deterministic || (views > 0 && !peft.needs_pixels()) {
             let rows = partition.lt_train.clone();
-            let feats = encode(SplitKind::Train, &rows)?;
+            let feats = encode(SplitKind::Train, &rows, views)?;
             let mut map = vec![usize::MAX; n_train];
             for (r, &i) in rows.iter().enumerate() {
                 map[i] = r;
@@ -303,7 +319,7 @@ impl<'a> Federation<'a> {
             (None, Vec::new())
         };
         let all_test: Vec<usize> = (0..dataset.test.len()).collect();
-        let test = encode(SplitKind::Test, &all_test)?;
+        let test = encode(SplitKind::Test, &all_test, 1)?;
         let private_init = peft.init(clip, rng::stream(settings.seed, "init-private").next_u64_seed())?;
         let schedule = Box::new(KeyedSchedule {
             seed: settings.seed,
@@ -320,6 +336,7 @@ impl<'a> Federation<'a> {
             zs_text: zero_shot_text,
             bank: FeatureBank {
                 train,
+                views: views.max(1),
                 train_row,
                 test,
             },
@@ -371,7 +388,15 @@ impl<'a> Federation<'a> {
     fn train_inputs(&self, idx: &[usize], path: &[u64]) -> Result<(Inputs, Tensor)> {
         let labels_dev = self.clip.device();
         let cached = self.bank.train.as_ref().map(|f| -> Result<Tensor> {
-            let rows: Vec<u32> = idx.iter().map(|&i| self.bank.train_row[i] as u32).collect();
+            let n = self.partition.lt_train.len();
+            let mut pick = (self.bank.views > 1).then(|| rng::substream(self.settings.seed, "view", path));
+            let rows: Vec<u32> = idx
+                .iter()
+                .map(|&i| {
+                    let v = pick.as_mut().map_or(0, |r| r.random_range(0..self.bank.views));
+                    (v * n + self.bank.train_row[i]) as u32
+                })
+                .collect();
             Ok(f.index_select(&Tensor::from_vec(rows, idx.len(), labels_dev)?, 0)?)
         });
         let cached = cached.transpose()?;

@@ -140,12 +140,22 @@ impl RunDir {
     /// Refuses a directory holding another run: an existing `config.toml` must match
     /// `config` in everything but the number of rounds (a run may be extended). Writes
     /// nothing.
-    pub fn check_config(&self, config: &impl Serialize) -> Result<()> {
+    /// The recorded file is read through `T` first, so a setting added by a later
+    /// version (absent from an older config.toml, present with its default now) does not
+    /// make the same run look like another.
+    pub fn check_config<T: Serialize + serde::de::DeserializeOwned>(&self, config: &T) -> Result<()> {
         let text = toml::to_string_pretty(config).context("cannot serialize the configuration")?;
         let path = self.root.join("config.toml");
         if path.is_file() {
             let old =
                 std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+            let old: T = toml::from_str(&old).with_context(|| {
+                format!(
+                    "{}: not a configuration this version of fedpurel reads",
+                    path.display()
+                )
+            })?;
+            let old = toml::to_string_pretty(&old).context("cannot serialize the configuration")?;
             let strip = |t: &str| -> Result<toml::Value> {
                 let mut v: toml::Value =
                     toml::from_str(t).with_context(|| format!("{}: not TOML", path.display()))?;
@@ -165,7 +175,11 @@ impl RunDir {
     }
 
     /// Writes `config.toml` after [`check_config`](Self::check_config) when `resume`.
-    pub fn write_config(&self, config: &impl Serialize, resume: bool) -> Result<()> {
+    pub fn write_config<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        config: &T,
+        resume: bool,
+    ) -> Result<()> {
         if resume {
             self.check_config(config)?;
         }
@@ -334,4 +348,43 @@ pub fn summary_markdown(s: &Summary, zeroshot_pm: &ModelSummary) -> String {
         s.definitions, s.run.algorithm, s.run.pm_protocol
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    struct Train {
+        rounds: usize,
+        lr: f64,
+        #[serde(default)]
+        views: usize,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Config {
+        train: Train,
+    }
+
+    fn config(rounds: usize, lr: f64) -> Config {
+        Config {
+            train: Train { rounds, lr, views: 0 },
+        }
+    }
+
+    #[test]
+    fn a_run_may_be_extended_and_read_by_a_later_version_but_not_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = RunDir::new(d.path());
+        // Written by an earlier version, before `views` existed.
+        std::fs::write(d.path().join("config.toml"), "[train]\nrounds = 2\nlr = 0.001\n").unwrap();
+        dir.check_config(&config(2, 0.001)).unwrap();
+        dir.check_config(&config(5, 0.001)).unwrap();
+        let e = format!("{:#}", dir.check_config(&config(2, 0.01)).unwrap_err());
+        assert!(e.contains("other settings"), "{e}");
+        let _lock = dir.lock().unwrap();
+        let e = format!("{:#}", dir.lock().unwrap_err());
+        assert!(e.contains("in use by another fedpurel process"), "{e}");
+    }
 }

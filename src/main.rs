@@ -23,11 +23,21 @@ fn main() {
         // SAFETY: no other thread exists yet, so nothing reads the environment concurrently.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
+    // The command itself runs on a pool worker (below), so give the workers the main
+    // thread's usual 8 MiB of stack rather than the 2 MiB default of spawned threads.
+    if let Err(err) = rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build_global() {
+        eprintln!("error: cannot start the thread pool: {err}");
+        std::process::exit(1);
+    }
     fedpurel::cli::init_tracing();
     let matches = fedpurel::cli::Cli::command().get_matches();
+    // The whole command runs on a worker of the thread pool: every parallel operation it
+    // starts (candle's, gemm's, ours) then begins on a pool thread instead of being
+    // injected from outside, which costs a futex wake-up per operation — 23 % of a
+    // prompt-tuning round on the tiny CLIP (perf; docs/perf-notes.md).
     let result = fedpurel::cli::Cli::from_arg_matches(&matches)
         .map_err(anyhow::Error::from)
-        .and_then(|cli| fedpurel::cli::run(cli, &matches));
+        .and_then(|cli| rayon::scope(|_| fedpurel::cli::run(cli, &matches)));
     if let Err(err) = result {
         eprintln!("error: {err:#}");
         std::process::exit(1);

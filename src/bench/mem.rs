@@ -1,5 +1,6 @@
-//! Peak resident memory of this process (Linux): `VmHWM` from `/proc/self/status`, reset
-//! between workloads by writing 5 to `/proc/self/clear_refs`. None where unavailable.
+//! Resources of this process: peak resident memory (Linux: `VmHWM` from
+//! `/proc/self/status`, reset between workloads by writing 5 to `/proc/self/clear_refs`)
+//! and CPU time (user + system, `getrusage`). None where unavailable.
 
 /// Resets the high-water mark so the next reading covers only what follows.
 pub fn reset_peak() {
@@ -14,8 +15,42 @@ pub fn peak_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time (user + system, all threads) this process has used so far, seconds.
+#[cfg(unix)]
+pub fn cpu_seconds() -> Option<f64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a complete `rusage` into the pointer it is given.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: initialized by the successful call above (and zeroed before it).
+    let u = unsafe { usage.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Some(secs(u.ru_utime) + secs(u.ru_stime))
+}
+
+/// CPU time of this process (unavailable off Unix).
+#[cfg(not(unix))]
+pub fn cpu_seconds() -> Option<f64> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let Some(before) = super::cpu_seconds() else {
+            return;
+        };
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(super::cpu_seconds().unwrap() > before);
+    }
+
     #[test]
     fn peak_grows_with_a_touched_allocation() {
         super::reset_peak();

@@ -83,7 +83,12 @@ fn random_batch(config: &ClipConfig, batch: usize) -> Result<Batch> {
             (row, e)
         })
         .unzip();
-    Ok(Batch { pixels, tokens, eot })
+    Ok(Batch {
+        pixels,
+        tokens,
+        eot,
+        positives: None,
+    })
 }
 
 /// Runs the workload.

@@ -25,6 +25,7 @@ use crate::clip::Checkpoint;
 use crate::data::dataset::SplitKind;
 use crate::data::world::{self, Domain};
 use crate::fed::train::RoundRecord;
+use crate::pretrain::WorldPretrainSettings;
 use crate::report::plots::{self, ClassSeries, RoundSeries};
 use crate::report::run_dir::RunDir;
 use crate::report::{atomic, heatmap};
@@ -77,9 +78,11 @@ fn check_model(model: &Path) -> Result<()> {
     Checkpoint::open(model).map(|_| ()).map_err(|e| {
         e.context(format!(
             "no usable CLIP checkpoint at {} (expected a directory with model.safetensors, \
-             config.json and the tokenizer files); the demo's model is the demo CLIP in \
-             {DEMO_MODEL}, or pass --model DIR",
-            model.display()
+             config.json and the tokenizer files); the demo's model is the demo CLIP shipped in \
+             {DEMO_MODEL} — recreate it with `fedpurel pretrain --out {DEMO_MODEL}` (its defaults \
+             are the shipped recipe: `{}`), or pass --model DIR",
+            model.display(),
+            WorldPretrainSettings::default().command_line(Path::new(DEMO_MODEL))
         ))
     })
 }
@@ -349,5 +352,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no/such/demo-clip") && e.contains("--model"), "{e}");
+        assert!(
+            e.contains("fedpurel pretrain --out assets/demo-clip --seed"),
+            "{e}"
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod eval;
 pub mod model;
 pub mod partition;
+pub mod pretrain;
 pub mod run;
 pub mod run_config;
 pub mod zeroshot;
@@ -48,6 +49,10 @@ pub enum Command {
     /// Zero-shot, PromptFL, PromptFolio and FedPuReL on the synthetic world's long-tailed
     /// federated task: table and plots, on a CPU in minutes, nothing to download.
     Demo(demo::DemoArgs),
+    /// Pretrain the small demo CLIP on the synthetic world (contrastive, both towers) and
+    /// write its model directory with a model card; the defaults reproduce
+    /// assets/demo-clip.
+    Pretrain(Box<pretrain::PretrainArgs>),
 }
 
 /// Runs the parsed command line.
@@ -62,6 +67,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Compare(args) => compare::run(*args, matches.subcommand_matches("compare")),
         Command::Demo(args) => demo::run(args),
+        Command::Pretrain(args) => pretrain::run(*args),
     }
 }
 

@@ -44,6 +44,28 @@ pub struct ContrastiveLoss {
 /// (`[B, E]` each; row i of one matches row i of the other) at logit-scale parameter
 /// `logit_scale` (ln of the multiplier).
 pub fn contrastive_loss(image: &Tensor, text: &Tensor, logit_scale: f64) -> Result<ContrastiveLoss> {
+    contrastive_loss_with(image, text, logit_scale, None)
+}
+
+/// [`contrastive_loss`] where more than the matched pair may be right: `positives[i][j]`
+/// says text j is true of image i (the diagonal must be; `None`: only the diagonal).
+/// Each direction's target spreads evenly over the positives (image i → texts
+/// {j : P_ij}, text j → images {i : P_ij}), so a caption that fits several images of the
+/// batch is not pushed away from the others:
+///
+/// ```text
+/// loss = ½ · ( mean_i [lse_j L_ij − Σ_j P_ij L_ij / n_i] + mean_j [lse_i L_ij − Σ_i P_ij L_ij / m_j] )
+/// ∂loss/∂L_ij = ( softmax_rows(L)_ij − P_ij / n_i + softmax_cols(L)_ij − P_ij / m_j ) / (2B)
+/// ```
+///
+/// with n_i, m_j the row and column counts of P; with P = I this is [`contrastive_loss`].
+/// Retrieval counts as correct when the highest-scoring partner is a positive.
+pub fn contrastive_loss_with(
+    image: &Tensor,
+    text: &Tensor,
+    logit_scale: f64,
+    positives: Option<&[Vec<bool>]>,
+) -> Result<ContrastiveLoss> {
     let (b, e) = image.dims2()?;
     if text.dims() != [b, e] || b == 0 {
         bail!(
@@ -55,6 +77,21 @@ pub fn contrastive_loss(image: &Tensor, text: &Tensor, logit_scale: f64) -> Resu
     if !logit_scale.is_finite() {
         bail!("contrastive loss: logit scale {logit_scale} is not finite");
     }
+    let pos = |i: usize, j: usize| positives.map_or(i == j, |p| p[i][j]);
+    if let Some(p) = positives {
+        if p.len() != b || p.iter().any(|r| r.len() != b) {
+            bail!("contrastive loss: the positives must be a {b} × {b} matrix");
+        }
+        if let Some(i) = (0..b).find(|&i| !p[i][i]) {
+            bail!("contrastive loss: pair {i} is not marked as a positive of itself");
+        }
+    }
+    let row_count: Vec<f64> = (0..b)
+        .map(|i| (0..b).filter(|&j| pos(i, j)).count() as f64)
+        .collect();
+    let col_count: Vec<f64> = (0..b)
+        .map(|j| (0..b).filter(|&i| pos(i, j)).count() as f64)
+        .collect();
     let clamped = logit_scale > MAX_LOGIT_SCALE;
     let tau = logit_scale.min(MAX_LOGIT_SCALE).exp();
     let sim: Vec<Vec<f64>> = image.matmul(&text.t()?)?.to_dtype(DType::F64)?.to_vec2()?;
@@ -65,18 +102,22 @@ pub fn contrastive_loss(image: &Tensor, text: &Tensor, logit_scale: f64) -> Resu
     let inv = 1.0 / (2.0 * b as f64);
     for (i, row) in sim.iter().enumerate() {
         let (lse, argmax) = log_sum_exp(row.iter().map(|&x| tau * x));
-        loss_rows += lse - tau * row[i];
-        hits_rows += usize::from(argmax == i);
+        hits_rows += usize::from(pos(i, argmax));
+        loss_rows += lse;
         for (j, &x) in row.iter().enumerate() {
-            d_logits[i][j] += ((tau * x - lse).exp() - f64::from(u8::from(i == j))) * inv;
+            let target = if pos(i, j) { 1.0 / row_count[i] } else { 0.0 };
+            loss_rows -= target * tau * x;
+            d_logits[i][j] += ((tau * x - lse).exp() - target) * inv;
         }
     }
     for j in 0..b {
         let (lse, argmax) = log_sum_exp(sim.iter().map(|r| tau * r[j]));
-        loss_cols += lse - tau * sim[j][j];
-        hits_cols += usize::from(argmax == j);
+        hits_cols += usize::from(pos(argmax, j));
+        loss_cols += lse;
         for (i, row) in sim.iter().enumerate() {
-            d_logits[i][j] += ((tau * row[j] - lse).exp() - f64::from(u8::from(i == j))) * inv;
+            let target = if pos(i, j) { 1.0 / col_count[j] } else { 0.0 };
+            loss_cols -= target * tau * row[j];
+            d_logits[i][j] += ((tau * row[j] - lse).exp() - target) * inv;
         }
     }
     let d_logit_scale = if clamped {
@@ -156,6 +197,65 @@ mod tests {
         let at = |t: f64| contrastive_loss(&img, &txt, s + t).unwrap().loss;
         check((at(eps) - at(-eps)) / (2.0 * eps), l.d_logit_scale, "logit scale");
         println!("contrastive loss: worst relative finite-difference error {worst:e}");
+    }
+
+    /// The multi-positive form: finite differences again, the identity matrix gives the
+    /// plain loss bit for bit, and a shared caption is not counted against its images.
+    #[test]
+    fn positives_spread_the_target() {
+        let (img, txt) = features(7);
+        let s = 1.7;
+        let eye: Vec<Vec<bool>> = (0..5).map(|i| (0..5).map(|j| i == j).collect()).collect();
+        let plain = contrastive_loss(&img, &txt, s).unwrap();
+        let same = contrastive_loss_with(&img, &txt, s, Some(&eye)).unwrap();
+        assert_eq!(plain.loss, same.loss);
+        assert_eq!(plain.d_logit_scale, same.d_logit_scale);
+        let mut p = eye.clone();
+        p[0][3] = true;
+        p[3][0] = true;
+        p[2][4] = true;
+        let l = contrastive_loss_with(&img, &txt, s, Some(&p)).unwrap();
+        let eps = 1e-6;
+        for k in 0..3 {
+            let v = rand_tensor(&[5, 4], 20 + k, 1.0).to_dtype(DType::F64).unwrap();
+            let at = |t: f64| {
+                let x = (&img + (&v * t).unwrap()).unwrap();
+                contrastive_loss_with(&x, &txt, s, Some(&p)).unwrap().loss
+            };
+            let (fd, an) = ((at(eps) - at(-eps)) / (2.0 * eps), dot(&l.d_image, &v));
+            assert!((fd - an).abs() < 1e-7 * (1.0 + an.abs()), "image: {fd} vs {an}");
+            let at = |t: f64| {
+                let x = (&txt + (&v * t).unwrap()).unwrap();
+                contrastive_loss_with(&img, &x, s, Some(&p)).unwrap().loss
+            };
+            let (fd, an) = ((at(eps) - at(-eps)) / (2.0 * eps), dot(&l.d_text, &v));
+            assert!((fd - an).abs() < 1e-7 * (1.0 + an.abs()), "text: {fd} vs {an}");
+        }
+        let at = |t: f64| contrastive_loss_with(&img, &txt, s + t, Some(&p)).unwrap().loss;
+        let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+        assert!((fd - l.d_logit_scale).abs() < 1e-7 * (1.0 + fd.abs()));
+        // Two identical pairs (one caption that fits both images): the plain loss counts
+        // the twin's caption as a wrong answer; with both marked positive it is right.
+        let a = l2_normalize(&rand_tensor(&[1, 4], 40, 1.0).to_dtype(DType::F64).unwrap()).unwrap();
+        let b = l2_normalize(&rand_tensor(&[1, 4], 41, 1.0).to_dtype(DType::F64).unwrap()).unwrap();
+        let images = Tensor::cat(&[&a, &a, &b], 0).unwrap();
+        let both = vec![
+            vec![true, true, false],
+            vec![true, true, false],
+            vec![false, false, true],
+        ];
+        let multi = contrastive_loss_with(&images, &images, MAX_LOGIT_SCALE, Some(&both)).unwrap();
+        let single = contrastive_loss(&images, &images, MAX_LOGIT_SCALE).unwrap();
+        assert!(single.image_to_text_accuracy < 1.0 && single.text_to_image_accuracy < 1.0);
+        assert_eq!(multi.image_to_text_accuracy, 1.0);
+        assert_eq!(multi.text_to_image_accuracy, 1.0);
+        let mut bad = eye.clone();
+        bad[1][1] = false;
+        assert!(contrastive_loss_with(&img, &txt, s, Some(&bad))
+            .unwrap_err()
+            .to_string()
+            .contains("pair 1"));
+        assert!(contrastive_loss_with(&img, &txt, s, Some(&eye[..4])).is_err());
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! | `adamw` | AdamW (decoupled decay on linear-map matrices only) |
 //! | `schedule` | warm-up + cosine learning rate |
 //! | `trainer` | the loop: [`BatchSource`], clipping, update, logit-scale clamp, [`StepStats`] |
+//! | `world` | balanced (image, caption) batches of the synthetic world's pretraining domain ([`WorldPairs`]), zero-shot accuracy on either domain |
+//! | `recipe` | the demo CLIP's recipe ([`WorldPretrainSettings`]): train, evaluate, write the model directory whole |
+//! | `model_card` | `MODEL_CARD.md` from a run's report |
 //!
 //! # Example
 //! A freshly initialized CLIP for 16×16 images learns to match four solid colours with
@@ -34,6 +37,7 @@
 //!         pixels: Tensor::from_vec(px, (4, 3, 16, 16), &Device::Cpu)?,
 //!         tokens: (0..4).map(|k| vec![1, 2 + k, 7, 0]).collect(), // start, colour word, end, pad
 //!         eot: vec![2; 4],
+//!         positives: None,
 //!     })
 //! };
 //! let settings = PretrainConfig { steps: 30, lr: 2e-3, warmup_steps: 3, log_every: 0, ..Default::default() };
@@ -51,15 +55,20 @@
 
 pub mod adamw;
 pub mod loss;
+pub mod model_card;
+pub mod recipe;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
+pub mod world;
 
 pub use adamw::{AdamW, AdamWConfig};
-pub use loss::{contrastive_loss, ContrastiveLoss, MAX_LOGIT_SCALE};
+pub use loss::{contrastive_loss, contrastive_loss_with, ContrastiveLoss, MAX_LOGIT_SCALE};
+pub use recipe::{pretrain_world, Architecture, PretrainReport, WorldPretrainSettings};
 pub use schedule::CosineSchedule;
 pub use step::{loss_and_grads, step_flops, Batch, LossStats};
 pub use trainer::{BatchSource, PretrainConfig, StepStats, Trainer};
+pub use world::{zero_shot_accuracy, WorldPairs, WorldTestSet, ZeroShotScore};
 
 #[cfg(test)]
 mod tests {
@@ -114,6 +123,7 @@ mod tests {
                 pixels: Tensor::from_vec(px, (6, 3, 16, 16), &Device::Cpu)?,
                 tokens: (0..6).map(|k| vec![1, 2 + k as u32, 11, 0, 0]).collect(),
                 eot: vec![2; 6],
+                positives: None,
             })
         }
     }

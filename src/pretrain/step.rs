@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
-use super::loss::{contrastive_loss, ContrastiveLoss};
+use super::loss::{contrastive_loss_with, ContrastiveLoss};
 use crate::clip::config::{block_flops, ClipConfig};
 use crate::clip::head::l2_normalize_backward;
 use crate::clip::model::l2_normalize;
@@ -26,6 +26,10 @@ pub struct Batch {
     pub tokens: Vec<Vec<u32>>,
     /// Position of each row's end-of-text token.
     pub eot: Vec<usize>,
+    /// Which texts are true of which images (`[i][j]`: text j fits image i; the diagonal
+    /// always), for captions that fit more than their own image; `None`: only the
+    /// matched pairs ([`contrastive_loss_with`]).
+    pub positives: Option<Vec<Vec<bool>>>,
 }
 
 impl Batch {
@@ -53,6 +57,14 @@ impl Batch {
                 self.tokens.len(),
                 self.eot.len()
             );
+        }
+        if let Some(p) = &self.positives {
+            if p.len() != b || p.iter().any(|r| r.len() != b) {
+                bail!("batch positives: expected a {b} × {b} matrix");
+            }
+            if let Some(i) = (0..b).find(|&i| !p[i][i]) {
+                bail!("batch positives: pair {i} is not a positive of itself");
+            }
         }
         let ctx = config.text.context_length;
         for (i, (row, &e)) in self.tokens.iter().zip(&self.eot).enumerate() {
@@ -119,10 +131,11 @@ pub fn loss_and_grads(clip: &Clip, batch: &Batch) -> Result<(LossStats, ClipGrad
     let (txt, t_tape) = clip
         .text
         .forward_with(&prompts, TextPath::Truncated, None, TapeMode::Weights)?;
-    let loss = contrastive_loss(
+    let loss = contrastive_loss_with(
         &l2_normalize(&img)?,
         &l2_normalize(&txt)?,
         clip.logit_scale as f64,
+        batch.positives.as_deref(),
     )?;
     let d_img = l2_normalize_backward(&img, &loss.d_image.unsqueeze(0)?)?;
     let d_txt = l2_normalize_backward(&txt, &loss.d_text.unsqueeze(0)?)?;

@@ -30,8 +30,8 @@ const PATTERN_DARKNESS: f64 = 0.3;
 pub enum Background {
     /// A light grey, flat or a soft vertical gradient (a photo studio).
     Studio,
-    /// A two-colour low-frequency pattern in muted random hues, darker and busier (the
-    /// outdoors); never seen in pretraining.
+    /// A two-colour low-frequency pattern in soft random hues, about as light as the
+    /// studio but patterned across the image (the outdoors); never seen in pretraining.
     Field,
 }
 
@@ -189,8 +189,8 @@ fn background(kind: Background, r: &mut StreamRng, px: &mut [[f64; 3]]) {
         }
         Background::Field => {
             let muted = |r: &mut StreamRng| -> [f64; 3] {
-                let level: f64 = r.random_range(50.0..190.0);
-                std::array::from_fn(|_| (level + r.random_range(-45.0..45.0f64)).clamp(0.0, 255.0))
+                let level: f64 = r.random_range(140.0..230.0);
+                std::array::from_fn(|_| (level + r.random_range(-20.0..20.0f64)).clamp(0.0, 255.0))
             };
             let (a, b) = (muted(r), muted(r));
             // Sum of three random plane waves, 0.5–2 periods across the image.
@@ -230,5 +230,44 @@ fn stroke(r: &mut StreamRng, px: &mut [[f64; 3]]) {
         if across < 0.6 && along.abs() < len / 2.0 {
             *p = colour;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mean over 60 backgrounds of (mean level, mean spread of each row along x).
+    fn stats(kind: Background) -> (f64, f64) {
+        let s = IMAGE_SIZE as usize;
+        let (mut level, mut spread) = (0.0, 0.0);
+        for i in 0..60 {
+            let mut r = crate::rng::substream(3, "background-test", &[i]);
+            let mut px = vec![[0f64; 3]; s * s];
+            background(kind, &mut r, &mut px);
+            level += px.iter().flatten().sum::<f64>() / (3 * s * s) as f64;
+            for row in px.chunks(s) {
+                for ch in 0..3 {
+                    let (lo, hi) = row
+                        .iter()
+                        .fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p[ch]), hi.max(p[ch])));
+                    spread += (hi - lo) / (3 * s) as f64;
+                }
+            }
+        }
+        (level / 60.0, spread / 60.0)
+    }
+
+    #[test]
+    fn the_field_is_as_light_as_the_studio_but_patterned() {
+        let (studio_level, studio_spread) = stats(Background::Studio);
+        let (field_level, field_spread) = stats(Background::Field);
+        // Both light; the studio's rows are flat (a vertical gradient), the field's are not.
+        assert!(
+            studio_level > 150.0 && field_level > 140.0,
+            "{studio_level} {field_level}"
+        );
+        assert!(studio_spread < 1e-9, "studio rows vary by {studio_spread}");
+        assert!(field_spread > 10.0, "field rows vary by only {field_spread}");
     }
 }

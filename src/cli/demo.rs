@@ -27,7 +27,7 @@ use crate::data::world::{self, Domain};
 use crate::fed::train::RoundRecord;
 use crate::pretrain::WorldPretrainSettings;
 use crate::report::plots::{self, ClassSeries, RoundSeries};
-use crate::report::run_dir::RunDir;
+use crate::report::run_dir::{RunDir, Summary};
 use crate::report::{atomic, heatmap};
 
 /// The algorithms the demo compares, in table order.
@@ -51,9 +51,10 @@ pub struct DemoArgs {
     /// Image-feature cache directory.
     #[arg(long, default_value = "runs/feature-cache")]
     pub cache_dir: PathBuf,
-    /// Seeds, comma-separated (two or more: mean ± std in the table).
-    #[arg(long, default_value = "1")]
-    pub seeds: String,
+    /// Seeds, comma-separated (two or more: mean ± std in the table); default 1,2,3, or 1
+    /// with --quick.
+    #[arg(long)]
+    pub seeds: Option<String>,
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -68,6 +69,8 @@ pub struct DemoReport {
     pub plots: Vec<PathBuf>,
     /// Zero-shot GM accuracy on the downstream task (%, mean over seeds).
     pub zero_shot_gm: f64,
+    /// The paper's claim checked against this run, in words ([`effect_lines`]).
+    pub effect: Vec<String>,
     /// Wall time of the whole demo, seconds.
     pub seconds: f64,
 }
@@ -89,7 +92,8 @@ fn check_model(model: &Path) -> Result<()> {
 
 /// Runs `fedpurel demo`.
 pub fn run(args: DemoArgs) -> Result<()> {
-    let seeds = parse_seeds(&args.seeds)?;
+    let default_seeds = if args.quick { "1" } else { "1,2,3" };
+    let seeds = parse_seeds(args.seeds.as_deref().unwrap_or(default_seeds))?;
     check_model(&args.model)?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from(if args.quick {
@@ -113,6 +117,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         report.zero_shot_gm,
         100.0 / world::NUM_CLASSES as f64
     );
+    for line in &report.effect {
+        println!("{line}");
+    }
     println!("plots:");
     for p in &report.plots {
         println!("  {}", p.display());
@@ -146,8 +153,52 @@ pub fn execute(base: &RunConfig, root: &Path, seeds: &[u64]) -> Result<DemoRepor
         table,
         plots,
         zero_shot_gm: zs.iter().map(|s| s.gm.all).sum::<f64>() / zs.len() as f64,
+        effect: effect_lines(&algorithms, &summaries),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The paper's claim — plain federated fine-tuning lowers the global model's Few-class
+/// accuracy and balancedness below zero-shot CLIP's, FedPuReL keeps them — checked on
+/// this run's means over seeds, in words, whichever way it comes out.
+pub fn effect_lines(algorithms: &[String], summaries: &[Vec<Summary>]) -> Vec<String> {
+    let mean = |algorithm: &str, pick: &dyn Fn(&Summary) -> Option<f64>| -> Option<f64> {
+        let i = algorithms.iter().position(|a| a == algorithm)?;
+        let v: Vec<f64> = summaries.get(i)?.iter().filter_map(pick).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let mut lines = Vec::new();
+    let measures: [(&str, &dyn Fn(&Summary) -> Option<f64>); 2] = [
+        ("Few-class accuracy", &|s: &Summary| s.gm.few),
+        ("balancedness (worst class)", &|s: &Summary| {
+            Some(s.gm.balancedness)
+        }),
+    ];
+    for (what, pick) in measures {
+        let (Some(zs), Some(ft), Some(ours)) = (
+            mean("zeroshot", pick),
+            mean("promptfl", pick),
+            mean("fedpurel", pick),
+        ) else {
+            continue;
+        };
+        let verdict = |x: f64, who: &str| {
+            if x < zs {
+                format!("{who} lowers it below zero-shot")
+            } else {
+                format!("{who} keeps it at or above zero-shot")
+            }
+        };
+        lines.push(format!(
+            "GM {what}: zero-shot {zs:.2} %, PromptFL {ft:.2} % ({:+.2}), FedPuReL {ours:.2} % \
+             ({:+.2}) — on this run {}; {}",
+            ft - zs,
+            ours - zs,
+            verdict(ft, "plain fine-tuning (PromptFL)"),
+            verdict(ours, "FedPuReL")
+        ));
+    }
+    lines
 }
 
 /// Mean per-class accuracy over the last ≤ 10 rounds (None where no round has a value).
@@ -279,12 +330,56 @@ fn write_plots(base: &RunConfig, root: &Path, algorithms: &[String], seed: u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::run_dir::Summary;
 
     /// The demo end to end at a test-only size on the tiny fixture model (random
     /// weights, 224 × 224 input, CLIP's vocabulary): every run finishes, every number is
     /// in range, the table names every algorithm, the plots are PNGs of the right size,
     /// and a second call finds every cell finished.
+    fn summary(few: f64, balancedness: f64) -> Summary {
+        let m = serde_json::json!({
+            "all": 50.0, "many": null, "medium": null, "few": few,
+            "balancedness": balancedness, "tkl": 0.0, "best_all": 50.0
+        });
+        serde_json::from_value(serde_json::json!({
+            "rounds_completed": 1, "gm": m, "pm": m, "zeroshot": m, "definitions": ""
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_effect_is_reported_whichever_way_it_comes_out() {
+        let algorithms: Vec<String> = ALGORITHMS.iter().map(|a| a.to_string()).collect();
+        let grid = |ft: f64, ours: f64| {
+            vec![
+                vec![summary(40.0, 10.0)],
+                vec![summary(ft, ft / 4.0), summary(ft + 2.0, ft / 4.0)],
+                vec![summary(0.0, 0.0)],
+                vec![summary(ours, ours / 4.0)],
+            ]
+        };
+        let seen = effect_lines(&algorithms, &grid(30.0, 41.0));
+        assert_eq!(seen.len(), 2);
+        assert!(
+            seen[0].contains("zero-shot 40.00 %, PromptFL 31.00 % (-9.00), FedPuReL 41.00 % (+1.00)"),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[0].contains("PromptFL) lowers it below zero-shot; FedPuReL keeps it"),
+            "{}",
+            seen[0]
+        );
+        let not_seen = effect_lines(&algorithms, &grid(45.0, 35.0));
+        assert!(
+            not_seen[0].contains("PromptFL) keeps it at or above zero-shot; FedPuReL lowers it"),
+            "{}",
+            not_seen[0]
+        );
+        assert!(not_seen[1].starts_with("GM balancedness (worst class): zero-shot 10.00 %"));
+        // An algorithm missing from the grid: nothing claimed.
+        assert!(effect_lines(&algorithms[..2], &grid(30.0, 41.0)[..2]).is_empty());
+    }
+
     #[test]
     fn demo_runs_every_algorithm_and_writes_table_and_plots() {
         let tmp = tempfile::tempdir().unwrap();
@@ -321,6 +416,8 @@ mod tests {
             }
         }
         assert!(root.join("compare.md").is_file() && root.join("compare.csv").is_file());
+        assert_eq!(report.effect.len(), 2, "{:?}", report.effect);
+        assert!(report.effect[0].starts_with("GM Few-class accuracy: zero-shot "));
         let names: Vec<String> = report
             .plots
             .iter()

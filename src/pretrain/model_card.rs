@@ -18,6 +18,7 @@ fn look_line(domain: Domain) -> String {
     };
     let clutter = match l.clutter {
         0 => "no clutter".to_string(),
+        1 => "up to 1 clutter stroke".to_string(),
         n => format!("up to {n} clutter strokes"),
     };
     format!(

@@ -168,7 +168,8 @@ pub fn effect_lines(algorithms: &[String], summaries: &[Vec<Summary>]) -> Vec<St
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     };
     let mut lines = Vec::new();
-    let measures: [(&str, &dyn Fn(&Summary) -> Option<f64>); 2] = [
+    type Pick = dyn Fn(&Summary) -> Option<f64>;
+    let measures: [(&str, &Pick); 2] = [
         ("Few-class accuracy", &|s: &Summary| s.gm.few),
         ("balancedness (worst class)", &|s: &Summary| {
             Some(s.gm.balancedness)

@@ -530,7 +530,6 @@ fn build(
     let zero_shot = evaluate(&written, &tokenizer, settings.steps, &finals, &settings.template)?;
     write_line(&LogLine::Eval(&zero_shot))?;
     on_event(Event::Eval(&zero_shot));
-    drop(write_line);
     log.flush()
         .with_context(|| format!("cannot write {}", log_path.display()))?;
     drop(log);

@@ -112,7 +112,9 @@ impl Checkpoint {
             .collect();
         let layout = detect_layout(&shapes).with_context(|| format!("{}", file.display()))?;
         let hf_config = dir.join("config.json");
-        let (config, config_source) = if layout == Layout::HuggingFace && hf_config.is_file() {
+        // A config.json beside OpenAI-layout weights is honoured too: shapes alone cannot
+        // tell the head count when a width is not a multiple of 64 (the demo CLIP's).
+        let (config, config_source) = if hf_config.is_file() {
             (
                 ClipConfig::from_hf_config(&hf_config)?,
                 hf_config.display().to_string(),
@@ -172,68 +174,16 @@ impl Checkpoint {
     }
 
     fn openai_tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let (tower, rest) = if let Some(r) = name.strip_prefix("text_model.") {
-            ("", r)
-        } else if let Some(r) = name.strip_prefix("vision_model.") {
-            ("visual.", r)
-        } else {
-            return match name {
-                "logit_scale" => self.raw("logit_scale", shape),
-                "text_projection.weight" => Ok(self
-                    .raw("text_projection", &[shape[1], shape[0]])?
-                    .t()?
-                    .contiguous()?),
-                "visual_projection.weight" => Ok(self
-                    .raw("visual.proj", &[shape[1], shape[0]])?
-                    .t()?
-                    .contiguous()?),
-                _ => bail!("no OpenAI key for `{name}`"),
-            };
-        };
-        if let Some(layer_rest) = rest.strip_prefix("encoder.layers.") {
-            let (idx, param) = layer_rest
-                .split_once('.')
-                .ok_or_else(|| anyhow!("malformed key `{name}`"))?;
-            let base = format!("{tower}transformer.resblocks.{idx}.");
-            let qkv = |which: usize, suffix: &str| -> Result<Tensor> {
+        match openai_slot(name)? {
+            OpenAiSlot::Same(key) => self.raw(&key, shape),
+            OpenAiSlot::Transposed(key) => Ok(self.raw(&key, &[shape[1], shape[0]])?.t()?.contiguous()?),
+            OpenAiSlot::Third(key, which) => {
                 let mut full = shape.to_vec();
                 full[0] *= 3;
-                let t = self.raw(&format!("{base}attn.in_proj_{suffix}"), &full)?;
+                let t = self.raw(&key, &full)?;
                 Ok(t.narrow(0, which * shape[0], shape[0])?.contiguous()?)
-            };
-            return match param {
-                "self_attn.q_proj.weight" => qkv(0, "weight"),
-                "self_attn.k_proj.weight" => qkv(1, "weight"),
-                "self_attn.v_proj.weight" => qkv(2, "weight"),
-                "self_attn.q_proj.bias" => qkv(0, "bias"),
-                "self_attn.k_proj.bias" => qkv(1, "bias"),
-                "self_attn.v_proj.bias" => qkv(2, "bias"),
-                other => {
-                    let mapped = other
-                        .replace("self_attn.out_proj", "attn.out_proj")
-                        .replace("layer_norm1", "ln_1")
-                        .replace("layer_norm2", "ln_2")
-                        .replace("mlp.fc1", "mlp.c_fc")
-                        .replace("mlp.fc2", "mlp.c_proj");
-                    self.raw(&format!("{base}{mapped}"), shape)
-                }
-            };
+            }
         }
-        let key = match rest {
-            "embeddings.token_embedding.weight" => "token_embedding.weight".to_string(),
-            "embeddings.position_embedding.weight" if tower.is_empty() => "positional_embedding".to_string(),
-            "embeddings.position_embedding.weight" => "visual.positional_embedding".to_string(),
-            "embeddings.class_embedding" => "visual.class_embedding".to_string(),
-            "embeddings.patch_embedding.weight" => "visual.conv1.weight".to_string(),
-            "final_layer_norm.weight" => "ln_final.weight".to_string(),
-            "final_layer_norm.bias" => "ln_final.bias".to_string(),
-            "pre_layrnorm.weight" => "visual.ln_pre.weight".to_string(),
-            "pre_layrnorm.bias" => "visual.ln_pre.bias".to_string(),
-            "post_layernorm.weight" => "visual.ln_post.weight".to_string(),
-            "post_layernorm.bias" => "visual.ln_post.bias".to_string(),
-            _ => bail!("no OpenAI key for `{name}`"),
-        };
-        self.raw(&key, shape)
     }
 
     /// Checks the few shapes that pin the architecture, so a config that disagrees with the
@@ -301,6 +251,76 @@ impl Checkpoint {
             Some(_) => Ok(()),
         }
     }
+}
+
+/// Where a canonical (Hugging Face) parameter lives in OpenAI's state dict: the one
+/// translation between the two namings, used to read ([`Checkpoint::tensor`]) and to write
+/// ([`super::weights::ClipWeights::save_openai`]) that layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenAiSlot {
+    /// The same tensor under another key.
+    Same(String),
+    /// The transpose of the tensor under this key (the two projections).
+    Transposed(String),
+    /// Rows `[i·n, (i+1)·n)` of the fused q/k/v tensor under this key (i = 0, 1, 2 for q, k, v).
+    Third(String, usize),
+}
+
+/// The OpenAI slot of canonical parameter `name`.
+pub fn openai_slot(name: &str) -> Result<OpenAiSlot> {
+    let (tower, rest) = if let Some(r) = name.strip_prefix("text_model.") {
+        ("", r)
+    } else if let Some(r) = name.strip_prefix("vision_model.") {
+        ("visual.", r)
+    } else {
+        return Ok(match name {
+            "logit_scale" => OpenAiSlot::Same("logit_scale".into()),
+            "text_projection.weight" => OpenAiSlot::Transposed("text_projection".into()),
+            "visual_projection.weight" => OpenAiSlot::Transposed("visual.proj".into()),
+            _ => bail!("no OpenAI key for `{name}`"),
+        });
+    };
+    if let Some(layer_rest) = rest.strip_prefix("encoder.layers.") {
+        let (idx, param) = layer_rest
+            .split_once('.')
+            .ok_or_else(|| anyhow!("malformed key `{name}`"))?;
+        let base = format!("{tower}transformer.resblocks.{idx}.");
+        if let Some(qkv) = param.strip_prefix("self_attn.") {
+            let third =
+                |which: usize, suffix: &str| OpenAiSlot::Third(format!("{base}attn.in_proj_{suffix}"), which);
+            match qkv {
+                "q_proj.weight" => return Ok(third(0, "weight")),
+                "k_proj.weight" => return Ok(third(1, "weight")),
+                "v_proj.weight" => return Ok(third(2, "weight")),
+                "q_proj.bias" => return Ok(third(0, "bias")),
+                "k_proj.bias" => return Ok(third(1, "bias")),
+                "v_proj.bias" => return Ok(third(2, "bias")),
+                _ => {}
+            }
+        }
+        let mapped = param
+            .replace("self_attn.out_proj", "attn.out_proj")
+            .replace("layer_norm1", "ln_1")
+            .replace("layer_norm2", "ln_2")
+            .replace("mlp.fc1", "mlp.c_fc")
+            .replace("mlp.fc2", "mlp.c_proj");
+        return Ok(OpenAiSlot::Same(format!("{base}{mapped}")));
+    }
+    let key = match (tower, rest) {
+        ("", "embeddings.token_embedding.weight") => "token_embedding.weight",
+        ("", "embeddings.position_embedding.weight") => "positional_embedding",
+        ("", "final_layer_norm.weight") => "ln_final.weight",
+        ("", "final_layer_norm.bias") => "ln_final.bias",
+        ("visual.", "embeddings.position_embedding.weight") => "visual.positional_embedding",
+        ("visual.", "embeddings.class_embedding") => "visual.class_embedding",
+        ("visual.", "embeddings.patch_embedding.weight") => "visual.conv1.weight",
+        ("visual.", "pre_layrnorm.weight") => "visual.ln_pre.weight",
+        ("visual.", "pre_layrnorm.bias") => "visual.ln_pre.bias",
+        ("visual.", "post_layernorm.weight") => "visual.ln_post.weight",
+        ("visual.", "post_layernorm.bias") => "visual.ln_post.bias",
+        _ => bail!("no OpenAI key for `{name}`"),
+    };
+    Ok(OpenAiSlot::Same(key.to_string()))
 }
 
 fn detect_layout(shapes: &HashMap<String, Vec<usize>>) -> Result<Layout> {

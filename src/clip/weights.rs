@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::block::{Block, BlockWeightGrad};
-use super::checkpoint::{Layout, WeightSource};
+use super::checkpoint::{openai_slot, Layout, OpenAiSlot, WeightSource};
 use super::config::{ClipConfig, SpecialTokens};
 use super::model::{Clip, LoadOptions};
 use super::ops::{LayerNorm, Linear};
@@ -376,6 +376,41 @@ impl ClipWeights {
     /// (when given), then `model.safetensors` — each file atomically, the weights last,
     /// so an interrupted save never leaves weights beside a stale or missing config.
     pub fn save_hf(&self, dir: &Path, opts: &SaveOptions) -> Result<()> {
+        let cpu: Vec<(String, Tensor)> = self
+            .tensors
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?.contiguous()?)))
+            .collect::<Result<_>>()?;
+        self.save_dir(dir, opts, cpu)
+    }
+
+    /// Writes the same directory with the weights in OpenAI's state-dict key layout
+    /// (`transformer.resblocks.N.attn.in_proj_weight` with q, k, v fused, `visual.proj`
+    /// and `text_projection` transposed — the file the authors' `clip.build_model` reads
+    /// once converted to a `.pt`), next to the Hugging Face `config.json` that
+    /// [`Checkpoint::open`](super::Checkpoint::open) takes the head counts from.
+    pub fn save_openai(&self, dir: &Path, opts: &SaveOptions) -> Result<()> {
+        let mut thirds: BTreeMap<String, [Option<Tensor>; 3]> = BTreeMap::new();
+        let mut out: Vec<(String, Tensor)> = Vec::new();
+        for (name, _) in parameter_shapes(&self.config) {
+            let t = self.get(&name)?.to_device(&Device::Cpu)?;
+            match openai_slot(&name)? {
+                OpenAiSlot::Same(key) => out.push((key, t.contiguous()?)),
+                OpenAiSlot::Transposed(key) => out.push((key, t.t()?.contiguous()?)),
+                OpenAiSlot::Third(key, i) => thirds.entry(key).or_default()[i] = Some(t),
+            }
+        }
+        for (key, parts) in thirds {
+            let parts = parts
+                .into_iter()
+                .map(|p| p.ok_or_else(|| anyhow!("`{key}`: q, k or v is missing")))
+                .collect::<Result<Vec<_>>>()?;
+            out.push((key, Tensor::cat(&parts, 0)?.contiguous()?));
+        }
+        self.save_dir(dir, opts, out)
+    }
+
+    fn save_dir(&self, dir: &Path, opts: &SaveOptions, tensors: Vec<(String, Tensor)>) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let config = self.config.to_hf_config_json(&opts.special_tokens);
         crate::report::atomic::write(
@@ -385,13 +420,8 @@ impl ClipWeights {
         if let Some(tok) = &opts.tokenizer {
             copy_tokenizer(tok, dir)?;
         }
-        let cpu: Vec<(&str, Tensor)> = self
-            .tensors
-            .iter()
-            .map(|(k, v)| Ok((k.as_str(), v.to_device(&Device::Cpu)?.contiguous()?)))
-            .collect::<Result<_>>()?;
         let path = dir.join("model.safetensors");
-        let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (*k, v)), None)
+        let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None)
             .map_err(|e| anyhow!("{}: cannot serialize the weights: {e}", path.display()))?;
         crate::report::atomic::write(&path, &bytes)
     }
@@ -798,5 +828,48 @@ pub(crate) mod tests {
         };
         let e = format!("{:#}", w.save_hf(dir2.path(), &opts).unwrap_err());
         assert!(e.contains("nope.json"), "{e}");
+    }
+
+    /// The OpenAI layout written from the tiny fixture CLIP's Hugging Face weights is the
+    /// fixture's own OpenAI file, key for key and bit for bit (made by the authors'
+    /// tooling), and reads back — with its config.json, so heads are not guessed from
+    /// widths — to the same weights.
+    #[test]
+    fn openai_layout_equals_the_reference_file_and_reads_back() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
+        let w = ClipWeights::from_checkpoint(&Checkpoint::open(&fixtures.join("hf")).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SaveOptions {
+            tokenizer: Some(fixtures.join("hf")),
+            ..SaveOptions::default()
+        };
+        w.save_openai(dir.path(), &opts).unwrap();
+        let mine =
+            candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+        let want =
+            candle_core::safetensors::load(fixtures.join("openai/model.safetensors"), &Device::Cpu).unwrap();
+        let mut keys: Vec<&String> = mine.keys().collect();
+        keys.sort();
+        let mut want_keys: Vec<&String> = want.keys().collect();
+        want_keys.sort();
+        assert_eq!(keys, want_keys);
+        for k in keys {
+            assert_eq!(mine[k].dims(), want[k].dims(), "{k}");
+            assert_eq!(max_abs_diff(&mine[k], &want[k]), 0.0, "{k}");
+        }
+        let ck = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!(ck.layout, Layout::OpenAi);
+        assert!(ck.config_source.ends_with("config.json"), "{}", ck.config_source);
+        let back = ClipWeights::from_checkpoint(&ck).unwrap();
+        for (name, t) in w.tensors() {
+            assert_eq!(max_abs_diff(t, back.get(name).unwrap()), 0.0, "{name}");
+        }
+        // Heads that width / 64 would get wrong (3 at width 96, 2 at 64) come from
+        // config.json.
+        let config = small_config();
+        let odd = init_weights(&config, 9).unwrap();
+        let dir2 = tempfile::tempdir().unwrap();
+        odd.save_openai(dir2.path(), &SaveOptions::default()).unwrap();
+        assert_eq!(Checkpoint::open(dir2.path()).unwrap().config, config);
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod data_args;
 pub mod demo;
 pub mod eval;
+pub mod export;
 pub mod model;
 pub mod partition;
 pub mod pretrain;
@@ -53,6 +54,9 @@ pub enum Command {
     /// write its model directory with a model card; the defaults reproduce
     /// assets/demo-clip.
     Pretrain(Box<pretrain::PretrainArgs>),
+    /// Write a task and its model in files the authors' code reads (`export world`: the
+    /// demo's world task and the demo CLIP in OpenAI's layout).
+    Export(export::ExportArgs),
 }
 
 /// Runs the parsed command line.
@@ -68,6 +72,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Compare(args) => compare::run(*args, matches.subcommand_matches("compare")),
         Command::Demo(args) => demo::run(args),
         Command::Pretrain(args) => pretrain::run(*args),
+        Command::Export(args) => export::run(args),
     }
 }
 

@@ -231,6 +231,7 @@ mod tests {
                 .zip(&theirs)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
+            println!("{name}: max abs diff {diff:e}");
             assert!(diff < 1e-6, "{name}: max abs diff {diff:e}");
         }
     }

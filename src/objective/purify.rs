@@ -77,6 +77,7 @@ mod tests {
             )
             .unwrap();
             let e = rel_err(&out, &tensor(&c["purified"]));
+            println!("{kind}: relative error {e:e}");
             assert!(e <= 1e-6, "{kind}: relative error {e:e}");
             match kind.as_str() {
                 "conflict" => assert!(stats.projected),

@@ -34,6 +34,10 @@ mod tests {
                 r.loss
             );
             let e = rel_err(&r.grad, &tensor(&c["grad_l_P"]));
+            println!(
+                "α={alpha}: loss {} vs {loss}, gradient relative error {e:e}",
+                r.loss
+            );
             assert!(e <= 1e-5, "α={alpha}: gradient relative error {e:e}");
         }
     }

@@ -231,6 +231,7 @@ mod tests {
                 ("grad_f", &r.loss.grad, 1e-5),
             ] {
                 let e = rel_err(ours, &tensor(&c[name]));
+                println!("case {i} {name}: relative error {e:e}");
                 assert!(e <= tol, "case {i} {name}: relative error {e:e}");
             }
             let l = scalar(&c["l_align"]) as f32;

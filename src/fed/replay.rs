@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
-use super::train::{batches_of, Schedule};
+use super::train::{batches_of, PhaseSplits, Schedule};
 use crate::peft::model::{CTX, LORA_VISION};
 use crate::peft::params::ParamSet;
 
@@ -107,6 +107,47 @@ impl Schedule for ReplaySchedule {
             .collect::<Result<Vec<_>>>()?;
         Ok(batches_of(&mapped, self.batch_size))
     }
+}
+
+/// The per-phase client data of a recorded `partition.json` (`clients[].stage2_train_rows`
+/// and `clients[].fedavg_weight`, written by the harness for the authors' list-file
+/// datasets, whose three trainers split the data three times); None when the recording
+/// has one split for every phase (the CIFAR path).
+pub fn read_phase_splits(path: &Path) -> Result<Option<PhaseSplits>> {
+    #[derive(Deserialize)]
+    struct Client {
+        stage2_train_rows: Option<Vec<usize>>,
+        fedavg_weight: Option<f64>,
+    }
+    #[derive(Deserialize)]
+    struct File {
+        clients: Vec<Client>,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let f: File = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    if f.clients
+        .iter()
+        .all(|c| c.stage2_train_rows.is_none() && c.fedavg_weight.is_none())
+    {
+        return Ok(None);
+    }
+    let mut splits = PhaseSplits {
+        stage2_train: Vec::new(),
+        fedavg_weight: Vec::new(),
+    };
+    for (k, c) in f.clients.into_iter().enumerate() {
+        match (c.stage2_train_rows, c.fedavg_weight) {
+            (Some(rows), Some(w)) => {
+                splits.stage2_train.push(rows);
+                splits.fedavg_weight.push(w);
+            }
+            _ => bail!(
+                "{}: client {k} lacks stage2_train_rows or fedavg_weight (others have them)",
+                path.display()
+            ),
+        }
+    }
+    Ok(Some(splits))
 }
 
 /// Our name of a trainable tensor the authors' code calls `key`: the prompt context
@@ -286,6 +327,9 @@ pub(crate) mod tests {
             schedule.rounds()
         );
         fed.set_schedule(Box::new(schedule));
+        if let Some(splits) = read_phase_splits(&dir.join("partition.json")).unwrap() {
+            fed.set_phase_splits(splits).unwrap();
+        }
         let (global, local) = read_initial_params(&dir.join("params_init.safetensors"), &dev).unwrap();
         fed.set_private_init(local).unwrap();
         let mut state = fed.initial_state().unwrap();
@@ -575,6 +619,63 @@ pub(crate) mod tests {
                 private: 1e-5,
                 gm: 0.0,
                 pm: 0.0,
+            },
+        );
+    }
+
+    /// The demo's setting (`fedpurel export world`: the world's downstream task, IF 100,
+    /// the demo CLIP) run by the authors' code for 10 rounds of prompt tuning with the
+    /// ImageNet-LT reader (three splits, see [`PhaseSplits`]); features encoded live.
+    #[test]
+    fn ten_reference_rounds_on_the_demo_clip_are_reproduced() {
+        let dir = fixtures().join("reference-run-world");
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join(crate::cli::run_config::DEMO_MODEL);
+        let data = crate::cli::run_config::demo_preset(false, &model, Path::new(""), Path::new("")).data;
+        let ds = Arc::new(crate::data::world::generate(&data.world_spec()).unwrap());
+        let partition = import::read(&dir.join("partition.json")).unwrap();
+        let clip = Clip::load(&model, &LoadOptions::default()).unwrap();
+        let tok = ClipTokenizer::from_dir(&model).unwrap();
+        let classes = ds.prompt_names();
+        let zs = ZeroShotHead::build(&clip, &tok, &classes, "a photo of a {}.").unwrap();
+        let peft = Peft::Prompt(PromptLearner::new(&clip, &tok, &classes, 4, false).unwrap());
+        let transform = Transform::at(TransformKind::Native, 32);
+        let encode = |split, idx: &[usize], _views: usize| {
+            let req = EncodeRequest {
+                split,
+                indices: Some(idx.to_vec()),
+                transform,
+                mode: Mode::Test,
+                views: 1,
+                seed: 0,
+                batch_size: 256,
+            };
+            encode_split(&clip, &ds, &req)
+        };
+        let rounds = (0..)
+            .take_while(|r| dir.join(format!("params_round{r}.safetensors")).is_file())
+            .count();
+        assert_eq!(rounds, 10, "{}: rounds recorded", dir.display());
+        let mut fed = Federation::new(
+            &clip,
+            peft,
+            Arc::clone(&ds),
+            partition,
+            transform,
+            zs.text_features,
+            reference_settings(rounds, AlignLoss::Tkl),
+            encode,
+        )
+        .unwrap();
+        replay(
+            &mut fed,
+            &dir,
+            rounds,
+            // One test sample is 0.033 points of GM (3 000 images) and about as much of PM.
+            &Tolerance {
+                global: 1e-6,
+                private: 1e-6,
+                gm: 0.04,
+                pm: 0.04,
             },
         );
     }

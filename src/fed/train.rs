@@ -268,6 +268,19 @@ struct FeatureBank {
     test: Tensor,
 }
 
+/// Per-client data that differs between the phases of a round, as in the authors' code on
+/// its list-file datasets: its three trainers each draw their own (unseeded) Dirichlet split
+/// of the same images, so a client's stage 1 trains on one split, its stage 2 and PM test
+/// on another, and FedAvg weighs it by a third's size (recorded by the reference harness,
+/// read by [`super::replay::read_phase_splits`]). Without it one split serves every phase.
+#[derive(Debug, Clone)]
+pub struct PhaseSplits {
+    /// Per client, the training rows of its personalization (stage-2) epoch.
+    pub stage2_train: Vec<Vec<usize>>,
+    /// Per client, its weight in the server's average.
+    pub fedavg_weight: Vec<f64>,
+}
+
 /// A federation ready to train: model, PEFT, data, split, frozen features.
 pub struct Federation<'a> {
     clip: &'a Clip,
@@ -280,6 +293,7 @@ pub struct Federation<'a> {
     settings: TrainSettings,
     private_init: ParamSet,
     schedule: Box<dyn Schedule + 'a>,
+    phase_splits: Option<PhaseSplits>,
 }
 
 impl<'a> Federation<'a> {
@@ -343,12 +357,33 @@ impl<'a> Federation<'a> {
             settings,
             private_init,
             schedule,
+            phase_splits: None,
         })
     }
 
     /// Replaces the client and batch schedule (e.g. to replay a recorded run).
     pub fn set_schedule(&mut self, schedule: Box<dyn Schedule + 'a>) {
         self.schedule = schedule;
+    }
+
+    /// Gives stage 2 and the server's average their own per-client data (a replay of the
+    /// authors' code on a list-file dataset, see [`PhaseSplits`]); the stage-2 rows must
+    /// be long-tailed training rows of the partition.
+    pub fn set_phase_splits(&mut self, splits: PhaseSplits) -> Result<()> {
+        let k = self.clients();
+        if splits.stage2_train.len() != k || splits.fedavg_weight.len() != k {
+            bail!(
+                "phase splits for {} / {} clients, the partition has {k}",
+                splits.stage2_train.len(),
+                splits.fedavg_weight.len()
+            );
+        }
+        let lt: std::collections::HashSet<usize> = self.partition.lt_train.iter().copied().collect();
+        if let Some(bad) = splits.stage2_train.iter().flatten().find(|i| !lt.contains(i)) {
+            bail!("stage-2 row {bad} is not in the long-tailed training subset");
+        }
+        self.phase_splits = Some(splits);
+        Ok(())
     }
 
     /// Replaces the shared initial private parameters (e.g. a recorded run's).
@@ -566,7 +601,10 @@ impl<'a> Federation<'a> {
 
     /// Client `k`'s FedAvg weight n_k: its training-set size.
     pub fn client_weight(&self, k: usize) -> f64 {
-        self.partition.clients[k].train.len() as f64
+        match &self.phase_splits {
+            Some(p) => p.fedavg_weight[k],
+            None => self.partition.clients[k].train.len() as f64,
+        }
     }
 
     /// Client `k`'s training and test sizes.
@@ -595,7 +633,10 @@ impl<'a> Federation<'a> {
         mut step: impl FnMut(&Batch) -> Result<StepStats>,
     ) -> Result<Accum> {
         let mut acc = Accum::default();
-        let idx = &self.partition.clients[k].train;
+        let idx = match (&self.phase_splits, stage) {
+            (Some(p), 2) => &p.stage2_train[k],
+            _ => &self.partition.clients[k].train,
+        };
         for (i, batch) in self.schedule.batches(t, k, stage, idx)?.iter().enumerate() {
             let path = [t as u64, k as u64, stage as u64, i as u64];
             let (inputs, frozen) = self.train_inputs(batch, &path)?;

@@ -536,6 +536,26 @@ pub(crate) mod tests {
         }
     }
 
+    /// Frozen features of `idx` through the deterministic `transform`, encoded now (no cache).
+    fn encode_live(
+        clip: &Clip,
+        ds: &Arc<Dataset>,
+        transform: Transform,
+        split: SplitKind,
+        idx: &[usize],
+    ) -> anyhow::Result<Tensor> {
+        let req = EncodeRequest {
+            split,
+            indices: Some(idx.to_vec()),
+            transform,
+            mode: Mode::Test,
+            views: 1,
+            seed: 0,
+            batch_size: 128,
+        };
+        encode_split(clip, ds, &req)
+    }
+
     /// Replays a recording on the small synthetic CIFAR-100 with `peft`, the frozen
     /// features encoded live through the reference's CIFAR pipeline.
     fn replay_small(
@@ -551,18 +571,7 @@ pub(crate) mod tests {
         let tok = ClipTokenizer::from_dir(&fixture_dir("hf")).unwrap();
         let zs = ZeroShotHead::build(&clip, &tok, &ds.prompt_names(), "a photo of a {}.").unwrap();
         let transform = Transform::new(TransformKind::Cifar);
-        let encode = |split, idx: &[usize], _views: usize| {
-            let req = EncodeRequest {
-                split,
-                indices: Some(idx.to_vec()),
-                transform,
-                mode: Mode::Test,
-                views: 1,
-                seed: 0,
-                batch_size: 64,
-            };
-            encode_split(&clip, &ds, &req)
-        };
+        let encode = |split, idx: &[usize], _views: usize| encode_live(&clip, &ds, transform, split, idx);
         let peft = peft(&clip, zs.text_features.clone());
         let mut fed = Federation::new(
             &clip,
@@ -639,18 +648,7 @@ pub(crate) mod tests {
         let zs = ZeroShotHead::build(&clip, &tok, &classes, "a photo of a {}.").unwrap();
         let peft = Peft::Prompt(PromptLearner::new(&clip, &tok, &classes, 4, false).unwrap());
         let transform = Transform::at(TransformKind::Native, 32);
-        let encode = |split, idx: &[usize], _views: usize| {
-            let req = EncodeRequest {
-                split,
-                indices: Some(idx.to_vec()),
-                transform,
-                mode: Mode::Test,
-                views: 1,
-                seed: 0,
-                batch_size: 256,
-            };
-            encode_split(&clip, &ds, &req)
-        };
+        let encode = |split, idx: &[usize], _views: usize| encode_live(&clip, &ds, transform, split, idx);
         let rounds = (0..)
             .take_while(|r| dir.join(format!("params_round{r}.safetensors")).is_file())
             .count();

@@ -180,7 +180,6 @@ pub fn export_world(args: &WorldExportArgs) -> Result<WorldManifest> {
         },
     )?;
 
-    let counts = ds.train.class_counts(ds.num_classes());
     let manifest = WorldManifest {
         world_seed: cfg.data.world_seed,
         domain: cfg.data.world_domain,
@@ -188,7 +187,7 @@ pub fn export_world(args: &WorldExportArgs) -> Result<WorldManifest> {
         test_per_class: cfg.data.world_test_per_class,
         imb_factor: cfg.data.imb_factor.unwrap_or(100.0),
         seed: cfg.data.seed,
-        class_counts: lt_counts(&ds, &partition.lt_train, counts.len()),
+        class_counts: partition.class_counts.clone(),
         lt_train_rows: partition.lt_train.clone(),
         test_images: ds.test.len(),
         template: cfg.template.clone(),
@@ -221,15 +220,6 @@ fn staging_dir(out: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&staged).with_context(|| format!("cannot create {}", staged.display()))?;
     Ok(staged)
-}
-
-/// Per-class counts of the rows kept by the cut.
-fn lt_counts(ds: &Dataset, rows: &[usize], classes: usize) -> Vec<usize> {
-    let mut n = vec![0; classes];
-    for &r in rows {
-        n[ds.train.labels[r] as usize] += 1;
-    }
-    n
 }
 
 /// Writes the images `rows` of `split` as PNGs under `root/<split>/cNN/` and returns their

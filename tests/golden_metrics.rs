@@ -1,0 +1,168 @@
+//! Behaviour pinned across refactors: every algorithm × PEFT kind, 3 rounds of a small
+//! synthetic federation on the tiny fixture CLIP, must write the very `metrics.jsonl`
+//! recorded in `tests/fixtures/golden-metrics/` (every field except timings, compared
+//! as exact JSON text: the same f64 bits, the same clients, the same per-class
+//! accuracies). It runs the installed binary, so it holds whatever the code inside looks
+//! like.
+//!
+//! The recording is of this machine kind's kernels (x86-64, AVX2 + FMA, 2 threads): a
+//! CPU whose matmul takes another code path rounds differently, and the check is then
+//! meaningless (it says so). After a deliberate change of behaviour, re-record with
+//! `FEDPUREL_BLESS_GOLDEN=1 cargo test --release --test golden_metrics` and say why in
+//! the commit.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every (algorithm, PEFT kind, extra flags) pinned: each pair the registry accepts
+/// (PromptFolio is prompt-only), plus the variants that take other code paths
+/// (carried momentum, LoRA on both towers, class-specific contexts).
+fn grid() -> Vec<(&'static str, &'static str, &'static [&'static str])> {
+    let algorithms = [
+        "zeroshot",
+        "fedpurel",
+        "fedpurel-kl",
+        "fedpurel-nopurify",
+        "fedpurel-fusion",
+        "promptfl",
+        "promptfl+la",
+        "promptfl+la-posthoc",
+        "promptfl+fedgrab",
+        "promptfolio",
+        "promptfolio+fedgrab",
+    ];
+    let mut out = Vec::new();
+    for peft in ["prompt", "lora", "adapter"] {
+        for a in algorithms {
+            if peft == "prompt" || !a.starts_with("promptfolio") {
+                out.push((a, peft, &[] as &[&str]));
+            }
+        }
+    }
+    out.push(("fedpurel", "prompt", &["--carry-momentum"]));
+    out.push(("fedpurel", "prompt", &["--class-specific"]));
+    out.push(("fedpurel", "lora", &["--lora-encoder", "both"]));
+    out
+}
+
+fn args(out: &Path, cache: &Path, algorithm: &str, peft: &str, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "run",
+        "--dataset",
+        "synthetic",
+        "--synthetic-classes",
+        "6",
+        "--synthetic-train-per-class",
+        "16",
+        "--synthetic-test-per-class",
+        "4",
+        "--imb-factor",
+        "8",
+        "--clients",
+        "3",
+        "--frac",
+        "0.5",
+        "--model",
+        "tests/fixtures/tiny-clip/hf",
+        "--rounds",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
+        "--algorithm",
+        algorithm,
+        "--peft",
+        peft,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a.extend(["--out".into(), out.display().to_string()]);
+    a.extend(["--cache-dir".into(), cache.display().to_string()]);
+    a
+}
+
+/// A JSON value with every timing field (`seconds`, `*_seconds`) removed.
+fn without_timings(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.into_iter()
+                .filter(|(k, _)| !(k == "seconds" || k.ends_with("_seconds")))
+                .map(|(k, x)| (k, without_timings(x)))
+                .collect(),
+        ),
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(without_timings).collect()),
+        other => other,
+    }
+}
+
+/// `metrics.jsonl` without timings, one line per round.
+fn pinned_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| without_timings(serde_json::from_str(l).unwrap()).to_string())
+        .collect()
+}
+
+#[test]
+fn every_algorithm_and_peft_kind_writes_the_recorded_metrics() {
+    let bless = std::env::var("FEDPUREL_BLESS_GOLDEN").is_ok_and(|v| v != "0");
+    let golden = root().join("tests/fixtures/golden-metrics");
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let mut differ = Vec::new();
+    for (algorithm, peft, extra) in grid() {
+        let variant: String = extra
+            .iter()
+            .map(|f| format!("-{}", f.trim_start_matches('-')))
+            .collect();
+        let tag = format!("{}-{peft}{variant}", algorithm.replace('+', "_"));
+        let out = tmp.path().join(&tag);
+        let run = Command::new(env!("CARGO_BIN_EXE_fedpurel"))
+            .args(args(&out, &cache, algorithm, peft, extra))
+            .current_dir(root())
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let lines = pinned_lines(&out.join("metrics.jsonl"));
+        assert_eq!(lines.len(), 3, "{tag}: three rounds");
+        let file = golden.join(format!("{tag}.jsonl"));
+        if bless {
+            std::fs::create_dir_all(&golden).unwrap();
+            std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+            continue;
+        }
+        let want: Vec<String> = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e} (record with FEDPUREL_BLESS_GOLDEN=1)", file.display()))
+            .lines()
+            .map(String::from)
+            .collect();
+        if let Some(round) = (0..3).find(|&r| want.get(r) != lines.get(r)) {
+            differ.push(format!(
+                "{tag} round {round}:\n  recorded {}\n  now      {}",
+                want.get(round).map(String::as_str).unwrap_or("<missing>"),
+                lines[round]
+            ));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "metrics.jsonl changed for {} of {} runs (on another CPU kind the kernels round \
+         differently; see this file's header):\n{}",
+        differ.len(),
+        grid().len(),
+        differ.join("\n")
+    );
+}

@@ -26,13 +26,12 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use candle_core::Device;
 
-use crate::cli::run::{algorithm, federation, load, Loaded};
-use crate::cli::run_config::{read_config, RunConfig};
 use crate::fed::algorithm::Algorithm;
 use crate::fed::client::{self, check_supported, ClientState, FitOutcome, Stage2Done};
 use crate::fed::train::{ClientEvaluation, Evaluation, FedState, Federation};
 use crate::peft::params::ParamSet;
 use crate::report::client_dir::ClientDir;
+use crate::setup::{algorithm, federation, load, read_config, Loaded, Quiet, RunConfig};
 
 self_cell::self_cell!(
     /// A loaded configuration and the federation that borrows its model.
@@ -68,7 +67,7 @@ impl Session {
         }
         let cfg = read_config(path)?;
         let fingerprint = fingerprint(&cfg)?;
-        let prepared = Prepared::try_new(load(cfg)?, federation)?;
+        let prepared = Prepared::try_new(load(cfg)?, |l| federation(l, &Quiet))?;
         let fed = prepared.borrow_dependent();
         let algo = algorithm(&prepared.borrow_owner().cfg, fed)?;
         check_supported(fed, algo.as_ref()).with_context(|| format!("{}", path.display()))?;
@@ -283,9 +282,9 @@ pub fn absolute_paths(cfg: &mut RunConfig) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::run_config::preset;
     use crate::data::source::DatasetName;
     use crate::fed::train::{KeyedSchedule, Schedule};
+    use crate::setup::presets::preset;
 
     /// A small synthetic run on the tiny fixture model, written to `dir/run.toml`.
     fn config(dir: &Path, algorithm: &str) -> (RunConfig, PathBuf) {
@@ -337,7 +336,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (cfg, path) = config(tmp.path(), "fedpurel");
         let loaded = load(cfg.clone()).unwrap();
-        let fed = federation(&loaded).unwrap();
+        let fed = federation(&loaded, &Quiet).unwrap();
         let algo = algorithm(&cfg, &fed).unwrap();
         let mut state = fed.initial_state().unwrap();
         let records: Vec<_> = (0..2)

@@ -18,6 +18,8 @@
 //! * [`metrics`] — accuracy per Many/Medium/Few group, balancedness, per-class tables.
 //! * [`report`] — atomic writes, run directories, comparison tables and plots (partition
 //!   heatmap, per-class accuracy against training count, metrics per round).
+//! * [`setup`] — a run built from its configuration: presets, config files, loading
+//!   data and model, the federation and algorithm, the whole run with progress events.
 //! * [`bridge`] — one client's work (or the server's evaluation) for an outside
 //!   orchestrator such as Flower; the Python module in `bindings/python` wraps it.
 //! * [`bench`] — benchmark workloads that print achieved GFLOP/s against the machine's
@@ -39,3 +41,4 @@ pub mod peft;
 pub mod pretrain;
 pub mod report;
 pub mod rng;
+pub mod setup;

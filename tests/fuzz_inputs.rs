@@ -73,7 +73,7 @@ fn run(target: &str, data: &[u8]) {
         }
         "run_config" => {
             if let Some(t) = text {
-                let _ = fedpurel::cli::run_config::parse_config(t, Path::new("config.toml"));
+                let _ = fedpurel::setup::config::parse_config(t, Path::new("config.toml"));
             }
         }
         "split_file" => {

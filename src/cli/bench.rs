@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
-use super::run::{algorithm, federation, load, PeftKind};
-use super::run_config::preset;
 use crate::bench::image_encoder::ImageBenchSettings;
 use crate::bench::pretrain::PretrainBenchSettings;
 use crate::bench::round::{project, read_reference, round_rows, ReferenceRound};
@@ -15,6 +13,8 @@ use crate::bench::{image_encoder, matmul, mem, pretrain, text_encoder, timed, Be
 use crate::clip::tokenizer::ClipTokenizer;
 use crate::data::source::DatasetName;
 use crate::fed::train::{KeyedSchedule, Schedule};
+use crate::setup::presets::preset;
+use crate::setup::{algorithm, federation, load, PeftKind};
 use std::path::Path;
 use std::time::Instant;
 
@@ -106,7 +106,8 @@ pub enum Workload {
         /// Cotangents per backward.
         #[arg(long, default_value_t = 2)]
         cotangents: usize,
-        /// Directory with CLIP's tokenizer files (tokenizer.json or vocab.json + merges.txt).
+        /// Directory with CLIP's tokenizer files (tokenizer.json or vocab.json + merges.txt);
+        /// default: CLIP's own vocabulary, compiled in.
         #[arg(long)]
         tokenizer: Option<PathBuf>,
         /// Skip the plain 77-position path (≈ 30 GB of activations at 1000 classes).
@@ -224,7 +225,7 @@ pub fn round_workload(w: &RoundWorkload, device: &str) -> Result<Vec<BenchResult
     let t0 = Instant::now();
     let result = (|| -> Result<Vec<BenchResult>> {
         let loaded = load(cfg)?;
-        let mut fed = federation(&loaded)?;
+        let mut fed = federation(&loaded, &super::progress::Terminal::default())?;
         let setup = t0.elapsed().as_secs_f64();
         let algo = algorithm(&loaded.cfg, &fed)?;
         let n_train = loaded.partition.lt_train.len();
@@ -349,9 +350,18 @@ fn compare(now: &[BenchResult], earlier: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The tokenizer shipped with the repository's test fixtures (CLIP's real vocabulary).
-fn default_tokenizer_dir() -> PathBuf {
+/// The tiny fixture CLIP of the source checkout (the suite's tiny workload).
+fn tiny_fixture_clip() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/hf")
+}
+
+/// The tokenizer in `dir`, or CLIP's own (compiled in).
+fn tokenizer(dir: Option<PathBuf>) -> Result<ClipTokenizer> {
+    match dir {
+        Some(dir) => ClipTokenizer::from_dir(&dir)
+            .with_context(|| format!("loading CLIP's tokenizer from {} (--tokenizer)", dir.display())),
+        None => ClipTokenizer::clip_bpe(),
+    }
 }
 
 /// Runs `fedpurel bench …`.
@@ -361,13 +371,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let peak_rate = peak.gflops_per_s;
     let mut results = vec![peak];
     let text_bench = |classes: usize, dir: Option<PathBuf>| -> Result<Vec<BenchResult>> {
-        let dir = dir.unwrap_or_else(default_tokenizer_dir);
-        let tok = ClipTokenizer::from_dir(&dir).with_context(|| {
-            format!(
-                "loading CLIP's tokenizer from {} (pass --tokenizer DIR)",
-                dir.display()
-            )
-        })?;
+        let tok = tokenizer(dir)?;
         mem::reset_peak();
         let settings = TextBenchSettings {
             classes,
@@ -401,7 +405,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             for peft in [PeftKind::Prompt, PeftKind::Lora, PeftKind::Adapter] {
                 let w = RoundWorkload {
                     peft,
-                    model: default_tokenizer_dir(),
+                    model: tiny_fixture_clip(),
                     root: root.clone(),
                     rounds: 2,
                     max_steps: 0,
@@ -441,13 +445,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             tokenizer,
             fast_only,
         } => {
-            let dir = tokenizer.unwrap_or_else(default_tokenizer_dir);
-            let tok = ClipTokenizer::from_dir(&dir).with_context(|| {
-                format!(
-                    "loading CLIP's tokenizer from {} (pass --tokenizer DIR)",
-                    dir.display()
-                )
-            })?;
+            let tok = self::tokenizer(tokenizer)?;
             let settings = TextBenchSettings {
                 classes,
                 n_ctx,

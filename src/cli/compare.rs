@@ -11,12 +11,14 @@ use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::Args;
 
-use super::run::{execute, PeftKind, RunArgs};
-use super::run_config::{preset_names, resolve, RunConfig};
+use super::progress::Terminal;
+use super::run_args::{resolve, RunArgs};
 use crate::fed::algorithm::names as algorithm_names;
 use crate::report::atomic;
 use crate::report::compare::{check_same_splits, csv, markdown, Row};
 use crate::report::run_dir::{RunDir, Summary};
+use crate::setup::presets::preset_names;
+use crate::setup::{execute, PeftKind, RunConfig};
 
 /// Arguments of `fedpurel compare`: the grid, plus every `run` flag as the base
 /// configuration (`--preset`, `--config`, data, model, PEFT, rounds, …).
@@ -121,7 +123,7 @@ pub fn run_grid(
             let started = Instant::now();
             let (summary, status) = match finished(&cfg)? {
                 Some(s) => (s, "finished earlier"),
-                None => (execute(cfg.clone(), true)?.0, "ran"),
+                None => (execute(cfg.clone(), &Terminal::default())?.0, "ran"),
             };
             eprintln!(
                 "[{n}/{total}] {a} seed {seed}: GM {:.2} PM {:.2} ({status}, {:.1} s) → {}",

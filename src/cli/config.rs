@@ -5,8 +5,7 @@
 
 use anyhow::{Context, Result};
 
-use super::run::RunArgs;
-use super::run_config::resolve;
+use super::run_args::{resolve, RunArgs};
 use crate::bridge::absolute_paths;
 
 /// Prints the configuration `args` resolve to.

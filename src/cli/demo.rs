@@ -20,7 +20,6 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::compare::{cell_dir, parse_seeds, rows, run_grid, write_tables};
-use super::run_config::{demo_preset, RunConfig, DEMO_MODEL};
 use crate::clip::Checkpoint;
 use crate::data::dataset::SplitKind;
 use crate::data::world::{self, Domain};
@@ -29,6 +28,8 @@ use crate::pretrain::WorldPretrainSettings;
 use crate::report::plots::{self, ClassSeries, RoundSeries};
 use crate::report::run_dir::{RunDir, Summary};
 use crate::report::{atomic, heatmap};
+use crate::setup::presets::{demo_preset, DEMO_MODEL};
+use crate::setup::RunConfig;
 
 /// The algorithms the demo compares, in table order.
 pub const ALGORITHMS: [&str; 4] = ["zeroshot", "promptfl", "promptfolio", "fedpurel"];

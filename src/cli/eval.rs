@@ -8,11 +8,10 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::run::{algorithm, federation, load};
-use super::run_config::read_config;
 use crate::fed::train::Evaluation;
 use crate::peft::params::ParamSet;
 use crate::report::run_dir::RunDir;
+use crate::setup::{algorithm, federation, load, read_config};
 
 /// Arguments of `fedpurel eval`.
 #[derive(Debug, Args)]
@@ -40,7 +39,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let dir = RunDir::new(&args.run);
     let cfg = read_config(&args.run.join("config.toml"))?;
     let loaded = load(cfg)?;
-    let fed = federation(&loaded)?;
+    let fed = federation(&loaded, &super::progress::Terminal::default())?;
     let algo = algorithm(&loaded.cfg, &fed)?;
     let mut state = dir
         .load_state(loaded.clip.device())?

@@ -27,7 +27,6 @@ use clap::{Args, Subcommand};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::run_config::{demo_preset, DEMO_MODEL};
 use crate::clip::config::SpecialTokens;
 use crate::clip::tokenizer::ClipTokenizer;
 use crate::clip::weights::{ClipWeights, SaveOptions};
@@ -35,6 +34,7 @@ use crate::clip::Checkpoint;
 use crate::data::dataset::{Dataset, SplitKind};
 use crate::data::world::Domain;
 use crate::report::atomic;
+use crate::setup::presets::{demo_preset, DEMO_MODEL};
 
 /// Arguments of `fedpurel export`.
 #[derive(Debug, Args)]

@@ -7,15 +7,15 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod compare;
 pub mod config;
-pub mod data_args;
 pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod model;
 pub mod partition;
 pub mod pretrain;
+pub mod progress;
 pub mod run;
-pub mod run_config;
+pub mod run_args;
 pub mod zeroshot;
 
 /// Federated, long-tailed, personalized fine-tuning of CLIP.
@@ -39,10 +39,10 @@ pub enum Command {
     /// Cut the long tail, split a dataset over clients, write partition.json + a heatmap.
     Partition(partition::PartitionArgs),
     /// Train and evaluate FedPuReL or a baseline; leaves a run directory (resumable).
-    Run(Box<run::RunArgs>),
+    Run(Box<run_args::RunArgs>),
     /// Print the resolved configuration of `run`'s flags as TOML (absolute paths), e.g.
     /// for the server and clients of a Flower run.
-    Config(Box<run::RunArgs>),
+    Config(Box<run_args::RunArgs>),
     /// Re-evaluate a saved run from its checkpoints.
     Eval(eval::EvalArgs),
     /// Run a grid of algorithms × seeds and write the paper-style comparison table.

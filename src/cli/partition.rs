@@ -7,10 +7,10 @@ use std::time::Instant;
 use anyhow::Result;
 use serde_json::json;
 
-use super::data_args::DataArgs;
 use crate::data::partition::ClientStats;
 use crate::data::{ClassGroups, Partition};
 use crate::report;
+use crate::setup::data::DataArgs;
 
 /// Arguments of `fedpurel partition`.
 #[derive(Debug, clap::Args)]

@@ -81,19 +81,38 @@ impl ClipTokenizer {
     pub fn from_vocab_merges(vocab: &Path, merges: &Path) -> Result<Self> {
         let vtext =
             std::fs::read_to_string(vocab).with_context(|| format!("{}: cannot read", vocab.display()))?;
-        let vocab_map: serde_json::Map<String, Value> = serde_json::from_str(&vtext)
-            .with_context(|| format!("{}: not a JSON object of token → id", vocab.display()))?;
+        let mtext =
+            std::fs::read_to_string(merges).with_context(|| format!("{}: cannot read", merges.display()))?;
+        Self::from_vocab_merges_str(
+            &vtext,
+            &mtext,
+            &vocab.display().to_string(),
+            &merges.display().to_string(),
+        )
+    }
+
+    /// CLIP's own tokenizer (OpenAI's BPE vocabulary of 49 408 tokens), compiled into the
+    /// binary: for models without tokenizer files, such as the random published-size
+    /// models of `--model random:vit-b16`, from any working directory.
+    pub fn clip_bpe() -> Result<Self> {
+        // The same files the tiny fixture CLIP ships (copied from OpenAI's CLIP vocabulary
+        // through the reference harness; tests/fixtures/README.md).
+        const VOCAB: &str = include_str!("../../tests/fixtures/tiny-clip/hf/vocab.json");
+        const MERGES: &str = include_str!("../../tests/fixtures/tiny-clip/hf/merges.txt");
+        Self::from_vocab_merges_str(VOCAB, MERGES, "CLIP's vocab.json", "CLIP's merges.txt")
+    }
+
+    /// Builds CLIP's pipeline around the texts of `vocab.json` and `merges.txt`; the two
+    /// origins name them in errors.
+    pub fn from_vocab_merges_str(vtext: &str, mtext: &str, vocab: &str, merges: &str) -> Result<Self> {
+        let vocab_map: serde_json::Map<String, Value> = serde_json::from_str(vtext)
+            .with_context(|| format!("{vocab}: not a JSON object of token → id"))?;
         let id_of = |tok: &str| -> Result<u64> {
             vocab_map.get(tok).and_then(Value::as_u64).ok_or_else(|| {
-                anyhow!(
-                    "{}: missing `{tok}` (CLIP's special tokens must be in the vocabulary)",
-                    vocab.display()
-                )
+                anyhow!("{vocab}: missing `{tok}` (CLIP's special tokens must be in the vocabulary)")
             })
         };
         let (sot, eot) = (id_of(SOT)?, id_of(EOT)?);
-        let mtext =
-            std::fs::read_to_string(merges).with_context(|| format!("{}: cannot read", merges.display()))?;
         let mut merge_list = Vec::new();
         for (i, line) in mtext.lines().enumerate() {
             if line.starts_with("#version") || line.trim().is_empty() {
@@ -103,21 +122,15 @@ impl ClipTokenizer {
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => merge_list.push(json!([a, b])),
                 _ => bail!(
-                    "{}: line {}: expected two symbols separated by one space, found `{line}`",
-                    merges.display(),
+                    "{merges}: line {}: expected two symbols separated by one space, found `{line}`",
                     i + 1
                 ),
             }
         }
         let spec = clip_tokenizer_spec(Value::Object(vocab_map), merge_list, sot, eot);
-        let inner = Tokenizer::from_str(&spec.to_string()).map_err(|e| {
-            anyhow!(
-                "{} + {}: cannot build the tokenizer: {e}",
-                vocab.display(),
-                merges.display()
-            )
-        })?;
-        Self::wrap(inner, &vocab.display().to_string())
+        let inner = Tokenizer::from_str(&spec.to_string())
+            .map_err(|e| anyhow!("{vocab} + {merges}: cannot build the tokenizer: {e}"))?;
+        Self::wrap(inner, vocab)
     }
 
     fn wrap(inner: Tokenizer, origin: &str) -> Result<Self> {
@@ -243,13 +256,14 @@ mod tests {
     }
 
     #[test]
-    fn ids_equal_the_reference_on_all_fixture_prompts_for_both_file_kinds() {
+    fn ids_equal_the_reference_on_all_fixture_prompts_for_both_file_kinds_and_the_embedded_one() {
         let refs = reference();
         assert_eq!(refs.len(), 313);
         let from_json = ClipTokenizer::from_dir(&dir()).unwrap();
         let from_files =
             ClipTokenizer::from_vocab_merges(&dir().join("vocab.json"), &dir().join("merges.txt")).unwrap();
-        for tok in [&from_json, &from_files] {
+        let embedded = ClipTokenizer::clip_bpe().unwrap();
+        for tok in [&from_json, &from_files, &embedded] {
             for (text, ids) in &refs {
                 let got = tok.encode_prompt(text).unwrap();
                 assert_eq!(&got.ids, ids, "prompt `{text}`");

@@ -638,8 +638,8 @@ pub(crate) mod tests {
     #[test]
     fn ten_reference_rounds_on_the_demo_clip_are_reproduced() {
         let dir = fixtures().join("reference-run-world");
-        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join(crate::cli::run_config::DEMO_MODEL);
-        let data = crate::cli::run_config::demo_preset(false, &model, Path::new(""), Path::new("")).data;
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join(crate::setup::presets::DEMO_MODEL);
+        let data = crate::setup::presets::demo_preset(false, &model, Path::new(""), Path::new("")).data;
         let ds = Arc::new(crate::data::world::generate(&data.world_spec()).unwrap());
         let partition = import::read(&dir.join("partition.json")).unwrap();
         let clip = Clip::load(&model, &LoadOptions::default()).unwrap();

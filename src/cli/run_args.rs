@@ -1,0 +1,229 @@
+//! The flags of `fedpurel run` (also `config` and `compare`) and how they resolve into a
+//! [`RunConfig`]: a preset or a TOML file as the base, command-line flags on top (only
+//! those typed on the command line override).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
+
+use crate::data::transforms::TransformKind;
+use crate::fed::algorithm::AlgorithmSettings;
+use crate::fed::local::AlignLoss;
+use crate::setup::config::{check_complete, read_config, LoraEncoder, PeftKind, RunConfig};
+use crate::setup::data::DataArgs;
+use crate::setup::presets::{paper_train, preset};
+
+/// Arguments of `fedpurel run`. With `--preset` or `--config`, only the flags typed on the
+/// command line override the base; the defaults shown here apply otherwise.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Start from a named preset (e.g. cifar100-lt-prompt, places-lt-lora-reference-code).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Start from a configuration file (e.g. a run directory's config.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Federated algorithm: zeroshot, fedpurel, fedpurel-kl, fedpurel-nopurify,
+    /// fedpurel-fusion, promptfl, promptfl+la, promptfl+la-posthoc, promptfl+fedgrab,
+    /// promptfolio, promptfolio+fedgrab.
+    #[arg(long, default_value = "fedpurel")]
+    pub algorithm: String,
+    /// Dataset, long-tail cut and client split (as `fedpurel partition`).
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// CLIP checkpoint directory, or `random:vit-b16` (also vit-b32, vit-l14) for random
+    /// weights at a published size with random frozen image features (benchmarks).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// PEFT kind.
+    #[arg(long, value_enum, default_value = "prompt")]
+    pub peft: PeftKind,
+    /// Communication rounds.
+    #[arg(long, default_value_t = 100)]
+    pub rounds: usize,
+    /// Fraction of clients sampled per round after round 0.
+    #[arg(long, default_value_t = 0.4)]
+    pub frac: f64,
+    /// Local batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Learning rate of both stages.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// λ of stage 2 (weight of the personal CE; the paper's 0.9, the code's 0.99).
+    #[arg(long, default_value_t = 0.9)]
+    pub lambda: f64,
+    /// Purification strength (0 disables the projection).
+    #[arg(long, default_value_t = 1.0)]
+    pub lambda_proj: f64,
+    /// Stage-1 alignment loss.
+    #[arg(long, value_enum, default_value = "tkl")]
+    pub align: AlignLoss,
+    /// Carry the stage-1 momentum across clients and rounds, as the reference code does.
+    #[arg(long)]
+    pub carry_momentum: bool,
+    /// Prompt context vectors.
+    #[arg(long, default_value_t = 4)]
+    pub n_ctx: usize,
+    /// Initialize the prompt context from words, e.g. "a photo of a" (as many tokens as
+    /// --n-ctx).
+    #[arg(long)]
+    pub ctx_init: Option<String>,
+    /// One prompt context per class (CoOp's class-specific context).
+    #[arg(long)]
+    pub class_specific: bool,
+    /// LoRA rank (α = 2·rank).
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// Encoders with LoRA adapters.
+    #[arg(long, value_enum, default_value = "vision")]
+    pub lora_encoder: LoraEncoder,
+    /// Image pipeline at the model's input size (default: the dataset's: cifar for
+    /// CIFAR-100 and synthetic, native for world, clip else).
+    #[arg(long, value_enum)]
+    pub transform: Option<TransformKind>,
+    /// With an augmenting train transform (clip): encode this many augmented views of each
+    /// training image once, cached, and let each step take one per sample; 0 augments and
+    /// encodes live (the reference's protocol). No effect with a deterministic transform
+    /// or with LoRA on the image tower.
+    #[arg(long, default_value_t = 0)]
+    pub views: usize,
+    /// Zero-shot prompt template.
+    #[arg(long, default_value = "a photo of a {}.")]
+    pub template: String,
+    /// Run directory.
+    #[arg(long, default_value = "runs/latest")]
+    pub out: PathBuf,
+    /// Image-feature cache directory.
+    #[arg(long, default_value = "runs/feature-cache")]
+    pub cache_dir: PathBuf,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Test images per evaluation batch.
+    #[arg(long, default_value_t = 256)]
+    pub eval_batch: usize,
+    /// Logit-adjustment strength τ (promptfl+la, promptfl+la-posthoc).
+    #[arg(long, default_value_t = 1.0)]
+    pub la_tau: f64,
+    /// PromptFolio's weight θ of the local prompt (promptfolio*, fedpurel-fusion).
+    #[arg(long, default_value_t = 0.4)]
+    pub folio_theta: f64,
+    /// Weight of the alignment loss added to CE (fedpurel-nopurify).
+    #[arg(long, default_value_t = 1.0)]
+    pub align_weight: f64,
+}
+
+/// The configuration of the flags alone (their defaults where not typed).
+fn from_args(a: &RunArgs) -> RunConfig {
+    let mut train = paper_train(a.data.seed);
+    train.rounds = a.rounds;
+    train.frac = a.frac;
+    train.batch_size = a.batch_size;
+    train.stage1.lr = a.lr;
+    train.stage2.lr = a.lr;
+    train.lambda = a.lambda;
+    train.lambda_proj = a.lambda_proj;
+    train.align = a.align;
+    train.carry_momentum = a.carry_momentum;
+    train.eval_batch = a.eval_batch;
+    train.views = a.views;
+    RunConfig {
+        algorithm: a.algorithm.clone(),
+        data: a.data.clone(),
+        model: a.model.clone().unwrap_or_default(),
+        peft: a.peft,
+        n_ctx: a.n_ctx,
+        ctx_init: a.ctx_init.clone(),
+        class_specific: a.class_specific,
+        lora_rank: a.lora_rank,
+        lora_encoder: a.lora_encoder,
+        transform: a.transform,
+        template: a.template.clone(),
+        train,
+        baselines: AlgorithmSettings {
+            la_tau: a.la_tau,
+            folio_theta: a.folio_theta,
+            align_weight: a.align_weight,
+            ..AlgorithmSettings::default()
+        },
+        out: a.out.clone(),
+        cache_dir: a.cache_dir.clone(),
+        device: a.device.clone(),
+    }
+}
+
+/// The configuration of a `run` invocation: base (preset, file, or the flags' defaults),
+/// then every flag given on the command line.
+pub fn resolve(a: &RunArgs, m: Option<&ArgMatches>) -> Result<RunConfig> {
+    let flags = from_args(a);
+    let mut c = match (&a.preset, &a.config) {
+        (Some(_), Some(_)) => bail!("--preset and --config both set: choose one base"),
+        (Some(p), None) => preset(p, &flags.model, &flags.out, &flags.cache_dir)?,
+        (None, Some(f)) => read_config(f)?,
+        (None, None) => {
+            check_complete(&flags)?;
+            return Ok(flags);
+        }
+    };
+    let given = |id: &str| m.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine));
+    macro_rules! take {
+        ($($id:literal => $dst:expr, $src:expr;)*) => {
+            $(if given($id) { $dst = $src; })*
+        };
+    }
+    take! {
+        "dataset" => c.data.dataset, flags.data.dataset;
+        "root" => c.data.root, flags.data.root.clone();
+        "imb_factor" => c.data.imb_factor, flags.data.imb_factor;
+        "clients" => c.data.clients, flags.data.clients;
+        "alpha" => c.data.alpha, flags.data.alpha;
+        "seed" => c.data.seed, flags.data.seed;
+        "split" => c.data.split, flags.data.split;
+        "client_test" => c.data.client_test, flags.data.client_test;
+        "split_file" => c.data.split_file, flags.data.split_file.clone();
+        "test_fraction" => c.data.test_fraction, flags.data.test_fraction;
+        "no_image_check" => c.data.no_image_check, flags.data.no_image_check;
+        "synthetic_classes" => c.data.synthetic_classes, flags.data.synthetic_classes;
+        "synthetic_train_per_class" => c.data.synthetic_train_per_class, flags.data.synthetic_train_per_class;
+        "synthetic_test_per_class" => c.data.synthetic_test_per_class, flags.data.synthetic_test_per_class;
+        "world_train_per_class" => c.data.world_train_per_class, flags.data.world_train_per_class;
+        "world_test_per_class" => c.data.world_test_per_class, flags.data.world_test_per_class;
+        "world_domain" => c.data.world_domain, flags.data.world_domain;
+        "world_seed" => c.data.world_seed, flags.data.world_seed;
+        "model" => c.model, flags.model.clone();
+        "algorithm" => c.algorithm, flags.algorithm.clone();
+        "peft" => c.peft, flags.peft;
+        "n_ctx" => c.n_ctx, flags.n_ctx;
+        "ctx_init" => c.ctx_init, flags.ctx_init.clone();
+        "class_specific" => c.class_specific, flags.class_specific;
+        "lora_rank" => c.lora_rank, flags.lora_rank;
+        "lora_encoder" => c.lora_encoder, flags.lora_encoder;
+        "transform" => c.transform, flags.transform;
+        "template" => c.template, flags.template.clone();
+        "rounds" => c.train.rounds, flags.train.rounds;
+        "frac" => c.train.frac, flags.train.frac;
+        "batch_size" => c.train.batch_size, flags.train.batch_size;
+        "lambda" => c.train.lambda, flags.train.lambda;
+        "lambda_proj" => c.train.lambda_proj, flags.train.lambda_proj;
+        "align" => c.train.align, flags.train.align;
+        "carry_momentum" => c.train.carry_momentum, flags.train.carry_momentum;
+        "eval_batch" => c.train.eval_batch, flags.train.eval_batch;
+        "views" => c.train.views, flags.train.views;
+        "la_tau" => c.baselines.la_tau, flags.baselines.la_tau;
+        "folio_theta" => c.baselines.folio_theta, flags.baselines.folio_theta;
+        "align_weight" => c.baselines.align_weight, flags.baselines.align_weight;
+        "out" => c.out, flags.out.clone();
+        "cache_dir" => c.cache_dir, flags.cache_dir.clone();
+        "device" => c.device, flags.device.clone();
+    }
+    if given("lr") {
+        c.train.stage1.lr = a.lr;
+        c.train.stage2.lr = a.lr;
+    }
+    c.train.seed = c.data.seed;
+    check_complete(&c)?;
+    Ok(c)
+}

@@ -28,7 +28,8 @@ use candle_core::Device;
 
 use crate::fed::algorithm::Algorithm;
 use crate::fed::client::{self, check_supported, ClientState, FitOutcome, Stage2Done};
-use crate::fed::train::{ClientEvaluation, Evaluation, FedState, Federation};
+use crate::fed::federation::{FedState, Federation};
+use crate::fed::record::{ClientEvaluation, Evaluation};
 use crate::peft::params::ParamSet;
 use crate::report::client_dir::ClientDir;
 use crate::setup::{algorithm, federation, load, read_config, Loaded, Quiet, RunConfig};
@@ -99,15 +100,7 @@ impl Session {
 
     /// A state holding only the global parameters `global`.
     fn state_with(&self, global: ParamSet) -> FedState {
-        let n = self.fed().clients();
-        FedState {
-            rounds_done: 0,
-            global,
-            private: vec![None; n],
-            momentum: None,
-            server_extra: None,
-            client_extra: vec![None; n],
-        }
+        FedState::fresh(global, self.fed().clients())
     }
 }
 
@@ -283,7 +276,7 @@ pub fn absolute_paths(cfg: &mut RunConfig) -> Result<()> {
 mod tests {
     use super::*;
     use crate::data::source::DatasetName;
-    use crate::fed::train::{KeyedSchedule, Schedule};
+    use crate::fed::federation::{KeyedSchedule, Schedule};
     use crate::setup::presets::preset;
 
     /// A small synthetic run on the tiny fixture model, written to `dir/run.toml`.

@@ -666,3 +666,31 @@ fn quick_demo_on_the_shipped_model() {
         );
     }
 }
+
+/// A run directory written by fedpurel 0.1 before the `setup`/registry refactor
+/// (`tests/fixtures/run-dir-0.1`: config.toml with the old `[baselines]` layout, metrics,
+/// checkpoints) still loads: `eval` re-evaluates its checkpoint and gets the recorded GM
+/// and PM numbers.
+#[test]
+fn run_directories_of_version_0_1_keep_loading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    copy_dir(&root().join("tests/fixtures/run-dir-0.1"), &dir);
+    let (ok, stdout, err) = fedpurel(&["eval", "--run", dir.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["matches_record"]["gm"], true, "{stdout}");
+    assert_eq!(v["matches_record"]["pm"], true, "{stdout}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 
 use super::{timed, BenchResult};
-use crate::fed::train::RoundRecord;
+use crate::fed::record::RoundRecord;
 
 /// Phase rows of one round record, names prefixed with `prefix`; `scale` multiplies the
 /// stage times (a run with capped local steps, extrapolated to full epochs).

@@ -12,7 +12,7 @@ use crate::bench::text_encoder::TextBenchSettings;
 use crate::bench::{image_encoder, matmul, mem, pretrain, text_encoder, timed, BenchResult};
 use crate::clip::tokenizer::ClipTokenizer;
 use crate::data::source::DatasetName;
-use crate::fed::train::{KeyedSchedule, Schedule};
+use crate::fed::federation::{KeyedSchedule, Schedule};
 use crate::setup::presets::preset;
 use crate::setup::{algorithm, federation, load, PeftKind};
 use std::path::Path;

@@ -13,7 +13,7 @@ use clap::Args;
 
 use super::progress::Terminal;
 use super::run_args::{resolve, RunArgs};
-use crate::fed::algorithm::names as algorithm_names;
+use crate::fed::registry;
 use crate::report::atomic;
 use crate::report::compare::{check_same_splits, csv, markdown, Row};
 use crate::report::run_dir::{RunDir, Summary};
@@ -60,15 +60,7 @@ pub fn parse_algorithms(text: &str, peft: PeftKind) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for part in text.split(',') {
         let a = part.trim().to_string();
-        if !algorithm_names().contains(&a.as_str()) {
-            bail!(
-                "--algorithms: unknown algorithm `{a}`; available: {}",
-                algorithm_names().join(", ")
-            );
-        }
-        if a.starts_with("promptfolio") && peft != PeftKind::Prompt {
-            bail!("--algorithms: `{a}` is defined for prompt learning only, not --peft {peft:?}; with LoRA or the adapter use zeroshot, promptfl, promptfl+la, promptfl+la-posthoc, promptfl+fedgrab and the fedpurel variants".to_lowercase());
-        }
+        registry::find_for(&a, peft).map_err(|e| anyhow::anyhow!("--algorithms: {e}"))?;
         if out.contains(&a) {
             bail!("--algorithms: `{a}` appears twice");
         }
@@ -83,8 +75,8 @@ fn cell_config(base: &RunConfig, root: &Path, algorithm: &str, seed: u64) -> Run
     c.algorithm = algorithm.to_string();
     c.data.seed = seed;
     c.train.seed = seed;
-    if algorithm == "zeroshot" {
-        // Nothing trains: every round would record the same numbers.
+    if registry::find(algorithm).is_ok_and(|e| !(e.build)(&c.baselines).trains()) {
+        // Nothing trains (zero-shot): every round would record the same numbers.
         c.train.rounds = 1;
     }
     c.out = cell_dir(root, algorithm, seed);

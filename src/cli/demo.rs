@@ -23,7 +23,7 @@ use super::compare::{cell_dir, parse_seeds, rows, run_grid, write_tables};
 use crate::clip::Checkpoint;
 use crate::data::dataset::SplitKind;
 use crate::data::world::{self, Domain};
-use crate::fed::train::RoundRecord;
+use crate::fed::record::RoundRecord;
 use crate::pretrain::WorldPretrainSettings;
 use crate::report::plots::{self, ClassSeries, RoundSeries};
 use crate::report::run_dir::{RunDir, Summary};

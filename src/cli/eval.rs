@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::fed::train::Evaluation;
+use crate::fed::record::Evaluation;
 use crate::peft::params::ParamSet;
 use crate::report::run_dir::RunDir;
 use crate::setup::{algorithm, federation, load, read_config};

@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::pretrain::recipe::{pretrain_world, Architecture, Event, WorldPretrainSettings};
+use crate::pretrain::pipeline::{pretrain_world, Event};
+use crate::pretrain::recipe::{Architecture, WorldPretrainSettings};
 
 fn defaults() -> WorldPretrainSettings {
     WorldPretrainSettings::default()

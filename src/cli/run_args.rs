@@ -11,6 +11,7 @@ use clap::{ArgMatches, Args};
 use crate::data::transforms::TransformKind;
 use crate::fed::algorithm::AlgorithmSettings;
 use crate::fed::local::AlignLoss;
+use crate::fed::registry;
 use crate::setup::config::{check_complete, read_config, LoraEncoder, PeftKind, RunConfig};
 use crate::setup::data::DataArgs;
 use crate::setup::presets::{paper_train, preset};
@@ -25,10 +26,8 @@ pub struct RunArgs {
     /// Start from a configuration file (e.g. a run directory's config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Federated algorithm: zeroshot, fedpurel, fedpurel-kl, fedpurel-nopurify,
-    /// fedpurel-fusion, promptfl, promptfl+la, promptfl+la-posthoc, promptfl+fedgrab,
-    /// promptfolio, promptfolio+fedgrab.
-    #[arg(long, default_value = "fedpurel")]
+    /// Federated algorithm (the list: --help).
+    #[arg(long, default_value = "fedpurel", long_help = registry::help())]
     pub algorithm: String,
     /// Dataset, long-tail cut and client split (as `fedpurel partition`).
     #[command(flatten)]
@@ -105,15 +104,60 @@ pub struct RunArgs {
     /// Test images per evaluation batch.
     #[arg(long, default_value_t = 256)]
     pub eval_batch: usize,
-    /// Logit-adjustment strength τ (promptfl+la, promptfl+la-posthoc).
-    #[arg(long, default_value_t = 1.0)]
-    pub la_tau: f64,
-    /// PromptFolio's weight θ of the local prompt (promptfolio*, fedpurel-fusion).
-    #[arg(long, default_value_t = 0.4)]
-    pub folio_theta: f64,
-    /// Weight of the alignment loss added to CE (fedpurel-nopurify).
-    #[arg(long, default_value_t = 1.0)]
-    pub align_weight: f64,
+    /// The algorithms' own settings (one flag per registered setting).
+    #[command(flatten)]
+    pub baselines: AlgorithmFlags,
+}
+
+/// The flags of every setting in the algorithm registry (`--la-tau`, `--folio-theta`,
+/// …), generated from [`registry::settings`]: a new algorithm's setting gets its flag,
+/// help and default from its own file.
+#[derive(Debug, Clone, Default)]
+pub struct AlgorithmFlags(pub AlgorithmSettings);
+
+impl clap::FromArgMatches for AlgorithmFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = AlgorithmFlags::default();
+        flags.update_from_arg_matches(m)?;
+        Ok(flags)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        for s in registry::settings() {
+            if let Some(values) = m.get_many::<f64>(s.key) {
+                self.0.set(s.key, values.copied().collect()).map_err(|e| {
+                    clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Args for AlgorithmFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        registry::settings().into_iter().fold(cmd, |cmd, s| {
+            let default: Vec<String> = s.default.iter().map(f64::to_string).collect();
+            let help = format!(
+                "{} [default: {}; read by {}]",
+                s.help,
+                default.join(" "),
+                registry::readers(s).join(", ")
+            );
+            cmd.arg(
+                clap::Arg::new(s.key)
+                    .long(s.flag)
+                    .value_parser(clap::value_parser!(f64))
+                    .num_args(s.default.len())
+                    .allow_negative_numbers(true)
+                    .help(help),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 /// The configuration of the flags alone (their defaults where not typed).
@@ -143,12 +187,7 @@ fn from_args(a: &RunArgs) -> RunConfig {
         transform: a.transform,
         template: a.template.clone(),
         train,
-        baselines: AlgorithmSettings {
-            la_tau: a.la_tau,
-            folio_theta: a.folio_theta,
-            align_weight: a.align_weight,
-            ..AlgorithmSettings::default()
-        },
+        baselines: a.baselines.0.clone(),
         out: a.out.clone(),
         cache_dir: a.cache_dir.clone(),
         device: a.device.clone(),
@@ -212,12 +251,14 @@ pub fn resolve(a: &RunArgs, m: Option<&ArgMatches>) -> Result<RunConfig> {
         "carry_momentum" => c.train.carry_momentum, flags.train.carry_momentum;
         "eval_batch" => c.train.eval_batch, flags.train.eval_batch;
         "views" => c.train.views, flags.train.views;
-        "la_tau" => c.baselines.la_tau, flags.baselines.la_tau;
-        "folio_theta" => c.baselines.folio_theta, flags.baselines.folio_theta;
-        "align_weight" => c.baselines.align_weight, flags.baselines.align_weight;
         "out" => c.out, flags.out.clone();
         "cache_dir" => c.cache_dir, flags.cache_dir.clone();
         "device" => c.device, flags.device.clone();
+    }
+    for s in registry::settings() {
+        if let (true, Some(v)) = (given(s.key), flags.baselines.get(s.key)) {
+            c.baselines.set(s.key, v.to_vec())?;
+        }
     }
     if given("lr") {
         c.train.stage1.lr = a.lr;

@@ -4,27 +4,28 @@
 //! personalize, and which logits the global (GM) and personalized (PM) models produce.
 //! The round loop ([`super::train::Federation::run_round`]), client sampling, batch
 //! orders, evaluation, logging and checkpointing are shared. Adding a baseline is one
-//! file in `algorithms/` plus a line in [`registry`].
+//! file in `algorithms/` plus a line in [`super::registry::ALGORITHMS`].
+
+use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
+use candle_core::Tensor;
 
-use super::algorithms;
-use super::train::{Accum, ClientCx, FedState, Federation};
-use crate::peft::model::Peft;
+pub use super::federation::{Batch, FedState, Federation};
+use super::local::{loss_step, StepStats};
+pub use super::record::Accum;
+use super::sgd::Sgd;
+use crate::objective::LossGrad;
 use crate::peft::params::ParamSet;
+use crate::peft::PeftKind;
 
 /// How the global model's test logits are formed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GmRule {
     /// The frozen zero-shot model.
     ZeroShot,
-    /// The global parameters.
+    /// The global parameters (then [`Algorithm::gm_logits`]).
     Global,
-    /// The global parameters with post-hoc logit adjustment f − τ·log π (global prior).
-    GlobalPostHoc {
-        /// Adjustment strength τ.
-        tau: f64,
-    },
 }
 
 /// How client k's personalized model's test logits are formed.
@@ -44,6 +45,33 @@ pub enum PmRule {
 }
 
 impl PmRule {
+    /// The PM's logits from the private branch's `l_p` and the global branch's (computed
+    /// only when the rule needs it).
+    pub fn combine(&self, l_g: impl FnOnce() -> Result<Tensor>, l_p: Tensor) -> Result<Tensor> {
+        Ok(match self {
+            PmRule::Private => l_p,
+            PmRule::Residual => (l_g()? + l_p)?,
+            PmRule::Mix { theta } => ((l_g()? * (1.0 - theta))? + (l_p * *theta)?)?,
+            PmRule::SameAsGm => bail!("no private branch: PM is the GM"),
+        })
+    }
+
+    /// The private parameters a client's PM uses: its own once it has trained; before
+    /// that, for a fine-tuned copy ([`PmRule::Private`]) the global model itself, for a
+    /// private branch the federation's initial private parameters `init`.
+    pub fn private_or_start<'p>(
+        &self,
+        own: &'p Option<ParamSet>,
+        global: &'p ParamSet,
+        init: &'p ParamSet,
+    ) -> &'p ParamSet {
+        match (own, self) {
+            (Some(p), _) => p,
+            (None, PmRule::Private) => global,
+            (None, _) => init,
+        }
+    }
+
     /// A sentence for summaries.
     pub fn describe(&self) -> String {
         match self {
@@ -55,16 +83,79 @@ impl PmRule {
     }
 }
 
+/// What an algorithm's client-side hooks see: the federation, the round, the client,
+/// and (during personalization) the new global model's text features.
+pub struct ClientCx<'c> {
+    /// The federation (model, PEFT, data, settings).
+    pub fed: &'c Federation<'c>,
+    /// Round index.
+    pub round: usize,
+    /// Client index.
+    pub client: usize,
+    /// Text features of the freshly aggregated global parameters (personalization only).
+    pub global_text: Option<&'c Tensor>,
+}
+
+impl ClientCx<'_> {
+    /// This client's epoch in `stage` (see [`Federation::client_epoch`]).
+    pub fn epoch(&self, stage: u8, step: impl FnMut(&Batch) -> Result<StepStats>) -> Result<Accum> {
+        self.fed.client_epoch(self.round, self.client, stage, step)
+    }
+
+    /// One step of SGD `opt` on `params` with the loss `loss` of batch `b`'s logits
+    /// ([`loss_step`]: forward, the loss's logit gradient, backward, update); `loss` may
+    /// also return the logits that training accuracy should score.
+    pub fn loss_step(
+        &self,
+        params: &mut ParamSet,
+        opt: &mut Sgd,
+        b: &Batch,
+        loss: impl FnOnce(&Tensor) -> Result<(LossGrad, Option<Tensor>)>,
+    ) -> Result<StepStats> {
+        loss_step(
+            self.fed.clip(),
+            self.fed.peft(),
+            params,
+            opt,
+            &b.inputs,
+            &b.labels,
+            loss,
+            b.dropout,
+        )
+    }
+
+    /// This client's private parameters, or the federation's initial private parameters
+    /// before it first trains them.
+    pub fn private_or_init(&self, state: &FedState) -> ParamSet {
+        state.private[self.client]
+            .clone()
+            .unwrap_or_else(|| self.fed.private_init().clone())
+    }
+}
+
+/// A loss on a batch's logits (the trained branch's, or a mix of branches') with its
+/// gradient; it may keep state across steps (Fed-GraB's balancer).
+pub type BatchLoss<'l> = dyn FnMut(&Tensor, &Batch) -> Result<LossGrad> + 'l;
+
+/// An algorithm whose local objective another can replace while keeping everything else
+/// — parameters, optimizers, personalization, GM/PM rules (Fed-GraB balances PromptFL's
+/// and PromptFolio's local cross-entropy this way).
+pub trait ReplaceableLoss: Algorithm {
+    /// [`Algorithm::train_local`] with `loss` in place of the method's own local loss.
+    fn train_local_with(
+        &self,
+        cx: &ClientCx,
+        params: &mut ParamSet,
+        state: &mut FedState,
+        loss: &mut BatchLoss,
+    ) -> Result<Accum>;
+}
+
 /// One federated algorithm. `state.global` is the round-start global model throughout
 /// the local phase; the loop averages the returned local copies by client size.
 pub trait Algorithm: Send + Sync {
     /// The registry name (e.g. `fedpurel`, `promptfolio+fedgrab`).
     fn name(&self) -> String;
-
-    /// Refuses PEFT kinds the method does not define (the error says which do).
-    fn check(&self, _peft: &Peft) -> Result<()> {
-        Ok(())
-    }
 
     /// Whether the method trains at all (zero-shot does not).
     fn trains(&self) -> bool {
@@ -98,109 +189,77 @@ pub trait Algorithm: Send + Sync {
         GmRule::Global
     }
 
+    /// The GM's test logits from the global branch's `logits` (e.g. post-hoc logit
+    /// adjustment); default: unchanged.
+    fn gm_logits(&self, _fed: &Federation, logits: Tensor) -> Result<Tensor> {
+        Ok(logits)
+    }
+
     /// The personalized models' test logits.
     fn pm_rule(&self) -> PmRule;
 }
 
-/// Hyper-parameters of the baselines (each algorithm reads the ones it uses).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A tunable number (or fixed-length vector) of an algorithm: its `config.toml` key under
+/// `[baselines]` (also the clap id), its flag, its default and its valid range.
+#[derive(Debug)]
+pub struct Setting {
+    /// Key in `config.toml` (`[baselines]`), e.g. `la_tau`.
+    pub key: &'static str,
+    /// Command-line flag without the dashes, e.g. `la-tau`.
+    pub flag: &'static str,
+    /// What it controls (the flag's help).
+    pub help: &'static str,
+    /// Default value: one number, or a vector of fixed length (e.g. Fed-GraB's PID gains).
+    pub default: &'static [f64],
+    /// Whether one element is in range.
+    pub valid: fn(f64) -> bool,
+    /// The range in words, for errors ("in [0, 1]").
+    pub expected: &'static str,
+}
+
+/// One algorithm as the registry knows it.
+pub struct Entry {
+    /// The name `--algorithm` takes.
+    pub name: &'static str,
+    /// Other names for it (e.g. `fedgrab` for `promptfl+fedgrab`).
+    pub aliases: &'static [&'static str],
+    /// One line for `--help` and the docs.
+    pub summary: &'static str,
+    /// The PEFT kinds the method is defined for.
+    pub pefts: &'static [PeftKind],
+    /// The settings it reads.
+    pub settings: &'static [&'static Setting],
+    /// Builds it from the run's settings (already validated).
+    pub build: fn(&AlgorithmSettings) -> Box<dyn Algorithm>,
+}
+
+/// All PEFT kinds (for entries defined for every kind).
+pub const ALL_PEFTS: &[PeftKind] = &[PeftKind::Prompt, PeftKind::Lora, PeftKind::Adapter];
+
+/// The values of every registered setting (`[baselines]` in `config.toml`): what was
+/// given, the registry's default for the rest. A key no algorithm reads is refused with
+/// the known keys; a key added later loads old files at its default. Reading is here;
+/// defaults, changes, range checks and the file format are the registry's
+/// ([`super::registry`]), which knows every setting.
+#[derive(Debug, Clone, PartialEq)]
 pub struct AlgorithmSettings {
-    /// Logit-adjustment strength τ.
-    pub la_tau: f64,
-    /// PromptFolio's portfolio weight θ of the local prompt (its `frac_p`).
-    pub folio_theta: f64,
-    /// Weight of the alignment loss added to CE in the no-purification ablation.
-    pub align_weight: f64,
-    /// Fed-GraB's PID gains (k_p, k_i, k_d).
-    pub pid: [f64; 3],
+    pub(super) values: BTreeMap<&'static str, Vec<f64>>,
 }
 
-impl Default for AlgorithmSettings {
-    fn default() -> Self {
-        AlgorithmSettings {
-            la_tau: 1.0,
-            folio_theta: 0.4,
-            align_weight: 1.0,
-            pid: algorithms::fedgrab::DEFAULT_PID,
-        }
+impl AlgorithmSettings {
+    /// The value of scalar setting `s`.
+    pub fn scalar(&self, s: &Setting) -> f64 {
+        self.values.get(s.key).map_or(s.default[0], |v| v[0])
     }
-}
 
-/// Every algorithm name `--algorithm` accepts, with a one-line description.
-pub const NAMES: &[(&str, &str)] = &[
-    (
-        "zeroshot",
-        "the frozen model with the dataset's template; GM = PM",
-    ),
-    (
-        "fedpurel",
-        "FedPuReL: TKL-purified stage 1, residual personalization (the paper)",
-    ),
-    (
-        "fedpurel-kl",
-        "ablation: plain KL instead of TKL as the alignment loss",
-    ),
-    (
-        "fedpurel-nopurify",
-        "ablation: CE + w·TKL as one loss, no gradient purification",
-    ),
-    (
-        "fedpurel-fusion",
-        "ablation: stage 2 replaced by PromptFolio-style fusion personalization",
-    ),
-    (
-        "promptfl",
-        "FedAvg over the PEFT parameters with CE; PM = local fine-tuning",
-    ),
-    (
-        "promptfl+la",
-        "PromptFL with the logit-adjusted loss (global prior, τ)",
-    ),
-    (
-        "promptfl+la-posthoc",
-        "PromptFL, GM with post-hoc logit adjustment (global prior, τ)",
-    ),
-    (
-        "promptfl+fedgrab",
-        "PromptFL with Fed-GraB's balancer and prior analyzer",
-    ),
-    (
-        "promptfolio",
-        "PromptFolio: global + local prompt mixed with weight θ (prompt only)",
-    ),
-    (
-        "promptfolio+fedgrab",
-        "PromptFolio with Fed-GraB's balancer and prior analyzer",
-    ),
-];
+    /// The value of vector setting `s` of length `N`.
+    pub fn vector<const N: usize>(&self, s: &Setting) -> [f64; N] {
+        let v = self.values.get(s.key).map_or(s.default, |v| v.as_slice());
+        std::array::from_fn(|i| v[i])
+    }
 
-/// The algorithm called `name` (a [`NAMES`] entry; `fedgrab` alone means
-/// `promptfl+fedgrab`), checked against the PEFT kind.
-pub fn registry(name: &str, settings: &AlgorithmSettings, peft: &Peft) -> Result<Box<dyn Algorithm>> {
-    use algorithms::*;
-    let a: Box<dyn Algorithm> = match name {
-        "zeroshot" => Box::new(zeroshot::ZeroShot),
-        "fedpurel" => Box::new(fedpurel::FedPuReL::paper()),
-        "fedpurel-kl" => Box::new(fedpurel::FedPuReL::kl()),
-        "fedpurel-nopurify" => Box::new(fedpurel::FedPuReL::no_purification(settings.align_weight)),
-        "fedpurel-fusion" => Box::new(fedpurel::FedPuReL::fusion(settings.folio_theta)),
-        "promptfl" => Box::new(promptfl::PromptFl::plain()),
-        "promptfl+la" => Box::new(promptfl::PromptFl::logit_adjusted(settings.la_tau)),
-        "promptfl+la-posthoc" => Box::new(promptfl::PromptFl::post_hoc(settings.la_tau)),
-        "promptfl+fedgrab" | "fedgrab" => Box::new(fedgrab::FedGrab::on_promptfl(settings.pid)),
-        "promptfolio" => Box::new(promptfolio::PromptFolio::new(settings.folio_theta)),
-        "promptfolio+fedgrab" => Box::new(fedgrab::FedGrab::on_promptfolio(
-            settings.pid,
-            settings.folio_theta,
-        )),
-        _ => bail!("unknown algorithm `{name}`; available: {}", names().join(", ")),
-    };
-    a.check(peft)?;
-    Ok(a)
-}
-
-/// The accepted names.
-pub fn names() -> Vec<&'static str> {
-    NAMES.iter().map(|(n, _)| *n).collect()
+    /// The value of setting `key` as given (None for an unknown key).
+    pub fn get(&self, key: &str) -> Option<&[f64]> {
+        self.values.get(key).map(Vec::as_slice)
+    }
 }

@@ -18,8 +18,10 @@
 
 use anyhow::{bail, Result};
 
-use super::algorithm::Algorithm;
-use super::train::{ClientEvaluation, FedState, Federation, StageStats};
+use super::algorithm::{Algorithm, AlgorithmSettings};
+use super::federation::{FedState, Federation};
+use super::record::{ClientEvaluation, StageStats};
+use super::registry;
 use crate::peft::params::ParamSet;
 
 /// What one client keeps between messages (on its own disk: `report::client_dir`).
@@ -52,19 +54,11 @@ impl ClientState {
     /// The federation-wide state the algorithm hooks see: `global` plus this client's
     /// entries (the other clients' are empty; hooks touch only their own client's).
     fn federation_state(&self, fed: &Federation, global: ParamSet, round: usize) -> FedState {
-        let n = fed.clients();
-        let mut private = vec![None; n];
-        private[self.client] = self.private.clone();
-        let mut client_extra = vec![None; n];
-        client_extra[self.client] = self.extra.clone();
-        FedState {
-            rounds_done: round,
-            global,
-            private,
-            momentum: None,
-            server_extra: None,
-            client_extra,
-        }
+        let mut state = FedState::fresh(global, fed.clients());
+        state.rounds_done = round;
+        state.private[self.client] = self.private.clone();
+        state.client_extra[self.client] = self.extra.clone();
+        state
     }
 
     /// Takes this client's entries back from a federation-wide state.
@@ -112,9 +106,15 @@ pub struct FitOutcome {
 /// next (a simulation artifact of the reference code).
 pub fn check_supported(fed: &Federation, algo: &dyn Algorithm) -> Result<()> {
     if algo.keeps_server_state() {
+        let defaults = AlgorithmSettings::default();
+        let usable: Vec<&str> = registry::entries()
+            .filter(|e| !(e.build)(&defaults).keeps_server_state())
+            .map(|e| e.name)
+            .collect();
         bail!(
-            "{} keeps server state that its clients read (the class prior of Fed-GraB); a remote client cannot reproduce it — use fedpurel, its ablations, promptfl, promptfl+la, promptfl+la-posthoc, promptfolio or zeroshot",
-            algo.name()
+            "{} keeps server state that its clients read (the class prior of Fed-GraB); a remote client cannot reproduce it — use one of: {}",
+            algo.name(),
+            usable.join(", ")
         );
     }
     if fed.settings().carry_momentum {

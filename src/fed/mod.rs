@@ -1,11 +1,15 @@
-//! Federated training: the optimizer clients use, local steps, the round loop, and one
-//! file per algorithm behind one trait (the algorithm seam, [`algorithm::Algorithm`]), and
+//! Federated training: the optimizer clients use, local steps, the round loop, one file
+//! per algorithm behind one trait (the algorithm seam, [`algorithm::Algorithm`]) with its
+//! [`registry`] entries, and
 //! one client's share of a round for orchestrators that run clients apart ([`client`]).
 
 pub mod algorithm;
 pub mod algorithms;
 pub mod client;
+pub mod federation;
 pub mod local;
+pub mod record;
+pub mod registry;
 pub mod replay;
 pub mod sgd;
 pub mod train;

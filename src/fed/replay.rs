@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
-use super::train::{batches_of, PhaseSplits, Schedule};
+use super::federation::{batches_of, PhaseSplits, Schedule};
 use crate::peft::model::{CTX, LORA_VISION};
 use crate::peft::params::ParamSet;
 
@@ -251,9 +251,9 @@ pub(crate) mod tests {
     use crate::data::partition::import;
     use crate::data::transforms::{Mode, Transform, TransformKind};
     use crate::fed::algorithms::fedpurel::FedPuReL;
+    use crate::fed::federation::{Federation, TrainSettings};
     use crate::fed::local::AlignLoss;
     use crate::fed::sgd::SgdConfig;
-    use crate::fed::train::{Federation, TrainSettings};
     use crate::peft::lora::LoraSpec;
     use crate::peft::model::Peft;
     use crate::peft::prompt::PromptLearner;

@@ -81,6 +81,15 @@ enum ImageTape {
 }
 
 impl Peft {
+    /// Which kind of fine-tuning this is.
+    pub fn kind(&self) -> super::PeftKind {
+        match self {
+            Peft::Prompt(_) => super::PeftKind::Prompt,
+            Peft::Lora { .. } => super::PeftKind::Lora,
+            Peft::Adapter { .. } => super::PeftKind::Adapter,
+        }
+    }
+
     /// Whether batches must carry pixels (the image tower is trained).
     pub fn needs_pixels(&self) -> bool {
         matches!(self, Peft::Lora { vision: true, .. })

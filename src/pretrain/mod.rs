@@ -9,7 +9,8 @@
 //! | `schedule` | warm-up + cosine learning rate |
 //! | `trainer` | the loop: [`BatchSource`], clipping, update, logit-scale clamp, [`StepStats`] |
 //! | `world` | balanced (image, caption) batches of the synthetic world's pretraining domain ([`WorldPairs`]), zero-shot accuracy on either domain |
-//! | `recipe` | the demo CLIP's recipe ([`WorldPretrainSettings`]): train, evaluate, write the model directory whole |
+//! | `recipe` | the demo CLIP's recipe ([`WorldPretrainSettings`]) and what a run measured ([`PretrainReport`]) |
+//! | `pipeline` | running the recipe: train, evaluate, write the model directory whole |
 //! | `model_card` | `MODEL_CARD.md` from a run's report |
 //!
 //! # Example
@@ -56,6 +57,7 @@
 pub mod adamw;
 pub mod loss;
 pub mod model_card;
+pub mod pipeline;
 pub mod recipe;
 pub mod schedule;
 pub mod step;
@@ -64,7 +66,8 @@ pub mod world;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use loss::{contrastive_loss, contrastive_loss_with, ContrastiveLoss, MAX_LOGIT_SCALE};
-pub use recipe::{pretrain_world, Architecture, PretrainReport, WorldPretrainSettings};
+pub use pipeline::pretrain_world;
+pub use recipe::{Architecture, PretrainReport, WorldPretrainSettings};
 pub use schedule::CosineSchedule;
 pub use step::{loss_and_grads, step_flops, Batch, LossStats};
 pub use trainer::{BatchSource, PretrainConfig, StepStats, Trainer};

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::atomic;
 use crate::faults;
-use crate::fed::train::FedState;
+use crate::fed::federation::FedState;
 use crate::peft::params::ParamSet;
 
 /// The manifest format this version writes (1: the flat layout without checksums).

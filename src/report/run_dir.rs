@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::atomic;
 use super::checkpoints::Checkpoints;
-use crate::fed::train::{Evaluation, FedState, RoundRecord};
+use crate::fed::federation::FedState;
+use crate::fed::record::{Evaluation, RoundRecord};
 
 /// Takes an exclusive advisory lock on `file` without waiting: `Ok(false)` when another
 /// process holds it. The lock belongs to the open file, so it ends with the process.

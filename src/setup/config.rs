@@ -6,38 +6,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use super::data::DataArgs;
 use crate::data::transforms::TransformKind;
-use crate::fed::algorithm::{names as algorithm_names, AlgorithmSettings};
-use crate::fed::train::TrainSettings;
-
-/// Which parameter-efficient fine-tuning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PeftKind {
-    /// CoOp context vectors (n_ctx = 4, shared).
-    Prompt,
-    /// LoRA on the vision encoder's q, k, v (rank 8, α 16, scale α/√r, dropout 0.25).
-    Lora,
-    /// The gated image-feature adapter.
-    Adapter,
-}
-
-/// Which encoders carry LoRA adapters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LoraEncoder {
-    /// The image tower (the reference's choice).
-    #[default]
-    Vision,
-    /// The text tower (image features stay frozen and cached).
-    Text,
-    /// Both towers.
-    Both,
-}
+use crate::fed::algorithm::AlgorithmSettings;
+use crate::fed::federation::TrainSettings;
+use crate::fed::registry;
+pub use crate::peft::kind::{LoraEncoder, PeftKind};
 
 /// Everything a run depends on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,13 +76,7 @@ pub fn check_complete(c: &RunConfig) -> Result<()> {
     if c.model.as_os_str().is_empty() {
         bail!("no model: pass --model DIR (a CLIP checkpoint directory)");
     }
-    if !algorithm_names().contains(&c.algorithm.as_str()) && c.algorithm != "fedgrab" {
-        bail!(
-            "unknown algorithm `{}`; available: {}",
-            c.algorithm,
-            algorithm_names().join(", ")
-        );
-    }
+    registry::find(&c.algorithm)?;
     validate(c)
 }
 
@@ -115,7 +85,7 @@ pub fn check_complete(c: &RunConfig) -> Result<()> {
 pub fn validate(c: &RunConfig) -> Result<()> {
     let t = &c.train;
     let unit = |v: f64| (0.0..=1.0).contains(&v);
-    let checks: [(bool, &str, String, &str); 13] = [
+    let checks: [(bool, &str, String, &str); 11] = [
         (
             t.rounds >= 1,
             "--rounds (train.rounds)",
@@ -177,26 +147,13 @@ pub fn validate(c: &RunConfig) -> Result<()> {
             c.lora_rank.to_string(),
             "at least 1",
         ),
-        (
-            unit(c.baselines.folio_theta),
-            "--folio-theta (baselines.folio_theta)",
-            c.baselines.folio_theta.to_string(),
-            "in [0, 1]",
-        ),
-        (
-            c.baselines.la_tau.is_finite()
-                && c.baselines.align_weight >= 0.0
-                && c.baselines.align_weight.is_finite(),
-            "--la-tau / --align-weight (baselines.la_tau, baselines.align_weight)",
-            format!("{} / {}", c.baselines.la_tau, c.baselines.align_weight),
-            "finite, and the weight ≥ 0",
-        ),
     ];
     for (ok, what, value, expected) in checks {
         if !ok {
             bail!("{what} is {value}; expected {expected}");
         }
     }
+    c.baselines.validate()?;
     if !c.template.contains("{}") {
         bail!(
             "--template (template) `{}` has no `{{}}` placeholder for the class name",

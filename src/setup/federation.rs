@@ -15,8 +15,9 @@ use crate::clip::zeroshot::ZeroShotHead;
 use crate::data::dataset::SplitKind;
 use crate::data::features::{cached_split_features, EncodeRequest};
 use crate::data::transforms::Mode;
-use crate::fed::algorithm::{registry, Algorithm};
-use crate::fed::train::Federation;
+use crate::fed::algorithm::Algorithm;
+use crate::fed::federation::Federation;
+use crate::fed::registry;
 use crate::peft::lora::LoraSpec;
 use crate::peft::model::{Peft, TextLora};
 use crate::peft::prompt::PromptLearner;
@@ -120,7 +121,7 @@ fn random_features(
 
 /// The algorithm a loaded configuration names, checked against its PEFT kind.
 pub fn algorithm(cfg: &RunConfig, fed: &Federation) -> Result<Box<dyn Algorithm>> {
-    registry(&cfg.algorithm, &cfg.baselines, fed.peft())
+    registry::build(&cfg.algorithm, &cfg.baselines, fed.peft().kind())
         .with_context(|| format!("--algorithm {} with --peft {:?}", cfg.algorithm, cfg.peft).to_lowercase())
 }
 

@@ -22,9 +22,9 @@ use super::data::DataArgs;
 use crate::data::source::DatasetName;
 use crate::data::world::Domain;
 use crate::fed::algorithm::AlgorithmSettings;
+use crate::fed::federation::TrainSettings;
 use crate::fed::local::AlignLoss;
 use crate::fed::sgd::SgdConfig;
-use crate::fed::train::TrainSettings;
 
 /// Default model directory of the demo presets (the demo CLIP, pretrained on the world).
 pub const DEMO_MODEL: &str = "assets/demo-clip";

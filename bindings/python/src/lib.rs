@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use fedpurel::bridge::{ClientRunner, ServerRunner};
 use fedpurel::fed::client::Stage2Done;
-use fedpurel::fed::train::{ClientScore, Evaluation, StageStats};
+use fedpurel::fed::record::{ClientScore, Evaluation, StageStats};
 use fedpurel::peft::params::ParamSet;
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::create_exception;

@@ -41,18 +41,48 @@ use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 
 use super::promptfl::PromptFl;
-use super::promptfolio::{check_prompt, PromptFolio};
-use crate::fed::algorithm::{Algorithm, PmRule};
-use crate::fed::local::{loss_step, mix_step};
-use crate::fed::sgd::Sgd;
-use crate::fed::train::{Accum, ClientCx, FedState, Federation};
+use super::promptfolio::{PromptFolio, THETA};
+use crate::fed::algorithm::{
+    Accum, Algorithm, Batch, ClientCx, Entry, FedState, Federation, GmRule, PmRule, ReplaceableLoss, Setting,
+    ALL_PEFTS,
+};
 use crate::objective::LossGrad;
-use crate::peft::model::Peft;
 use crate::peft::params::ParamSet;
+use crate::peft::PeftKind;
 use crate::rng;
 
 /// The code's PID gains (k_p, k_i, k_d).
 pub const DEFAULT_PID: [f64; 3] = [10.0, 0.01, 0.1];
+
+/// The balancer's PID gains (k_p, k_i, k_d).
+pub const PID_GAINS: Setting = Setting {
+    key: "pid",
+    flag: "pid",
+    help: "Fed-GraB's PID gains k_p k_i k_d (promptfl+fedgrab, promptfolio+fedgrab)",
+    default: &DEFAULT_PID,
+    valid: f64::is_finite,
+    expected: "finite numbers",
+};
+
+/// Fed-GraB on PromptFL and on PromptFolio.
+pub const ENTRIES: &[Entry] = &[
+    Entry {
+        name: "promptfl+fedgrab",
+        aliases: &["fedgrab"],
+        summary: "PromptFL with Fed-GraB's balancer and prior analyzer",
+        pefts: ALL_PEFTS,
+        settings: &[&PID_GAINS],
+        build: |s| Box::new(FedGrab::on_promptfl(s.vector(&PID_GAINS))),
+    },
+    Entry {
+        name: "promptfolio+fedgrab",
+        aliases: &[],
+        summary: "PromptFolio with Fed-GraB's balancer and prior analyzer",
+        pefts: &[PeftKind::Prompt],
+        settings: &[&PID_GAINS, &THETA],
+        build: |s| Box::new(FedGrab::on_promptfolio(s.vector(&PID_GAINS), s.scalar(&THETA))),
+    },
+];
 
 const POS: &str = "fedgrab.pos";
 const NEG: &str = "fedgrab.neg";
@@ -240,15 +270,11 @@ pub fn shot_split(prior: &[f64]) -> (Vec<usize>, Vec<bool>) {
     (order, tail)
 }
 
-/// Which PromptFL-family method carries the balancer.
-enum Base {
-    PromptFl(PromptFl),
-    PromptFolio(PromptFolio, f64),
-}
-
-/// Fed-GraB on PromptFL or PromptFolio.
+/// Fed-GraB's balancer and prior analyzer on a base method (PromptFL or PromptFolio),
+/// which keeps its parameters, optimizers, personalization and GM/PM rules: Fed-GraB
+/// replaces its local loss ([`ReplaceableLoss`]) and adds a server step.
 pub struct FedGrab {
-    base: Base,
+    base: Box<dyn ReplaceableLoss>,
     gains: [f64; 3],
 }
 
@@ -256,7 +282,7 @@ impl FedGrab {
     /// `promptfl+fedgrab`.
     pub fn on_promptfl(gains: [f64; 3]) -> Self {
         FedGrab {
-            base: Base::PromptFl(PromptFl::plain()),
+            base: Box::new(PromptFl::plain()),
             gains,
         }
     }
@@ -264,7 +290,7 @@ impl FedGrab {
     /// `promptfolio+fedgrab` with PromptFolio's θ.
     pub fn on_promptfolio(gains: [f64; 3], theta: f64) -> Self {
         FedGrab {
-            base: Base::PromptFolio(PromptFolio::new(theta), theta),
+            base: Box::new(PromptFolio::new(theta)),
             gains,
         }
     }
@@ -286,17 +312,7 @@ impl FedGrab {
 
 impl Algorithm for FedGrab {
     fn name(&self) -> String {
-        match self.base {
-            Base::PromptFl(_) => "promptfl+fedgrab".into(),
-            Base::PromptFolio(..) => "promptfolio+fedgrab".into(),
-        }
-    }
-
-    fn check(&self, peft: &Peft) -> Result<()> {
-        match &self.base {
-            Base::PromptFl(_) => Ok(()),
-            Base::PromptFolio(_, theta) => check_prompt("promptfolio+fedgrab", peft, *theta),
-        }
+        format!("{}+fedgrab", self.base.name())
     }
 
     fn train_local(&self, cx: &ClientCx, params: &mut ParamSet, state: &mut FedState) -> Result<Accum> {
@@ -309,8 +325,7 @@ impl Algorithm for FedGrab {
         };
         let (order, balanced) = Self::balanced_classes(state, c)?;
         let seed = fed.settings().seed;
-        let mut opt = Sgd::new(fed.settings().stage1);
-        let mut step_loss = |logits: &Tensor, b: &crate::fed::train::Batch| -> Result<LossGrad> {
+        let mut step_loss = |logits: &Tensor, b: &Batch| -> Result<LossGrad> {
             let u = bal.control(self.gains);
             let mut r = rng::substream(
                 seed,
@@ -324,43 +339,7 @@ impl Algorithm for FedGrab {
                 ..l
             })
         };
-        let acc = match &self.base {
-            Base::PromptFl(_) => cx.epoch(1, |b| {
-                loss_step(
-                    fed.clip(),
-                    fed.peft(),
-                    params,
-                    &mut opt,
-                    &b.inputs,
-                    &b.labels,
-                    |f| Ok((step_loss(f, b)?, None)),
-                    b.dropout,
-                )
-            })?,
-            Base::PromptFolio(_, theta) => {
-                let mut local = state.private[k]
-                    .clone()
-                    .unwrap_or_else(|| fed.private_init().clone());
-                let mut opt_l = Sgd::new(fed.settings().stage1);
-                let acc = cx.epoch(1, |b| {
-                    mix_step(
-                        fed.clip(),
-                        fed.peft(),
-                        params,
-                        &mut opt,
-                        &mut local,
-                        &mut opt_l,
-                        *theta,
-                        &b.inputs,
-                        &b.labels,
-                        |mixed| step_loss(mixed, b),
-                        b.dropout,
-                    )
-                })?;
-                state.private[k] = Some(local);
-                acc
-            }
-        };
+        let acc = self.base.train_local_with(cx, params, state, &mut step_loss)?;
         state.client_extra[k] = Some(bal.to_params()?);
         Ok(acc)
     }
@@ -395,17 +374,19 @@ impl Algorithm for FedGrab {
     }
 
     fn personalize(&self, cx: &ClientCx, state: &mut FedState) -> Result<Accum> {
-        match &self.base {
-            Base::PromptFl(p) => p.personalize(cx, state),
-            Base::PromptFolio(p, _) => p.personalize(cx, state),
-        }
+        self.base.personalize(cx, state)
+    }
+
+    fn gm_rule(&self) -> GmRule {
+        self.base.gm_rule()
+    }
+
+    fn gm_logits(&self, fed: &Federation, logits: Tensor) -> Result<Tensor> {
+        self.base.gm_logits(fed, logits)
     }
 
     fn pm_rule(&self) -> PmRule {
-        match &self.base {
-            Base::PromptFl(p) => p.pm_rule(),
-            Base::PromptFolio(p, _) => p.pm_rule(),
-        }
+        self.base.pm_rule()
     }
 }
 

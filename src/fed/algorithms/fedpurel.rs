@@ -16,15 +16,61 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use crate::fed::algorithm::{Algorithm, PmRule};
-use crate::fed::local::{loss_step, stage1_step, stage2_step, AlignLoss, Stage1Settings};
+use super::promptfolio::THETA;
+use crate::fed::algorithm::{Accum, Algorithm, ClientCx, Entry, FedState, PmRule, Setting, ALL_PEFTS};
+use crate::fed::local::{stage1_step, stage2_step, AlignLoss, Stage1Settings};
 use crate::fed::sgd::Sgd;
-use crate::fed::train::{Accum, ClientCx, FedState};
 use crate::objective::ce::cross_entropy;
 use crate::objective::tkl::tkl;
 use crate::objective::LossGrad;
 use crate::peft::model::Peft;
 use crate::peft::params::ParamSet;
+
+/// Weight w of the alignment loss added to CE in `fedpurel-nopurify`.
+pub const ALIGN_WEIGHT: Setting = Setting {
+    key: "align_weight",
+    flag: "align-weight",
+    help: "Weight of the alignment loss added to CE (fedpurel-nopurify)",
+    default: &[1.0],
+    valid: |w| w >= 0.0 && w.is_finite(),
+    expected: "a finite number ≥ 0",
+};
+
+/// The method and its ablations.
+pub const ENTRIES: &[Entry] = &[
+    Entry {
+        name: "fedpurel",
+        aliases: &[],
+        summary: "FedPuReL: TKL-purified stage 1, residual personalization (the paper)",
+        pefts: ALL_PEFTS,
+        settings: &[],
+        build: |_| Box::new(FedPuReL::paper()),
+    },
+    Entry {
+        name: "fedpurel-kl",
+        aliases: &[],
+        summary: "ablation: plain KL instead of TKL as the alignment loss",
+        pefts: ALL_PEFTS,
+        settings: &[],
+        build: |_| Box::new(FedPuReL::kl()),
+    },
+    Entry {
+        name: "fedpurel-nopurify",
+        aliases: &[],
+        summary: "ablation: CE + w·TKL as one loss, no gradient purification",
+        pefts: ALL_PEFTS,
+        settings: &[&ALIGN_WEIGHT],
+        build: |s| Box::new(FedPuReL::no_purification(s.scalar(&ALIGN_WEIGHT))),
+    },
+    Entry {
+        name: "fedpurel-fusion",
+        aliases: &[],
+        summary: "ablation: stage 2 replaced by PromptFolio-style fusion personalization",
+        pefts: ALL_PEFTS,
+        settings: &[&THETA],
+        build: |s| Box::new(FedPuReL::fusion(s.scalar(&THETA))),
+    },
+];
 
 /// How stage 1 combines task and alignment.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -136,16 +182,9 @@ impl Algorithm for FedPuReL {
             lambda_proj: s.lambda_proj,
         };
         let acc = cx.epoch(1, |b| match self.alignment {
-            Alignment::Added(w) => loss_step(
-                fed.clip(),
-                fed.peft(),
-                params,
-                &mut opt,
-                &b.inputs,
-                &b.labels,
-                |f| Ok((added_alignment(f, &b.labels, &b.zero_shot, w)?, None)),
-                b.dropout,
-            ),
+            Alignment::Added(w) => cx.loss_step(params, &mut opt, b, |f| {
+                Ok((added_alignment(f, &b.labels, &b.zero_shot, w)?, None))
+            }),
             _ => stage1_step(
                 fed.clip(),
                 fed.peft(),
@@ -171,9 +210,7 @@ impl Algorithm for FedPuReL {
         let global_text = cx
             .global_text
             .expect("the loop passes global text features to personalization");
-        let mut private = state.private[k]
-            .clone()
-            .unwrap_or_else(|| fed.private_init().clone());
+        let mut private = cx.private_or_init(state);
         let mut opt = Sgd::new(s.stage2);
         // SPEC §5: the adapter's private branch learns only through the fused logits.
         let lambda = if matches!(fed.peft(), Peft::Adapter { .. }) {
@@ -198,19 +235,10 @@ impl Algorithm for FedPuReL {
                     lambda,
                     b.dropout,
                 ),
-                Personal::Fusion(theta) => loss_step(
-                    fed.clip(),
-                    fed.peft(),
-                    &mut private,
-                    &mut opt,
-                    &b.inputs,
-                    &b.labels,
-                    |f| {
-                        let (l, mixed) = mixed_ce(&l_g, f, theta, &b.labels)?;
-                        Ok((l, Some(mixed)))
-                    },
-                    b.dropout,
-                ),
+                Personal::Fusion(theta) => cx.loss_step(&mut private, &mut opt, b, |f| {
+                    let (l, mixed) = mixed_ce(&l_g, f, theta, &b.labels)?;
+                    Ok((l, Some(mixed)))
+                }),
             }
         })?;
         state.private[k] = Some(private);

@@ -4,4 +4,6 @@ pub mod fedgrab;
 pub mod fedpurel;
 pub mod promptfl;
 pub mod promptfolio;
+#[cfg(test)]
+pub mod test_only;
 pub mod zeroshot;

@@ -18,14 +18,53 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use crate::fed::algorithm::{Algorithm, GmRule, PmRule};
-use crate::fed::local::loss_step;
+use crate::fed::algorithm::{
+    Accum, Algorithm, Batch, BatchLoss, ClientCx, Entry, FedState, Federation, PmRule, ReplaceableLoss,
+    Setting, ALL_PEFTS,
+};
 use crate::fed::sgd::Sgd;
-use crate::fed::train::{Accum, Batch, ClientCx, FedState};
 use crate::objective::ce::cross_entropy;
-use crate::objective::logit_adjust::{la_loss, log_prior_shift};
+use crate::objective::logit_adjust::{la_loss, log_prior_shift, post_hoc};
 use crate::objective::LossGrad;
 use crate::peft::params::ParamSet;
+
+/// Logit-adjustment strength τ.
+pub const LA_TAU: Setting = Setting {
+    key: "la_tau",
+    flag: "la-tau",
+    help: "Logit-adjustment strength τ (promptfl+la, promptfl+la-posthoc)",
+    default: &[1.0],
+    valid: f64::is_finite,
+    expected: "a finite number",
+};
+
+/// PromptFL and its logit-adjusted variants.
+pub const ENTRIES: &[Entry] = &[
+    Entry {
+        name: "promptfl",
+        aliases: &[],
+        summary: "FedAvg over the PEFT parameters with CE; PM = local fine-tuning",
+        pefts: ALL_PEFTS,
+        settings: &[],
+        build: |_| Box::new(PromptFl::plain()),
+    },
+    Entry {
+        name: "promptfl+la",
+        aliases: &[],
+        summary: "PromptFL with the logit-adjusted loss (global prior, τ)",
+        pefts: ALL_PEFTS,
+        settings: &[&LA_TAU],
+        build: |s| Box::new(PromptFl::logit_adjusted(s.scalar(&LA_TAU))),
+    },
+    Entry {
+        name: "promptfl+la-posthoc",
+        aliases: &[],
+        summary: "PromptFL, GM with post-hoc logit adjustment (global prior, τ)",
+        pefts: ALL_PEFTS,
+        settings: &[&LA_TAU],
+        build: |s| Box::new(PromptFl::post_hoc(s.scalar(&LA_TAU))),
+    },
+];
 
 /// The local objective.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -82,23 +121,24 @@ impl PromptFl {
         })
     }
 
-    /// One epoch of the local objective on `params` with a fresh optimizer.
-    fn epoch(&self, cx: &ClientCx, stage: u8, params: &mut ParamSet) -> Result<Accum> {
-        let fed = cx.fed;
-        let loss = self.loss_fn(cx)?;
-        let mut opt = Sgd::new(fed.settings().stage1);
+    /// One epoch of `loss` on `params` with a fresh optimizer.
+    fn epoch(cx: &ClientCx, stage: u8, params: &mut ParamSet, loss: &mut BatchLoss) -> Result<Accum> {
+        let mut opt = Sgd::new(cx.fed.settings().stage1);
         cx.epoch(stage, |b| {
-            loss_step(
-                fed.clip(),
-                fed.peft(),
-                params,
-                &mut opt,
-                &b.inputs,
-                &b.labels,
-                |f| Ok((loss(f, b)?, None)),
-                b.dropout,
-            )
+            cx.loss_step(params, &mut opt, b, |f| Ok((loss(f, b)?, None)))
         })
+    }
+}
+
+impl ReplaceableLoss for PromptFl {
+    fn train_local_with(
+        &self,
+        cx: &ClientCx,
+        params: &mut ParamSet,
+        _state: &mut FedState,
+        loss: &mut BatchLoss,
+    ) -> Result<Accum> {
+        Self::epoch(cx, 1, params, loss)
     }
 }
 
@@ -111,21 +151,24 @@ impl Algorithm for PromptFl {
         }
     }
 
-    fn train_local(&self, cx: &ClientCx, params: &mut ParamSet, _state: &mut FedState) -> Result<Accum> {
-        self.epoch(cx, 1, params)
+    fn train_local(&self, cx: &ClientCx, params: &mut ParamSet, state: &mut FedState) -> Result<Accum> {
+        let loss = self.loss_fn(cx)?;
+        self.train_local_with(cx, params, state, &mut |f, b| loss(f, b))
     }
 
     fn personalize(&self, cx: &ClientCx, state: &mut FedState) -> Result<Accum> {
+        let loss = self.loss_fn(cx)?;
         let mut copy = state.global.clone();
-        let acc = self.epoch(cx, 2, &mut copy)?;
+        let acc = Self::epoch(cx, 2, &mut copy, &mut |f, b| loss(f, b))?;
         state.private[cx.client] = Some(copy);
         Ok(acc)
     }
 
-    fn gm_rule(&self) -> GmRule {
+    /// `promptfl+la-posthoc`: f − τ·log π with the global class prior π.
+    fn gm_logits(&self, fed: &Federation, logits: Tensor) -> Result<Tensor> {
         match self.post_hoc {
-            Some(tau) => GmRule::GlobalPostHoc { tau },
-            None => GmRule::Global,
+            Some(tau) => post_hoc(&logits, &log_prior_shift(fed.class_counts(), tau, &logits)?),
+            None => Ok(logits),
         }
     }
 

@@ -20,15 +20,36 @@
 //! PM_k = the mix with client k's local prompt on its own test set, for all clients.
 //! Prompt learning only (the method is defined for prompts).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use crate::fed::algorithm::{Algorithm, PmRule};
+use crate::fed::algorithm::{
+    Accum, Algorithm, BatchLoss, ClientCx, Entry, FedState, PmRule, ReplaceableLoss, Setting,
+};
 use crate::fed::local::mix_step;
 use crate::fed::sgd::Sgd;
-use crate::fed::train::{Accum, ClientCx, FedState};
 use crate::objective::ce::cross_entropy;
-use crate::peft::model::Peft;
 use crate::peft::params::ParamSet;
+use crate::peft::PeftKind;
+
+/// PromptFolio's portfolio weight θ of the local prompt (its `frac_p`).
+pub const THETA: Setting = Setting {
+    key: "folio_theta",
+    flag: "folio-theta",
+    help: "PromptFolio's weight θ of the local prompt (promptfolio*, fedpurel-fusion)",
+    default: &[0.4],
+    valid: |t| (0.0..=1.0).contains(&t),
+    expected: "in [0, 1]",
+};
+
+/// The registry's entry: prompt learning only.
+pub const ENTRIES: &[Entry] = &[Entry {
+    name: "promptfolio",
+    aliases: &[],
+    summary: "PromptFolio: global + local prompt mixed with weight θ (prompt only)",
+    pefts: &[PeftKind::Prompt],
+    settings: &[&THETA],
+    build: |s| Box::new(PromptFolio::new(s.scalar(&THETA))),
+}];
 
 /// PromptFolio with portfolio weight θ.
 pub struct PromptFolio {
@@ -42,32 +63,32 @@ impl PromptFolio {
     }
 }
 
-/// Refuses non-prompt PEFT kinds for the PromptFolio family.
-pub fn check_prompt(name: &str, peft: &Peft, theta: f64) -> Result<()> {
-    if !matches!(peft, Peft::Prompt(_)) {
-        bail!("{name} is defined for prompt learning only (--peft prompt); with LoRA or the adapter use promptfl, promptfl+fedgrab, promptfl+la or fedpurel");
-    }
-    if !(0.0..=1.0).contains(&theta) {
-        bail!("the PromptFolio weight θ must be in [0, 1], got {theta}");
-    }
-    Ok(())
-}
-
 impl Algorithm for PromptFolio {
     fn name(&self) -> String {
         "promptfolio".into()
     }
 
-    fn check(&self, peft: &Peft) -> Result<()> {
-        check_prompt("promptfolio", peft, self.theta)
+    fn train_local(&self, cx: &ClientCx, params: &mut ParamSet, state: &mut FedState) -> Result<Accum> {
+        self.train_local_with(cx, params, state, &mut |mixed, b| cross_entropy(mixed, &b.labels))
     }
 
-    fn train_local(&self, cx: &ClientCx, params: &mut ParamSet, state: &mut FedState) -> Result<Accum> {
+    fn pm_rule(&self) -> PmRule {
+        PmRule::Mix { theta: self.theta }
+    }
+}
+
+impl ReplaceableLoss for PromptFolio {
+    /// Both prompts trained in one step on `loss` of the mixed logits.
+    fn train_local_with(
+        &self,
+        cx: &ClientCx,
+        params: &mut ParamSet,
+        state: &mut FedState,
+        loss: &mut BatchLoss,
+    ) -> Result<Accum> {
         let fed = cx.fed;
         let k = cx.client;
-        let mut local = state.private[k]
-            .clone()
-            .unwrap_or_else(|| fed.private_init().clone());
+        let mut local = cx.private_or_init(state);
         let mut opt_g = Sgd::new(fed.settings().stage1);
         let mut opt_l = Sgd::new(fed.settings().stage1);
         let acc = cx.epoch(1, |b| {
@@ -81,15 +102,11 @@ impl Algorithm for PromptFolio {
                 self.theta,
                 &b.inputs,
                 &b.labels,
-                |mixed| cross_entropy(mixed, &b.labels),
+                |mixed| loss(mixed, b),
                 b.dropout,
             )
         })?;
         state.private[k] = Some(local);
         Ok(acc)
-    }
-
-    fn pm_rule(&self) -> PmRule {
-        PmRule::Mix { theta: self.theta }
     }
 }

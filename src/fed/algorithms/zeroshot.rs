@@ -3,9 +3,18 @@
 
 use anyhow::Result;
 
-use crate::fed::algorithm::{Algorithm, GmRule, PmRule};
-use crate::fed::train::{Accum, ClientCx, FedState};
+use crate::fed::algorithm::{Accum, Algorithm, ClientCx, Entry, FedState, GmRule, PmRule, ALL_PEFTS};
 use crate::peft::params::ParamSet;
+
+/// The registry's entry.
+pub const ENTRIES: &[Entry] = &[Entry {
+    name: "zeroshot",
+    aliases: &[],
+    summary: "the frozen model with the dataset's template; GM = PM",
+    pefts: ALL_PEFTS,
+    settings: &[],
+    build: |_| Box::new(ZeroShot),
+}];
 
 /// The frozen zero-shot model.
 pub struct ZeroShot;

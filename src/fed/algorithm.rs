@@ -4,7 +4,8 @@
 //! personalize, and which logits the global (GM) and personalized (PM) models produce.
 //! The round loop ([`super::train::Federation::run_round`]), client sampling, batch
 //! orders, evaluation, logging and checkpointing are shared. Adding a baseline is one
-//! file in `algorithms/` plus a line in [`super::registry::ALGORITHMS`].
+//! file in `algorithms/` plus its name in the list of `algorithms/mod.rs`
+//! ([`super::algorithms::ALGORITHMS`]).
 
 use std::collections::BTreeMap;
 

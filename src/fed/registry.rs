@@ -1,13 +1,13 @@
 //! The registry of federated algorithms. Each algorithm's file declares its entries next
 //! to its code — name, a one-line summary, the PEFT kinds it is defined for, the tunable
-//! settings it reads, and how to build it — and [`ALGORITHMS`] lists those files' entries,
-//! one line each. Everything else learns about an algorithm from here: `--algorithm` and
+//! settings it reads, and how to build it — and [`algorithms::ALGORITHMS`] lists those
+//! files, one line each. Everything else learns about an algorithm from here: `--algorithm` and
 //! its help, the settings' command-line flags and `config.toml` keys (`[baselines]`) with
 //! their defaults and ranges, `compare`'s algorithm lists, the Python client.
 //!
 //! Adding an algorithm: write `algorithms/<name>.rs` (its [`Algorithm`] implementation
-//! and `pub const ENTRIES: &[Entry]`), declare the module in `algorithms/mod.rs`, and add
-//! its `ENTRIES` to [`ALGORITHMS`].
+//! and `pub const ENTRIES: &[Entry]`) and add `<name>` to the list in
+//! `algorithms/mod.rs`, which declares the module and registers its entries.
 
 use std::collections::BTreeMap;
 
@@ -18,20 +18,9 @@ use super::algorithm::{Algorithm, AlgorithmSettings, Entry, Setting, ALL_PEFTS};
 use super::algorithms;
 use crate::peft::PeftKind;
 
-/// Every algorithm, one line per file.
-pub const ALGORITHMS: &[&[Entry]] = &[
-    algorithms::zeroshot::ENTRIES,
-    algorithms::fedpurel::ENTRIES,
-    algorithms::promptfl::ENTRIES,
-    algorithms::promptfolio::ENTRIES,
-    algorithms::fedgrab::ENTRIES,
-    #[cfg(test)]
-    algorithms::test_only::ENTRIES,
-];
-
-/// Every entry, in registry order.
+/// Every entry, in registry order ([`algorithms::ALGORITHMS`]).
 pub fn entries() -> impl Iterator<Item = &'static Entry> {
-    ALGORITHMS.iter().flat_map(|e| e.iter())
+    algorithms::ALGORITHMS.iter().flat_map(|e| e.iter())
 }
 
 /// The accepted names (aliases aside), in registry order.

@@ -1,5 +1,5 @@
 //! A test-only algorithm that shows what adding one takes: this file and one line in
-//! [`crate::fed::registry::ALGORITHMS`] (plus its `mod` line). `fedavg-tempered` is
+//! the list of `algorithms/mod.rs`. `fedavg-tempered` is
 //! FedAvg with a temperature-scaled cross-entropy CE(f / T, y) and no personalization
 //! (PM = GM). Its setting `--test-temperature` (key `test_temperature`) and its name
 //! reach the CLI, `compare`, config files and a run through the registry alone; the

@@ -21,6 +21,7 @@ use super::ops::{
     causal_mask, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormGrad,
     LayerNormTape, Linear, LinearGrad, TapeMode,
 };
+use super::params::{BlockLayer, Part, Tower, Wb};
 
 /// A low-rank adapter `Δy = scale · B (A · drop(x))` on one projection.
 #[derive(Debug, Clone)]
@@ -229,46 +230,47 @@ pub struct Block {
 }
 
 impl Block {
-    /// Loads block weights under the canonical prefix (e.g. `text_model.encoder.layers.3`).
-    #[allow(clippy::too_many_arguments)]
+    /// Loads block `index` of `tower` (q, k and v fused into one `[3D, D]` projection).
     pub fn load(
         ck: &dyn WeightSource,
-        prefix: &str,
-        width: usize,
-        mlp: usize,
-        heads: usize,
-        eps: f64,
+        tower: Tower,
+        index: usize,
         dtype: DType,
         dev: &Device,
     ) -> Result<Self> {
-        let proj = |n: &str| {
-            Linear::load(
-                ck,
-                &format!("{prefix}.self_attn.{n}"),
-                width,
-                width,
-                true,
-                dtype,
-                dev,
-            )
+        let t = |layer, wb| ck.part(Part::Block(tower, index, layer, wb), dtype, dev);
+        let linear = |layer| -> Result<Linear> {
+            Ok(Linear {
+                weight: t(layer, Wb::Weight)?,
+                bias: Some(t(layer, Wb::Bias)?),
+            })
         };
-        let (q, k, v) = (proj("q_proj")?, proj("k_proj")?, proj("v_proj")?);
-        let bias = |l: &Linear| {
-            l.bias
-                .clone()
-                .expect("attention projections are loaded with bias")
+        let norm = |layer| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                weight: t(layer, Wb::Weight)?,
+                bias: t(layer, Wb::Bias)?,
+                eps: ck.config().layer_norm_eps,
+            })
         };
-        let qkv = Linear {
-            weight: Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?,
-            bias: Some(Tensor::cat(&[&bias(&q), &bias(&k), &bias(&v)], 0)?),
+        let qkv = |wb| -> Result<Tensor> {
+            let parts = [BlockLayer::Q, BlockLayer::K, BlockLayer::V].map(|l| t(l, wb));
+            let [q, k, v] = parts;
+            Ok(Tensor::cat(&[q?, k?, v?], 0)?)
+        };
+        let (width, heads) = match tower {
+            Tower::Text => (ck.config().text.width, ck.config().text.heads),
+            Tower::Vision => (ck.config().vision.width, ck.config().vision.heads),
         };
         Ok(Block {
-            ln1: LayerNorm::load(ck, &format!("{prefix}.layer_norm1"), width, eps, dtype, dev)?,
-            qkv,
-            out: proj("out_proj")?,
-            ln2: LayerNorm::load(ck, &format!("{prefix}.layer_norm2"), width, eps, dtype, dev)?,
-            fc1: Linear::load(ck, &format!("{prefix}.mlp.fc1"), mlp, width, true, dtype, dev)?,
-            fc2: Linear::load(ck, &format!("{prefix}.mlp.fc2"), width, mlp, true, dtype, dev)?,
+            ln1: norm(BlockLayer::Ln1)?,
+            qkv: Linear {
+                weight: qkv(Wb::Weight)?,
+                bias: Some(qkv(Wb::Bias)?),
+            },
+            out: linear(BlockLayer::Out)?,
+            ln2: norm(BlockLayer::Ln2)?,
+            fc1: linear(BlockLayer::Fc1)?,
+            fc2: linear(BlockLayer::Fc2)?,
             heads,
             width,
         })

@@ -13,6 +13,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{ClipConfig, TextConfig, VisionConfig};
+use super::params::Part;
 
 /// Which key naming a checkpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,12 @@ pub trait WeightSource {
 
     /// The tensor called `name`, checked to have `shape`, in `dtype` on `device`.
     fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor>;
+
+    /// The parameter at `part`, under its canonical name and with its shape for this
+    /// architecture, in `dtype` on `device`.
+    fn part(&self, part: Part, dtype: DType, device: &Device) -> Result<Tensor> {
+        self.tensor(&part.name(), &part.shape(self.config()), dtype, device)
+    }
 }
 
 impl WeightSource for Checkpoint {

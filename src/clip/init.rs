@@ -30,7 +30,8 @@ use candle_core::{Device, Tensor};
 use rand::Rng;
 
 use super::config::ClipConfig;
-use super::weights::{parameter_shapes, ClipWeights, LOGIT_SCALE};
+use super::params::{parts, BlockLayer, Part, Tower, Wb};
+use super::weights::ClipWeights;
 
 /// How one parameter starts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,42 +40,29 @@ enum Init {
     Constant(f64),
 }
 
-/// The rule of the table above for parameter `name`.
-fn rule(config: &ClipConfig, name: &str) -> Init {
-    if name == LOGIT_SCALE {
-        return Init::Constant((1.0f64 / 0.07).ln());
-    }
-    let text = name.starts_with("text_model.") || name == "text_projection.weight";
-    let (d, l) = if text {
-        (config.text.width as f64, config.text.layers as f64)
-    } else {
-        (config.vision.width as f64, config.vision.layers as f64)
+/// The rule of the table above for the parameter at `part`.
+fn rule(config: &ClipConfig, part: Part) -> Init {
+    let (d, l) = match part.tower() {
+        Some(Tower::Text) => (config.text.width as f64, config.text.layers as f64),
+        _ => (config.vision.width as f64, config.vision.layers as f64),
     };
     let depth_std = d.powf(-0.5) * (2.0 * l).powf(-0.5);
-    if name.ends_with(".bias") {
-        return Init::Constant(0.0);
+    match part {
+        Part::LogitScale => Init::Constant((1.0f64 / 0.07).ln()),
+        Part::Block(.., Wb::Bias) | Part::PreNorm(Wb::Bias) | Part::FinalNorm(_, Wb::Bias) => {
+            Init::Constant(0.0)
+        }
+        Part::PreNorm(Wb::Weight)
+        | Part::FinalNorm(_, Wb::Weight)
+        | Part::Block(_, _, BlockLayer::Ln1 | BlockLayer::Ln2, Wb::Weight) => Init::Constant(1.0),
+        Part::ClassEmbedding => Init::Normal(d.powf(-0.5)),
+        Part::TokenEmbedding | Part::Positional(_) | Part::Patch => Init::Normal(0.02),
+        Part::Block(_, _, BlockLayer::Q | BlockLayer::K | BlockLayer::V | BlockLayer::Fc2, Wb::Weight) => {
+            Init::Normal(depth_std)
+        }
+        Part::Block(_, _, BlockLayer::Fc1, Wb::Weight) => Init::Normal((2.0 * d).powf(-0.5)),
+        Part::Block(_, _, BlockLayer::Out, Wb::Weight) | Part::Projection(_) => Init::Normal(d.powf(-0.5)),
     }
-    if name.contains("layer_norm") || name.contains("layrnorm") || name.contains("layernorm") {
-        return Init::Constant(1.0);
-    }
-    if name.ends_with("class_embedding") {
-        return Init::Normal(d.powf(-0.5));
-    }
-    if name.contains("embedding") {
-        return Init::Normal(0.02);
-    }
-    if name.ends_with("q_proj.weight")
-        || name.ends_with("k_proj.weight")
-        || name.ends_with("v_proj.weight")
-        || name.ends_with("fc2.weight")
-    {
-        return Init::Normal(depth_std);
-    }
-    if name.ends_with("fc1.weight") {
-        return Init::Normal((2.0 * d).powf(-0.5));
-    }
-    // out_proj and the two projections into the joint space.
-    Init::Normal(d.powf(-0.5))
 }
 
 /// `n` draws from N(0, std²) by Box–Muller on `rng` (written out, so the values never
@@ -97,9 +85,10 @@ fn normal_values(rng: &mut crate::rng::StreamRng, n: usize, std: f64) -> Vec<f32
 pub fn init_weights(config: &ClipConfig, seed: u64) -> Result<ClipWeights> {
     config.validate()?;
     let mut tensors = BTreeMap::new();
-    for (name, shape) in parameter_shapes(config) {
+    for part in parts(config) {
+        let (name, shape) = (part.name(), part.shape(config));
         let n: usize = shape.iter().product();
-        let values = match rule(config, &name) {
+        let values = match rule(config, part) {
             Init::Constant(c) => vec![c as f32; n],
             Init::Normal(std) => {
                 let mut rng = crate::rng::stream(seed, &format!("clip-init/{name}"));
@@ -115,6 +104,8 @@ pub fn init_weights(config: &ClipConfig, seed: u64) -> Result<ClipWeights> {
 pub(crate) mod tests {
     use super::*;
     use crate::clip::config::{TextConfig, VisionConfig};
+    use crate::clip::params::LOGIT_SCALE;
+    use crate::clip::weights::parameter_shapes;
 
     /// A small pretraining-sized architecture: 32×32 images, patch 8, context 16.
     pub(crate) fn small_config() -> ClipConfig {

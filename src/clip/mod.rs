@@ -15,6 +15,7 @@ pub mod init;
 pub mod kernels;
 pub mod model;
 pub mod ops;
+pub mod params;
 pub mod preprocess;
 pub mod random;
 pub mod text;

@@ -94,7 +94,7 @@ pub fn text_encoder(config: &ClipConfig, vocab: usize, seed: u64, dev: &Device) 
         token_embedding: uniform(&[vocab, c.width], seed + 1, 0.02, dev)?,
         positional: uniform(&[c.context_length, c.width], seed + 2, 0.01, dev)?,
         blocks,
-        ln_final: layer_norm(c.width, seed + 3, dev)?,
+        final_norm: layer_norm(c.width, seed + 3, dev)?,
         projection: uniform(
             &[config.embed_dim, c.width],
             seed + 4,
@@ -124,9 +124,9 @@ pub fn vision_encoder(config: &ClipConfig, seed: u64, dev: &Device) -> Result<su
         )?,
         class_embedding: uniform(&[c.width], seed + 2, 0.02, dev)?,
         positional: uniform(&[c.tokens(), c.width], seed + 3, 0.01, dev)?,
-        ln_pre: layer_norm(c.width, seed + 4, dev)?,
+        pre_norm: layer_norm(c.width, seed + 4, dev)?,
         blocks,
-        ln_post: layer_norm(c.width, seed + 5, dev)?,
+        final_norm: layer_norm(c.width, seed + 5, dev)?,
         projection: uniform(
             &[config.embed_dim, c.width],
             seed + 6,

@@ -22,6 +22,7 @@ use super::block::{Block, BlockLora, BlockLoraGrad, BlockOutput, BlockTape, Bloc
 use super::checkpoint::WeightSource;
 use super::config::TextConfig;
 use super::ops::{sum_cotangents, LayerNorm, LayerNormGrad, LayerNormTape, TapeMode};
+use super::params::{Part, Tower, Wb};
 
 /// How much of the sequence to compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +64,7 @@ pub struct TextTape {
     body_len: usize,
     layers: Vec<(Option<BlockTape>, BlockTape)>,
     eot_rows: Vec<u32>,
-    ln_final: LayerNormTape,
+    final_norm: LayerNormTape,
     /// Final LayerNorm output (input of the projection), kept for weight gradients.
     normed: Option<Tensor>,
 }
@@ -124,7 +125,7 @@ pub struct TextWeightGrad {
     /// Positional embeddings `[context, D]` (zero past the computed positions).
     pub positional: Tensor,
     /// Final LayerNorm.
-    pub ln_final: LayerNormGrad,
+    pub final_norm: LayerNormGrad,
     /// Projection `[E, D]`.
     pub projection: Tensor,
 }
@@ -150,7 +151,7 @@ pub struct TextEncoder {
     /// Residual blocks.
     pub blocks: Vec<Block>,
     /// Final LayerNorm.
-    pub ln_final: LayerNorm,
+    pub final_norm: LayerNorm,
     /// Projection into the joint space, `[E, D]`.
     pub projection: Tensor,
     /// Shape.
@@ -161,37 +162,26 @@ impl TextEncoder {
     /// Loads the text tower (canonical names `text_model.*`, `text_projection.weight`).
     pub fn load(ck: &dyn WeightSource, embed_dim: usize, dtype: DType, dev: &Device) -> Result<Self> {
         let c = ck.config().text.clone();
-        let eps = ck.config().layer_norm_eps;
+        if ck.config().embed_dim != embed_dim {
+            bail!(
+                "text tower: joint dimension {embed_dim}, the configuration says {}",
+                ck.config().embed_dim
+            );
+        }
+        let t = |part| ck.part(part, dtype, dev);
         let blocks = (0..c.layers)
-            .map(|i| {
-                Block::load(
-                    ck,
-                    &format!("text_model.encoder.layers.{i}"),
-                    c.width,
-                    c.mlp_width,
-                    c.heads,
-                    eps,
-                    dtype,
-                    dev,
-                )
-            })
+            .map(|i| Block::load(ck, Tower::Text, i, dtype, dev))
             .collect::<Result<Vec<_>>>()?;
         Ok(TextEncoder {
-            token_embedding: ck.tensor(
-                "text_model.embeddings.token_embedding.weight",
-                &[c.vocab_size, c.width],
-                dtype,
-                dev,
-            )?,
-            positional: ck.tensor(
-                "text_model.embeddings.position_embedding.weight",
-                &[c.context_length, c.width],
-                dtype,
-                dev,
-            )?,
+            token_embedding: t(Part::TokenEmbedding)?,
+            positional: t(Part::Positional(Tower::Text))?,
             blocks,
-            ln_final: LayerNorm::load(ck, "text_model.final_layer_norm", c.width, eps, dtype, dev)?,
-            projection: ck.tensor("text_projection.weight", &[embed_dim, c.width], dtype, dev)?,
+            final_norm: LayerNorm {
+                weight: t(Part::FinalNorm(Tower::Text, Wb::Weight))?,
+                bias: t(Part::FinalNorm(Tower::Text, Wb::Bias))?,
+                eps: ck.config().layer_norm_eps,
+            },
+            projection: t(Part::Projection(Tower::Text))?,
             config: c,
         })
     }
@@ -348,19 +338,19 @@ impl TextEncoder {
         let idx = Tensor::from_vec(eot_rows.clone(), n, body.device())?;
         let pooled = body.index_select(&idx, 0)?;
         let (normed, ln_tape) = if keep_tape {
-            let (y, t) = self.ln_final.forward_taped(&pooled)?;
+            let (y, t) = self.final_norm.forward_taped(&pooled)?;
             (y, Some(t))
         } else {
-            (self.ln_final.forward(&pooled)?, None)
+            (self.final_norm.forward(&pooled)?, None)
         };
         let features = normed.matmul(&self.projection.t()?)?;
-        let tape = ln_tape.map(|ln_final| TextTape {
+        let tape = ln_tape.map(|final_norm| TextTape {
             n,
             prefix_len: p,
             body_len,
             layers,
             eot_rows,
-            ln_final,
+            final_norm,
             normed: mode.weights().then_some(normed),
         });
         Ok((features, tape))
@@ -396,11 +386,11 @@ impl TextEncoder {
             .reshape((kk * n, e))?
             .matmul(&self.projection)?
             .reshape((kk, n, d))?;
-        let d_pooled = self.ln_final.backward(&tape.ln_final, &d_normed)?;
+        let d_pooled = self.final_norm.backward(&tape.final_norm, &d_normed)?;
         let head = match &tape.normed {
             Some(normed) => Some((
                 sum_cotangents(d_features)?.t()?.matmul(normed)?,
-                self.ln_final.param_grad(&tape.ln_final, &d_normed)?,
+                self.final_norm.param_grad(&tape.final_norm, &d_normed)?,
             )),
             None => None,
         };
@@ -447,14 +437,14 @@ impl TextEncoder {
             body_start: p,
         };
         let weights = match head {
-            Some((projection, ln_final)) => {
+            Some((projection, final_norm)) => {
                 if block_grads.len() != self.blocks.len() {
                     bail!("text backward: the block tapes were not kept for weight gradients");
                 }
                 Some(TextWeightGrad {
                     blocks: block_grads,
                     positional: self.positional_grad(&grad)?,
-                    ln_final,
+                    final_norm,
                     projection,
                 })
             }
@@ -640,8 +630,8 @@ mod tests {
                     n.bias = to64(&n.bias);
                 }
             }
-            t.ln_final.weight = to64(&t.ln_final.weight);
-            t.ln_final.bias = to64(&t.ln_final.bias);
+            t.final_norm.weight = to64(&t.final_norm.weight);
+            t.final_norm.bias = to64(&t.final_norm.bias);
             t.positional = to64(&t.positional);
             t.projection = to64(&t.projection);
             t.clone()
@@ -717,7 +707,7 @@ mod tests {
                 assert!(e < 1e-4, "{path:?} {what}: relative difference {e:e}");
             };
             close(&w.projection, &plain.projection, "projection");
-            close(&w.ln_final.weight, &plain.ln_final.weight, "final LN");
+            close(&w.final_norm.weight, &plain.final_norm.weight, "final LN");
             close(&w.positional, &plain.positional, "positions");
             close(&tok, &tok_plain, "token embedding");
             for (l, (a, b)) in w.blocks.iter().zip(&plain.blocks).enumerate() {

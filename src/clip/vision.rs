@@ -12,6 +12,7 @@ use super::block::{Block, BlockLora, BlockLoraGrad, BlockTape, BlockWeightGrad, 
 use super::checkpoint::WeightSource;
 use super::config::VisionConfig;
 use super::ops::{sum_cotangents, LayerNorm, LayerNormGrad, LayerNormTape, TapeMode};
+use super::params::{Part, Tower, Wb};
 
 /// The CLIP vision tower.
 #[derive(Debug, Clone)]
@@ -23,11 +24,11 @@ pub struct VisionEncoder {
     /// Positional embeddings `[1 + grid², D]`.
     pub positional: Tensor,
     /// LayerNorm before the blocks.
-    pub ln_pre: LayerNorm,
+    pub pre_norm: LayerNorm,
     /// Residual blocks.
     pub blocks: Vec<Block>,
     /// LayerNorm on the class token after the blocks.
-    pub ln_post: LayerNorm,
+    pub final_norm: LayerNorm,
     /// Projection into the joint space `[E, D]`.
     pub projection: Tensor,
     /// Shape.
@@ -38,16 +39,16 @@ pub struct VisionEncoder {
 pub struct VisionTape {
     batch: usize,
     layers: Vec<BlockTape>,
-    ln_post: LayerNormTape,
+    final_norm: LayerNormTape,
     /// Kept for weight gradients only.
     weights: Option<VisionWeightTape>,
 }
 
 /// The extra activations weight gradients need: unfolded patches (input of the patch
-/// matmul), ln_pre's input, and ln_post's output (input of the projection).
+/// matmul), pre_norm's input, and final_norm's output (input of the projection).
 struct VisionWeightTape {
     patches: Tensor,
-    ln_pre: LayerNormTape,
+    pre_norm: LayerNormTape,
     normed: Tensor,
 }
 
@@ -61,11 +62,11 @@ pub struct VisionWeightGrad {
     /// Positional embeddings `[1 + grid², D]`.
     pub positional: Tensor,
     /// LayerNorm before the blocks.
-    pub ln_pre: LayerNormGrad,
+    pub pre_norm: LayerNormGrad,
     /// Per block, in order.
     pub blocks: Vec<BlockWeightGrad>,
     /// LayerNorm on the class token.
-    pub ln_post: LayerNormGrad,
+    pub final_norm: LayerNormGrad,
     /// Projection `[E, D]`.
     pub projection: Tensor,
 }
@@ -83,47 +84,41 @@ impl VisionEncoder {
     /// Loads the vision tower (canonical names `vision_model.*`, `visual_projection.weight`).
     pub fn load(ck: &dyn WeightSource, embed_dim: usize, dtype: DType, dev: &Device) -> Result<Self> {
         let c = ck.config().vision.clone();
-        let eps = ck.config().layer_norm_eps;
-        let p = c.patch_size;
-        let conv = ck.tensor(
-            "vision_model.embeddings.patch_embedding.weight",
-            &[c.width, 3, p, p],
-            dtype,
-            dev,
-        )?;
-        let blocks = (0..c.layers)
-            .map(|i| {
-                Block::load(
-                    ck,
-                    &format!("vision_model.encoder.layers.{i}"),
-                    c.width,
-                    c.mlp_width,
-                    c.heads,
-                    eps,
-                    dtype,
-                    dev,
-                )
+        if ck.config().embed_dim != embed_dim {
+            bail!(
+                "vision tower: joint dimension {embed_dim}, the configuration says {}",
+                ck.config().embed_dim
+            );
+        }
+        let t = |part| ck.part(part, dtype, dev);
+        let norm = |w, b| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                weight: t(w)?,
+                bias: t(b)?,
+                eps: ck.config().layer_norm_eps,
             })
+        };
+        let p = c.patch_size;
+        let blocks = (0..c.layers)
+            .map(|i| Block::load(ck, Tower::Vision, i, dtype, dev))
             .collect::<Result<Vec<_>>>()?;
         Ok(VisionEncoder {
-            patch: conv.reshape((c.width, 3 * p * p))?,
-            class_embedding: ck.tensor("vision_model.embeddings.class_embedding", &[c.width], dtype, dev)?,
-            positional: ck.tensor(
-                "vision_model.embeddings.position_embedding.weight",
-                &[c.tokens(), c.width],
-                dtype,
-                dev,
-            )?,
-            ln_pre: LayerNorm::load(ck, "vision_model.pre_layrnorm", c.width, eps, dtype, dev)?,
+            patch: t(Part::Patch)?.reshape((c.width, 3 * p * p))?,
+            class_embedding: t(Part::ClassEmbedding)?,
+            positional: t(Part::Positional(Tower::Vision))?,
+            pre_norm: norm(Part::PreNorm(Wb::Weight), Part::PreNorm(Wb::Bias))?,
             blocks,
-            ln_post: LayerNorm::load(ck, "vision_model.post_layernorm", c.width, eps, dtype, dev)?,
-            projection: ck.tensor("visual_projection.weight", &[embed_dim, c.width], dtype, dev)?,
+            final_norm: norm(
+                Part::FinalNorm(Tower::Vision, Wb::Weight),
+                Part::FinalNorm(Tower::Vision, Wb::Bias),
+            )?,
+            projection: t(Part::Projection(Tower::Vision))?,
             config: c,
         })
     }
 
-    /// Token rows `[B·T, D]` after patch embedding, class token, positions and ln_pre;
-    /// with `keep`, also the unfolded patches and ln_pre's tape.
+    /// Token rows `[B·T, D]` after patch embedding, class token, positions and pre_norm;
+    /// with `keep`, also the unfolded patches and pre_norm's tape.
     fn embed(&self, pixels: &Tensor, keep: bool) -> Result<(Tensor, Option<(Tensor, LayerNormTape)>)> {
         let (b, ch, h, w) = pixels.dims4()?;
         let c = &self.config;
@@ -151,10 +146,10 @@ impl VisionEncoder {
             .broadcast_add(&self.positional)?
             .reshape((b * c.tokens(), c.width))?;
         if keep {
-            let (y, tape) = self.ln_pre.forward_taped(&x)?;
+            let (y, tape) = self.pre_norm.forward_taped(&x)?;
             return Ok((y, Some((patches, tape))));
         }
-        Ok((self.ln_pre.forward(&x)?, None))
+        Ok((self.pre_norm.forward(&x)?, None))
     }
 
     /// [`forward_with`](Self::forward_with) keeping the frozen tape when `keep_tape`.
@@ -209,10 +204,10 @@ impl VisionEncoder {
         let cls_rows: Vec<u32> = (0..b).map(|i| (i * t) as u32).collect();
         let cls = x.index_select(&Tensor::from_vec(cls_rows, b, x.device())?, 0)?;
         let (normed, tape) = if keep_tape {
-            let (y, ln_post) = self.ln_post.forward_taped(&cls)?;
-            let weights = embed_tape.map(|(patches, ln_pre)| VisionWeightTape {
+            let (y, final_norm) = self.final_norm.forward_taped(&cls)?;
+            let weights = embed_tape.map(|(patches, pre_norm)| VisionWeightTape {
                 patches,
-                ln_pre,
+                pre_norm,
                 normed: y.clone(),
             });
             (
@@ -220,12 +215,12 @@ impl VisionEncoder {
                 Some(VisionTape {
                     batch: b,
                     layers,
-                    ln_post,
+                    final_norm,
                     weights,
                 }),
             )
         } else {
-            (self.ln_post.forward(&cls)?, None)
+            (self.final_norm.forward(&cls)?, None)
         };
         Ok((normed.matmul(&self.projection.t()?)?, tape))
     }
@@ -268,7 +263,7 @@ impl VisionEncoder {
             .reshape((kk * b, e))?
             .matmul(&self.projection)?
             .reshape((kk, b, d))?;
-        let d_cls = self.ln_post.backward(&tape.ln_post, &d_normed)?;
+        let d_cls = self.final_norm.backward(&tape.final_norm, &d_normed)?;
         let idx = Tensor::from_vec(
             (0..b).map(|i| (i * t) as u32).collect::<Vec<_>>(),
             b,
@@ -294,15 +289,15 @@ impl VisionEncoder {
                 if block_grads.len() != self.blocks.len() {
                     bail!("vision backward: the block tapes were not kept for weight gradients");
                 }
-                Some(self.embedding_grads(wt, d_features, &d_normed, &dy, block_grads, &tape.ln_post)?)
+                Some(self.embedding_grads(wt, d_features, &d_normed, &dy, block_grads, &tape.final_norm)?)
             }
             None => None,
         };
         Ok(VisionBackward { lora: grads, weights })
     }
 
-    /// Weight gradients outside the blocks: projection and ln_post from the head,
-    /// ln_pre, positions, class token and patch matrix from the first block's input
+    /// Weight gradients outside the blocks: projection and final_norm from the head,
+    /// pre_norm, positions, class token and patch matrix from the first block's input
     /// cotangent `d_x0: [K, B·T, D]`.
     fn embedding_grads(
         &self,
@@ -311,17 +306,17 @@ impl VisionEncoder {
         d_normed: &Tensor,
         d_x0: &Tensor,
         blocks: Vec<BlockWeightGrad>,
-        ln_post_tape: &LayerNormTape,
+        final_norm_tape: &LayerNormTape,
     ) -> Result<VisionWeightGrad> {
         let c = &self.config;
         let (t, d) = (c.tokens(), c.width);
         let b = d_x0.dim(1)? / t;
         let projection = sum_cotangents(d_features)?.t()?.matmul(&wt.normed)?;
-        let ln_post = self.ln_post.param_grad(ln_post_tape, d_normed)?;
-        // ln_pre's VJP is linear in the cotangent: sum over K first.
+        let final_norm = self.final_norm.param_grad(final_norm_tape, d_normed)?;
+        // pre_norm's VJP is linear in the cotangent: sum over K first.
         let d_x0 = sum_cotangents(d_x0)?.unsqueeze(0)?;
-        let ln_pre = self.ln_pre.param_grad(&wt.ln_pre, &d_x0)?;
-        let d_embed = self.ln_pre.backward(&wt.ln_pre, &d_x0)?.reshape((b, t, d))?;
+        let pre_norm = self.pre_norm.param_grad(&wt.pre_norm, &d_x0)?;
+        let d_embed = self.pre_norm.backward(&wt.pre_norm, &d_x0)?.reshape((b, t, d))?;
         let positional = d_embed.sum(0)?;
         let class_embedding = positional.get(0)?;
         let d_tokens = d_embed.narrow(1, 1, t - 1)?.reshape((b * (t - 1), d))?;
@@ -330,9 +325,9 @@ impl VisionEncoder {
             patch,
             class_embedding,
             positional,
-            ln_pre,
+            pre_norm,
             blocks,
-            ln_post,
+            final_norm,
             projection,
         })
     }

@@ -2,14 +2,15 @@
 //! `CLIPModel` name (`text_model.encoder.layers.N.self_attn.q_proj.weight`, …), for
 //! training, optimizers and savers.
 //!
-//! * [`parameter_shapes`] lists the names and shapes a [`ClipConfig`] implies — the one
-//!   place where the naming lives;
+//! * [`parameter_shapes`] lists the names and shapes a [`ClipConfig`] implies, from the
+//!   one walk over the parameters ([`super::params`]), where the naming lives;
 //! * [`ClipWeights`] holds the tensors by name, builds the encoders from them (q/k/v are
 //!   fused at build time, exactly as when loading a checkpoint) and writes a Hugging Face
 //!   directory (`config.json`, `model.safetensors`, tokenizer files) that
 //!   [`Checkpoint::open`](super::Checkpoint::open) reads back bit for bit;
 //! * [`ClipGrads`] maps the encoders' structured weight gradients (fused q/k/v, patch
-//!   matrix) back to the same names, so gradient and weight line up tensor by tensor.
+//!   matrix) back to the same names, so gradient and weight line up tensor by tensor —
+//!   through the same reader as the weights ([`ClipView`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,157 +22,153 @@ use super::block::{Block, BlockWeightGrad};
 use super::checkpoint::{openai_slot, Layout, OpenAiSlot, WeightSource};
 use super::config::{ClipConfig, SpecialTokens};
 use super::model::{Clip, LoadOptions};
-use super::ops::{LayerNorm, Linear};
+use super::ops::{LayerNorm, LayerNormGrad, Linear, LinearGrad};
+use super::params::{parts, BlockLayer, Part, Tower, Wb};
 use super::text::TextWeightGrad;
 use super::vision::VisionWeightGrad;
 
-/// The logit scale's name (a scalar: ln of the multiplier of cosine similarities).
-pub const LOGIT_SCALE: &str = "logit_scale";
-
-/// `(name, shape)` of every parameter of a CLIP with this architecture, in a fixed order
-/// (text tower, vision tower, projections, logit scale).
+/// `(name, shape)` of every parameter of a CLIP with this architecture, in the walk's
+/// order ([`parts`]).
 pub fn parameter_shapes(c: &ClipConfig) -> Vec<(String, Vec<usize>)> {
-    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut push = |n: String, s: Vec<usize>| out.push((n, s));
-    let (t, v) = (&c.text, &c.vision);
-    push(
-        "text_model.embeddings.token_embedding.weight".into(),
-        vec![t.vocab_size, t.width],
-    );
-    push(
-        "text_model.embeddings.position_embedding.weight".into(),
-        vec![t.context_length, t.width],
-    );
-    for i in 0..t.layers {
-        for (n, s) in block_shapes(t.width, t.mlp_width) {
-            push(format!("text_model.encoder.layers.{i}.{n}"), s);
-        }
-    }
-    push("text_model.final_layer_norm.weight".into(), vec![t.width]);
-    push("text_model.final_layer_norm.bias".into(), vec![t.width]);
-    push("vision_model.embeddings.class_embedding".into(), vec![v.width]);
-    push(
-        "vision_model.embeddings.patch_embedding.weight".into(),
-        vec![v.width, 3, v.patch_size, v.patch_size],
-    );
-    push(
-        "vision_model.embeddings.position_embedding.weight".into(),
-        vec![v.tokens(), v.width],
-    );
-    push("vision_model.pre_layrnorm.weight".into(), vec![v.width]);
-    push("vision_model.pre_layrnorm.bias".into(), vec![v.width]);
-    for i in 0..v.layers {
-        for (n, s) in block_shapes(v.width, v.mlp_width) {
-            push(format!("vision_model.encoder.layers.{i}.{n}"), s);
-        }
-    }
-    push("vision_model.post_layernorm.weight".into(), vec![v.width]);
-    push("vision_model.post_layernorm.bias".into(), vec![v.width]);
-    push("text_projection.weight".into(), vec![c.embed_dim, t.width]);
-    push("visual_projection.weight".into(), vec![c.embed_dim, v.width]);
-    push(LOGIT_SCALE.into(), vec![]);
-    out
+    parts(c).into_iter().map(|p| (p.name(), p.shape(c))).collect()
 }
 
-/// Names (relative to the layer) and shapes of one residual block's parameters.
-fn block_shapes(d: usize, f: usize) -> Vec<(&'static str, Vec<usize>)> {
-    vec![
-        ("self_attn.q_proj.weight", vec![d, d]),
-        ("self_attn.q_proj.bias", vec![d]),
-        ("self_attn.k_proj.weight", vec![d, d]),
-        ("self_attn.k_proj.bias", vec![d]),
-        ("self_attn.v_proj.weight", vec![d, d]),
-        ("self_attn.v_proj.bias", vec![d]),
-        ("self_attn.out_proj.weight", vec![d, d]),
-        ("self_attn.out_proj.bias", vec![d]),
-        ("layer_norm1.weight", vec![d]),
-        ("layer_norm1.bias", vec![d]),
-        ("mlp.fc1.weight", vec![f, d]),
-        ("mlp.fc1.bias", vec![f]),
-        ("mlp.fc2.weight", vec![d, f]),
-        ("mlp.fc2.bias", vec![d]),
-        ("layer_norm2.weight", vec![d]),
-        ("layer_norm2.bias", vec![d]),
-    ]
-}
+/// A layer's weight and bias as the encoders hold them (of the weights, or of their
+/// gradients).
+type Pair<'a> = (&'a Tensor, Option<&'a Tensor>);
 
-/// One block's tensors in the fused layout (weights or their gradients), split into the
-/// canonical names: the `[3D, …]` q/k/v rows become `q_proj`, `k_proj`, `v_proj`.
-#[allow(clippy::too_many_arguments)]
-fn block_entries(
-    prefix: &str,
+/// One block's layers as the encoders hold them (q, k and v fused into one `[3D, …]`).
+struct BlockView<'a> {
     width: usize,
-    ln1: (&Tensor, &Tensor),
-    qkv: (&Tensor, Option<&Tensor>),
-    out: (&Tensor, Option<&Tensor>),
-    ln2: (&Tensor, &Tensor),
-    fc1: (&Tensor, Option<&Tensor>),
-    fc2: (&Tensor, Option<&Tensor>),
-) -> Result<Vec<(String, Tensor)>> {
-    let name = |n: &str| format!("{prefix}.{n}");
-    let bias = |b: Option<&Tensor>, what: &str| {
-        b.cloned()
-            .ok_or_else(|| anyhow!("{prefix}: {what} has no bias (CLIP's projections all do)"))
-    };
-    let mut v = Vec::with_capacity(16);
-    let qkv_bias = bias(qkv.1, "the q/k/v projection")?;
-    for (i, p) in ["q_proj", "k_proj", "v_proj"].into_iter().enumerate() {
-        v.push((
-            name(&format!("self_attn.{p}.weight")),
-            qkv.0.narrow(0, i * width, width)?.contiguous()?,
-        ));
-        v.push((
-            name(&format!("self_attn.{p}.bias")),
-            qkv_bias.narrow(0, i * width, width)?.contiguous()?,
-        ));
+    ln1: Pair<'a>,
+    qkv: Pair<'a>,
+    out: Pair<'a>,
+    ln2: Pair<'a>,
+    fc1: Pair<'a>,
+    fc2: Pair<'a>,
+}
+
+impl<'a> BlockView<'a> {
+    fn of_weights(b: &'a Block) -> Self {
+        let lin = |l: &'a Linear| (&l.weight, l.bias.as_ref());
+        BlockView {
+            width: b.width,
+            ln1: norm_pair(&b.ln1),
+            qkv: lin(&b.qkv),
+            out: lin(&b.out),
+            ln2: norm_pair(&b.ln2),
+            fc1: lin(&b.fc1),
+            fc2: lin(&b.fc2),
+        }
     }
-    v.push((name("self_attn.out_proj.weight"), out.0.clone()));
-    v.push((name("self_attn.out_proj.bias"), bias(out.1, "out_proj")?));
-    v.push((name("layer_norm1.weight"), ln1.0.clone()));
-    v.push((name("layer_norm1.bias"), ln1.1.clone()));
-    v.push((name("mlp.fc1.weight"), fc1.0.clone()));
-    v.push((name("mlp.fc1.bias"), bias(fc1.1, "fc1")?));
-    v.push((name("mlp.fc2.weight"), fc2.0.clone()));
-    v.push((name("mlp.fc2.bias"), bias(fc2.1, "fc2")?));
-    v.push((name("layer_norm2.weight"), ln2.0.clone()));
-    v.push((name("layer_norm2.bias"), ln2.1.clone()));
-    Ok(v)
+
+    fn of_grads(g: &'a BlockWeightGrad, width: usize) -> Self {
+        let lin = |l: &'a LinearGrad| (&l.weight, l.bias.as_ref());
+        BlockView {
+            width,
+            ln1: norm_grad_pair(&g.ln1),
+            qkv: lin(&g.qkv),
+            out: lin(&g.out),
+            ln2: norm_grad_pair(&g.ln2),
+            fc1: lin(&g.fc1),
+            fc2: lin(&g.fc2),
+        }
+    }
+
+    /// The tensor of `layer` (q, k, v: their rows of the fused projection).
+    fn tensor(&self, layer: BlockLayer, wb: Wb) -> Result<Tensor> {
+        let third = |i: usize| -> Result<Tensor> {
+            Ok(pick(self.qkv, wb)?
+                .narrow(0, i * self.width, self.width)?
+                .contiguous()?)
+        };
+        match layer {
+            BlockLayer::Q => third(0),
+            BlockLayer::K => third(1),
+            BlockLayer::V => third(2),
+            BlockLayer::Out => pick(self.out, wb),
+            BlockLayer::Ln1 => pick(self.ln1, wb),
+            BlockLayer::Fc1 => pick(self.fc1, wb),
+            BlockLayer::Fc2 => pick(self.fc2, wb),
+            BlockLayer::Ln2 => pick(self.ln2, wb),
+        }
+    }
 }
 
-fn block_weight_entries(prefix: &str, b: &Block) -> Result<Vec<(String, Tensor)>> {
-    let lin = |l: &Linear| (l.weight.clone(), l.bias.clone());
-    let ln = |l: &LayerNorm| (l.weight.clone(), l.bias.clone());
-    let (ln1, qkv, out, ln2, fc1, fc2) = (
-        ln(&b.ln1),
-        lin(&b.qkv),
-        lin(&b.out),
-        ln(&b.ln2),
-        lin(&b.fc1),
-        lin(&b.fc2),
-    );
-    block_entries(
-        prefix,
-        b.width,
-        (&ln1.0, &ln1.1),
-        (&qkv.0, qkv.1.as_ref()),
-        (&out.0, out.1.as_ref()),
-        (&ln2.0, &ln2.1),
-        (&fc1.0, fc1.1.as_ref()),
-        (&fc2.0, fc2.1.as_ref()),
-    )
+/// A LayerNorm's γ and β.
+fn norm_pair(l: &LayerNorm) -> Pair<'_> {
+    (&l.weight, Some(&l.bias))
 }
 
-fn block_grad_entries(prefix: &str, width: usize, g: &BlockWeightGrad) -> Result<Vec<(String, Tensor)>> {
-    block_entries(
-        prefix,
-        width,
-        (&g.ln1.weight, &g.ln1.bias),
-        (&g.qkv.weight, g.qkv.bias.as_ref()),
-        (&g.out.weight, g.out.bias.as_ref()),
-        (&g.ln2.weight, &g.ln2.bias),
-        (&g.fc1.weight, g.fc1.bias.as_ref()),
-        (&g.fc2.weight, g.fc2.bias.as_ref()),
-    )
+/// The gradients of a LayerNorm's γ and β.
+fn norm_grad_pair(l: &LayerNormGrad) -> Pair<'_> {
+    (&l.weight, Some(&l.bias))
+}
+
+/// The weight or the bias of a layer.
+fn pick(pair: Pair, wb: Wb) -> Result<Tensor> {
+    match wb {
+        Wb::Weight => Ok(pair.0.clone()),
+        Wb::Bias => pair
+            .1
+            .cloned()
+            .ok_or_else(|| anyhow!("a layer has no bias (CLIP's layers all do)")),
+    }
+}
+
+/// Everything of one CLIP — its weights, or their gradients — in the encoders' layout:
+/// one reader ([`ClipView::tensor`]) turns it into the walk's named tensors, for both.
+struct ClipView<'a> {
+    token_embedding: &'a Tensor,
+    text_positional: &'a Tensor,
+    text_blocks: Vec<BlockView<'a>>,
+    text_final: Pair<'a>,
+    text_projection: &'a Tensor,
+    class_embedding: &'a Tensor,
+    /// The patch embedding as the matrix `[D, 3·p·p]`.
+    patch: &'a Tensor,
+    patch_size: usize,
+    vision_positional: &'a Tensor,
+    pre_norm: Pair<'a>,
+    vision_blocks: Vec<BlockView<'a>>,
+    vision_final: Pair<'a>,
+    vision_projection: &'a Tensor,
+    logit_scale: Tensor,
+}
+
+impl ClipView<'_> {
+    /// The tensor at `part`, in the checkpoint's shape.
+    fn tensor(&self, part: Part) -> Result<Tensor> {
+        let block = |t: Tower, i: usize| match t {
+            Tower::Text => &self.text_blocks[i],
+            Tower::Vision => &self.vision_blocks[i],
+        };
+        Ok(match part {
+            Part::TokenEmbedding => self.token_embedding.clone(),
+            Part::Positional(Tower::Text) => self.text_positional.clone(),
+            Part::Positional(Tower::Vision) => self.vision_positional.clone(),
+            Part::ClassEmbedding => self.class_embedding.clone(),
+            Part::Patch => {
+                let p = self.patch_size;
+                self.patch.reshape((self.patch.dim(0)?, 3, p, p))?
+            }
+            Part::PreNorm(wb) => pick(self.pre_norm, wb)?,
+            Part::Block(t, i, layer, wb) => block(t, i).tensor(layer, wb)?,
+            Part::FinalNorm(Tower::Text, wb) => pick(self.text_final, wb)?,
+            Part::FinalNorm(Tower::Vision, wb) => pick(self.vision_final, wb)?,
+            Part::Projection(Tower::Text) => self.text_projection.clone(),
+            Part::Projection(Tower::Vision) => self.vision_projection.clone(),
+            Part::LogitScale => self.logit_scale.clone(),
+        })
+    }
+
+    /// Every parameter of `config` by name.
+    fn named(&self, config: &ClipConfig) -> Result<BTreeMap<String, Tensor>> {
+        parts(config)
+            .into_iter()
+            .map(|p| Ok((p.name(), self.tensor(p)?)))
+            .collect()
+    }
 }
 
 /// Checks that `tensors` holds exactly the parameters of `config` with their shapes.
@@ -238,65 +235,29 @@ impl ClipWeights {
     /// Every weight of a loaded model (fused q/k/v split back into q, k, v; the patch
     /// matrix reshaped to the convolution's `[D, 3, p, p]`).
     pub fn from_clip(clip: &Clip) -> Result<Self> {
-        let mut m = BTreeMap::new();
-        let t = &clip.text;
-        let v = &clip.vision;
-        m.insert(
-            "text_model.embeddings.token_embedding.weight".into(),
-            t.token_embedding.clone(),
-        );
-        m.insert(
-            "text_model.embeddings.position_embedding.weight".into(),
-            t.positional.clone(),
-        );
-        for (i, b) in t.blocks.iter().enumerate() {
-            m.extend(block_weight_entries(
-                &format!("text_model.encoder.layers.{i}"),
-                b,
-            )?);
-        }
-        m.insert(
-            "text_model.final_layer_norm.weight".into(),
-            t.ln_final.weight.clone(),
-        );
-        m.insert("text_model.final_layer_norm.bias".into(), t.ln_final.bias.clone());
-        let p = v.config.patch_size;
-        m.insert(
-            "vision_model.embeddings.class_embedding".into(),
-            v.class_embedding.clone(),
-        );
-        m.insert(
-            "vision_model.embeddings.patch_embedding.weight".into(),
-            v.patch.reshape((v.config.width, 3, p, p))?,
-        );
-        m.insert(
-            "vision_model.embeddings.position_embedding.weight".into(),
-            v.positional.clone(),
-        );
-        m.insert("vision_model.pre_layrnorm.weight".into(), v.ln_pre.weight.clone());
-        m.insert("vision_model.pre_layrnorm.bias".into(), v.ln_pre.bias.clone());
-        for (i, b) in v.blocks.iter().enumerate() {
-            m.extend(block_weight_entries(
-                &format!("vision_model.encoder.layers.{i}"),
-                b,
-            )?);
-        }
-        m.insert(
-            "vision_model.post_layernorm.weight".into(),
-            v.ln_post.weight.clone(),
-        );
-        m.insert("vision_model.post_layernorm.bias".into(), v.ln_post.bias.clone());
-        m.insert("text_projection.weight".into(), t.projection.clone());
-        m.insert("visual_projection.weight".into(), v.projection.clone());
-        m.insert(
-            LOGIT_SCALE.into(),
-            Tensor::new(clip.logit_scale, &Device::Cpu)?
+        let (t, v) = (&clip.text, &clip.vision);
+        let view = ClipView {
+            token_embedding: &t.token_embedding,
+            text_positional: &t.positional,
+            text_blocks: t.blocks.iter().map(BlockView::of_weights).collect(),
+            text_final: (&t.final_norm.weight, Some(&t.final_norm.bias)),
+            text_projection: &t.projection,
+            class_embedding: &v.class_embedding,
+            patch: &v.patch,
+            patch_size: v.config.patch_size,
+            vision_positional: &v.positional,
+            pre_norm: norm_pair(&v.pre_norm),
+            vision_blocks: v.blocks.iter().map(BlockView::of_weights).collect(),
+            vision_final: norm_pair(&v.final_norm),
+            vision_projection: &v.projection,
+            logit_scale: Tensor::new(clip.logit_scale, &Device::Cpu)?
                 .to_dtype(t.projection.dtype())?
                 .to_device(t.projection.device())?,
-        );
+        };
         let mut config = clip.config.clone();
         config.text.vocab_size = t.config.vocab_size;
-        Self::new(config, m)
+        let tensors = view.named(&config)?;
+        Self::new(config, tensors)
     }
 
     /// Every parameter of an opened checkpoint (either key layout), in f32 on the CPU.
@@ -502,73 +463,32 @@ impl ClipGrads {
                 v.layers
             );
         }
-        let mut m = BTreeMap::new();
-        m.insert(
-            "text_model.embeddings.token_embedding.weight".into(),
-            token_embedding.clone(),
-        );
-        m.insert(
-            "text_model.embeddings.position_embedding.weight".into(),
-            text.positional.clone(),
-        );
-        for (i, g) in text.blocks.iter().enumerate() {
-            m.extend(block_grad_entries(
-                &format!("text_model.encoder.layers.{i}"),
-                t.width,
-                g,
-            )?);
-        }
-        m.insert(
-            "text_model.final_layer_norm.weight".into(),
-            text.ln_final.weight.clone(),
-        );
-        m.insert(
-            "text_model.final_layer_norm.bias".into(),
-            text.ln_final.bias.clone(),
-        );
-        let p = v.patch_size;
-        m.insert(
-            "vision_model.embeddings.class_embedding".into(),
-            vision.class_embedding.clone(),
-        );
-        m.insert(
-            "vision_model.embeddings.patch_embedding.weight".into(),
-            vision.patch.reshape((v.width, 3, p, p))?,
-        );
-        m.insert(
-            "vision_model.embeddings.position_embedding.weight".into(),
-            vision.positional.clone(),
-        );
-        m.insert(
-            "vision_model.pre_layrnorm.weight".into(),
-            vision.ln_pre.weight.clone(),
-        );
-        m.insert(
-            "vision_model.pre_layrnorm.bias".into(),
-            vision.ln_pre.bias.clone(),
-        );
-        for (i, g) in vision.blocks.iter().enumerate() {
-            m.extend(block_grad_entries(
-                &format!("vision_model.encoder.layers.{i}"),
-                v.width,
-                g,
-            )?);
-        }
-        m.insert(
-            "vision_model.post_layernorm.weight".into(),
-            vision.ln_post.weight.clone(),
-        );
-        m.insert(
-            "vision_model.post_layernorm.bias".into(),
-            vision.ln_post.bias.clone(),
-        );
-        m.insert("text_projection.weight".into(), text.projection.clone());
-        m.insert("visual_projection.weight".into(), vision.projection.clone());
-        let dtype = text.projection.dtype();
-        m.insert(
-            LOGIT_SCALE.into(),
-            Tensor::new(logit_scale, text.projection.device())?.to_dtype(dtype)?,
-        );
+        let view = ClipView {
+            token_embedding,
+            text_positional: &text.positional,
+            text_blocks: text
+                .blocks
+                .iter()
+                .map(|g| BlockView::of_grads(g, t.width))
+                .collect(),
+            text_final: norm_grad_pair(&text.final_norm),
+            text_projection: &text.projection,
+            class_embedding: &vision.class_embedding,
+            patch: &vision.patch,
+            patch_size: v.patch_size,
+            vision_positional: &vision.positional,
+            pre_norm: norm_grad_pair(&vision.pre_norm),
+            vision_blocks: vision
+                .blocks
+                .iter()
+                .map(|g| BlockView::of_grads(g, v.width))
+                .collect(),
+            vision_final: norm_grad_pair(&vision.final_norm),
+            vision_projection: &vision.projection,
+            logit_scale: Tensor::new(logit_scale, text.projection.device())?
+                .to_dtype(text.projection.dtype())?,
+        };
+        let m = view.named(config)?;
         check_complete(config, &m, "CLIP gradients")?;
         Ok(ClipGrads { tensors: m })
     }

@@ -86,9 +86,9 @@ pub struct FedState {
     pub private: Vec<Option<ParamSet>>,
     /// Stage-1 momentum carried across clients (reference-code mode).
     pub momentum: Option<ParamSet>,
-    /// The algorithm's server-side state (e.g. Fed-GraB's class prior), if any.
+    /// The algorithm's server-side state (e.g. a class-prior estimate), if any.
     pub server_extra: Option<ParamSet>,
-    /// The algorithm's per-client state (e.g. Fed-GraB's PID controllers), if any.
+    /// The algorithm's per-client state (e.g. per-class controllers), if any.
     pub client_extra: Vec<Option<ParamSet>>,
 }
 

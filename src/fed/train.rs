@@ -1,7 +1,7 @@
 //! The round loop every algorithm shares (SPEC §1, §4, §5, §7): per round, the sampled
-//! clients train local copies of the global parameters (FedPuReL's stage 1), the server
+//! clients train local copies of the global parameters (stage 1), the server
 //! averages them weighted by client size and takes the algorithm's server step, the same
-//! clients personalize against the fresh global model (FedPuReL's stage 2), and both
+//! clients personalize against the fresh global model (stage 2), and both
 //! models are evaluated: GM on the global test set, PM on every client's own test set.
 //! What each phase does, and how GM and PM logits are formed, is the algorithm's
 //! ([`super::algorithm::Algorithm`]); the federation it runs on is
@@ -41,7 +41,7 @@ impl Federation<'_> {
                 self.clients()
             );
         }
-        // Local training (FedPuReL's stage 1).
+        // Local training (stage 1).
         phase(&format!("local training ({} clients)", clients.len()));
         let t1 = Instant::now();
         let mut acc1 = Accum::default();
@@ -63,7 +63,7 @@ impl Federation<'_> {
         algo.after_aggregation(self, t, state)?;
         crate::faults::point("aggregation");
         let aggregate_seconds = ta.elapsed().as_secs_f64();
-        // Personalization (FedPuReL's stage 2).
+        // Personalization (stage 2).
         phase("personalization");
         let t2 = Instant::now();
         let mut acc2 = Accum::default();
@@ -93,7 +93,7 @@ impl Federation<'_> {
         })
     }
 
-    /// Client `k`'s local training in round `t` (FedPuReL's stage 1): its copy of the
+    /// Client `k`'s local training in round `t` (stage 1): its copy of the
     /// round-start global model `state.global` after one epoch of `algo`'s local step, and
     /// the epoch's statistics. The algorithm may update the client's private state.
     pub fn train_client(
@@ -114,7 +114,7 @@ impl Federation<'_> {
         self.peft.text_features(self.clip, &state.global)
     }
 
-    /// Client `k`'s personalization in round `t` (FedPuReL's stage 2) against the new
+    /// Client `k`'s personalization in round `t` (stage 2) against the new
     /// global model `state.global`, whose text features are `global_text`
     /// ([`personalization_text`](Self::personalization_text)).
     pub fn personalize_client(

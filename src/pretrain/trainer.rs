@@ -16,7 +16,8 @@ use super::adamw::{AdamW, AdamWConfig};
 use super::loss::MAX_LOGIT_SCALE;
 use super::schedule::CosineSchedule;
 use super::step::{loss_and_grads, step_flops, Batch, LossStats};
-use crate::clip::weights::{ClipWeights, LOGIT_SCALE};
+use crate::clip::params::LOGIT_SCALE;
+use crate::clip::weights::ClipWeights;
 use crate::clip::LoadOptions;
 
 /// Where batches come from. Any `FnMut(usize) -> Result<Batch>` (given the step index)

@@ -1,5 +1,5 @@
 //! The numbers the paper reports, as types: accuracy overall and per Many/Medium/Few
-//! group, balancedness, and per-class tables (SPEC §7).
+//! group, balancedness, and per-class tables (docs/method.md §7).
 //!
 //! * **All** is micro accuracy (correct / samples), as the reference's GM accuracy.
 //! * **Many / Medium / Few** are the mean of per-class accuracies of the group's classes

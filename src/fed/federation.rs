@@ -1,4 +1,4 @@
-//! A federation ready to train (SPEC §1, §7): the frozen CLIP, the PEFT kind, the dataset
+//! A federation ready to train (docs/method.md §1, §7): the frozen CLIP, the PEFT kind, the dataset
 //! and its client split, the frozen image features, the settings — and what every
 //! algorithm's training and evaluation draw on: a client's epoch batch by batch, test
 //! logits, scoring against the zero-shot model. The round loop that drives an algorithm

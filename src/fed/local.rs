@@ -1,11 +1,11 @@
 //! One local step of each FedPuReL stage on one batch.
 //!
-//! Stage 1 (SPEC §4): f = fine-tuned logits, z = zero-shot logits; L_align (TKL by
+//! Stage 1 (docs/method.md §4): f = fine-tuned logits, z = zero-shot logits; L_align (TKL by
 //! default) and L_task = CE(f, y) give two logit cotangents that share one backward pass;
 //! per parameter tensor the task gradient is purified against the alignment gradient;
 //! SGD with momentum and weight decay applies the result.
 //!
-//! Stage 2 (SPEC §5): the frozen global branch's logits l_G plus the private branch's
+//! Stage 2 (docs/method.md §5): the frozen global branch's logits l_G plus the private branch's
 //! l_P; L = λ·CE(l_P) + (1 − λ)·CE(l_G + l_P); plain SGD on the private parameters.
 
 use anyhow::Result;

@@ -1,4 +1,4 @@
-//! The round loop every algorithm shares (SPEC §1, §4, §5, §7): per round, the sampled
+//! The round loop every algorithm shares (docs/method.md §1, §4, §5, §7): per round, the sampled
 //! clients train local copies of the global parameters (stage 1), the server
 //! averages them weighted by client size and takes the algorithm's server step, the same
 //! clients personalize against the fresh global model (stage 2), and both

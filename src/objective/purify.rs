@@ -1,4 +1,4 @@
-//! Gradient purification (SPEC §4 step 7; the reference's
+//! Gradient purification (docs/method.md §4 step 7; the reference's
 //! `GradPur_backward_and_update`): per parameter tensor, if the task gradient a conflicts
 //! with the alignment gradient b (â·b̂ < 0), remove λ times its component along b:
 //! a − λ (a·b̂) b̂. Otherwise a is kept. Only the result drives the update. A zero-norm

@@ -1,6 +1,6 @@
 //! Stage 2 of FedPuReL, residual personalization: with the frozen global branch's logits
 //! l_G and the private branch's l_P, L = λ·CE(l_P, y) + (1 − λ)·CE(l_G + l_P, y)
-//! (SPEC §5; the adapter variant of the reference code uses λ = 0).
+//! (docs/method.md §5; the adapter variant of the reference code uses λ = 0).
 
 use anyhow::Result;
 use candle_core::Tensor;

@@ -1,4 +1,4 @@
-//! Temperature-aligned KL (SPEC §4 steps 2–4, the reference's `forward_backward`):
+//! Temperature-aligned KL (docs/method.md §4 steps 2–4, the reference's `forward_backward`):
 //! per sample, target entropy H* = ½(H(f) + H(z)) at τ = 1; temperatures τ_z, τ_f by a
 //! 20-step bisection on [0.05, 20] so each softened distribution has entropy H*; then
 //! KL(softmax(z/τ_z) ‖ softmax(f/τ_f)) averaged over the batch, with probabilities clamped

@@ -1,4 +1,4 @@
-//! FedPuReL (CVPR 2026; the authors' code, SPEC §4–5) and its ablations.
+//! FedPuReL (CVPR 2026; the authors' code, docs/method.md §4–5) and its ablations.
 //!
 //! Local training (stage 1): task CE and the alignment loss to the frozen zero-shot
 //! model (TKL) share one backward pass with two cotangents; per parameter tensor the
@@ -212,7 +212,7 @@ impl Algorithm for FedPuReL {
             .expect("the loop passes global text features to personalization");
         let mut private = cx.private_or_init(state);
         let mut opt = Sgd::new(s.stage2);
-        // SPEC §5: the adapter's private branch learns only through the fused logits.
+        // docs/method.md §5: the adapter's private branch learns only through the fused logits.
         let lambda = if matches!(fed.peft(), Peft::Adapter { .. }) {
             0.0
         } else {

@@ -293,7 +293,14 @@ fn write_plots(base: &RunConfig, root: &Path, algorithms: &[String], seed: u64) 
         "partition.png",
         heatmap::render_png(
             &partition.train_class_matrix(&ds.train.labels, ds.num_classes()),
-            &[g.many.len(), g.many.len() + g.medium.len()],
+            &partition.class_counts,
+            [g.many.len(), g.medium.len(), g.few.len()],
+            &format!(
+                "Training images per client and class: {} clients, {} classes (seed {})",
+                partition.clients.len(),
+                ds.num_classes(),
+                data.seed
+            ),
         )?,
     )?;
     // The two domains.

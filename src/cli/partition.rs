@@ -36,11 +36,24 @@ pub fn run(args: PartitionArgs) -> Result<()> {
     let stats = partition.client_stats(&ds.train.labels, &ds.test.labels, c);
     let matrix = partition.train_class_matrix(&ds.train.labels, c);
     let g = &partition.groups;
-    let edges = [g.many.len(), g.many.len() + g.medium.len()];
+    let title = format!(
+        "Training images per client and class: {}, {} clients, {} classes",
+        ds.name,
+        partition.clients.len(),
+        c
+    );
     let json_path = args.out.join("partition.json");
     let png_path = args.out.join("partition.png");
     report::atomic::write(&json_path, partition.to_json()?.as_bytes())?;
-    report::atomic::write(&png_path, &report::heatmap::render_png(&matrix, &edges)?)?;
+    report::atomic::write(
+        &png_path,
+        &report::heatmap::render_png(
+            &matrix,
+            &partition.class_counts,
+            [g.many.len(), g.medium.len(), g.few.len()],
+            &title,
+        )?,
+    )?;
 
     if args.json {
         let summary = json!({
@@ -58,12 +71,13 @@ pub fn run(args: PartitionArgs) -> Result<()> {
         print_profile(&partition, &ds.classes);
         print_clients(&stats);
         println!(
-            "\nwrote {} and {} (rows = clients 0–{} top to bottom, columns = classes 0–{} left \
-             to right, colour = log(1 + train count) on viridis, white lines = Many|Medium|Few)",
+            "\nwrote {} and {} (rows = clients 0–{} top to bottom, columns = the {} classes by \
+             long-tailed training count, head on the left, split at Many | Medium | Few; colour = \
+             images per client and class, log scale)",
             json_path.display(),
             png_path.display(),
             stats.len().saturating_sub(1),
-            c.saturating_sub(1)
+            c
         );
         println!("load + long tail + split {:.2} s", elapsed.as_secs_f64());
     }

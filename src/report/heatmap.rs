@@ -1,14 +1,15 @@
-//! Clients × classes heatmap of a partition, as a PNG.
+//! Clients × classes heatmap of a partition's training data, as a PNG.
 //!
-//! Rows are clients (client 0 at the top), columns classes (class 0 at the left, i.e. the
-//! head of the long tail); a cell's colour is log(1 + count) on a viridis scale (dark
-//! purple = 0, yellow = the largest count). Thin white lines separate the Many, Medium
-//! and Few class groups; a colour bar on the right runs from 0 (bottom) to the maximum
-//! (top). There is no text: plotters' text needs system fonts or a bundled font file, and
-//! the tool prints the legend instead.
+//! Rows are clients (client 0 at the top); columns are classes sorted by their global
+//! long-tailed training count, head on the left, with white lines and labels at the
+//! Many / Medium / Few bounds (> 100, 21–100, ≤ 20 images). A cell's colour is the number
+//! of that client's training images of that class on a log(1 + n) viridis scale, read off
+//! the labelled colour bar on the right. Text uses the bundled font ([`super::plots`]).
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
+
+use super::plots::{font, FAMILY};
 
 /// Viridis at 9 evenly spaced stops.
 const VIRIDIS: [(u8, u8, u8); 9] = [
@@ -33,55 +34,138 @@ fn viridis(t: f64) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
-/// Renders `counts[client][class]` to PNG bytes. `group_edges` are the class indices
-/// where a new group starts (drawn as separators).
-pub fn render_png(counts: &[Vec<usize>], group_edges: &[usize]) -> Result<Vec<u8>> {
+/// The frame around the cells: left (client labels), top (title, group names), bottom
+/// (class axis), right (colour bar and its labels).
+const LEFT: u32 = 70;
+const TOP: u32 = 52;
+const BOTTOM: u32 = 44;
+const BAR_GAP: u32 = 14;
+const BAR: u32 = 20;
+const RIGHT: u32 = 110;
+
+/// Class indices by decreasing `class_counts` (ties: lower index first): the columns.
+pub fn column_order(class_counts: &[usize]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..class_counts.len()).collect();
+    order.sort_by(|&a, &b| class_counts[b].cmp(&class_counts[a]).then(a.cmp(&b)));
+    order
+}
+
+/// Renders `counts[client][class]` to PNG bytes, titled `title`. Columns follow
+/// [`column_order`] of `class_counts` (the global long-tailed training counts), and
+/// `groups` = (Many, Medium, Few) class counts places the group bounds.
+pub fn render_png(
+    counts: &[Vec<usize>],
+    class_counts: &[usize],
+    groups: [usize; 3],
+    title: &str,
+) -> Result<Vec<u8>> {
+    font()?;
     let k = counts.len().max(1) as u32;
-    let c = counts.first().map_or(1, |r| r.len()).max(1) as u32;
+    let c = class_counts.len().max(1) as u32;
+    let order = column_order(class_counts);
     let cell_w = (1200 / c).clamp(1, 16);
     let cell_h = (600 / k).clamp(2, 24);
-    let margin = 10u32;
-    let bar = 24u32;
-    let (w, h) = (2 * margin + c * cell_w + margin + bar, 2 * margin + k * cell_h);
+    let (grid_w, grid_h) = (c * cell_w, k * cell_h);
+    let (w, h) = (LEFT + grid_w + BAR_GAP + BAR + RIGHT, TOP + grid_h + BOTTOM);
     let max = counts.iter().flatten().copied().max().unwrap_or(0);
     let norm = ((max as f64) + 1.0).ln().max(f64::MIN_POSITIVE);
     let mut buf = vec![0u8; (w * h * 3) as usize];
     {
         let area = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         let err = |e| anyhow!("heatmap drawing failed: {e:?}");
+        let text = |size: u32| (FAMILY, size).into_font().color(&RGBColor(40, 40, 40));
         area.fill(&WHITE).map_err(err)?;
-        let m = margin as i32;
+        let (x0, y0) = (LEFT as i32, TOP as i32);
+        area.draw(&Text::new(title, (8, 6), text(16))).map_err(err)?;
         for (row, r) in counts.iter().enumerate() {
-            for (col, &n) in r.iter().enumerate() {
-                let x0 = m + (col as u32 * cell_w) as i32;
-                let y0 = m + (row as u32 * cell_h) as i32;
+            for (col, &class) in order.iter().enumerate() {
+                let n = r.get(class).copied().unwrap_or(0);
+                let x = x0 + (col as u32 * cell_w) as i32;
+                let y = y0 + (row as u32 * cell_h) as i32;
                 let colour = viridis(((n as f64) + 1.0).ln() / norm);
                 area.draw(&Rectangle::new(
-                    [(x0, y0), (x0 + cell_w as i32, y0 + cell_h as i32)],
+                    [(x, y), (x + cell_w as i32, y + cell_h as i32)],
                     colour.filled(),
                 ))
                 .map_err(err)?;
             }
         }
-        for &e in group_edges {
-            if e > 0 && (e as u32) < c {
-                let x = m + (e as u32 * cell_w) as i32;
-                area.draw(&PathElement::new(
-                    vec![(x, m), (x, m + (k * cell_h) as i32)],
-                    WHITE.stroke_width(1),
-                ))
-                .map_err(err)?;
+        // Group bounds and names.
+        let mut start = 0usize;
+        for (size, name) in groups
+            .iter()
+            .zip(["Many (>100)", "Medium (21-100)", "Few (<=20)"])
+        {
+            let end = (start + size).min(c as usize);
+            if end > start {
+                let (xa, xb) = (
+                    x0 + (start as u32 * cell_w) as i32,
+                    x0 + (end as u32 * cell_w) as i32,
+                );
+                if start > 0 {
+                    area.draw(&PathElement::new(
+                        vec![(xa, y0 - 6), (xa, y0 + grid_h as i32)],
+                        WHITE.stroke_width(2),
+                    ))
+                    .map_err(err)?;
+                    area.draw(&PathElement::new(
+                        vec![(xa, y0 - 18), (xa, y0)],
+                        BLACK.stroke_width(1),
+                    ))
+                    .map_err(err)?;
+                }
+                if xb - xa >= 40 {
+                    area.draw(&Text::new(name, (xa + 4, y0 - 18), text(12)))
+                        .map_err(err)?;
+                }
             }
+            start = end;
         }
-        let bx = (2 * margin + c * cell_w) as i32;
-        let span = (k * cell_h) as i32;
+        // Client axis.
+        area.draw(&Text::new("client", (6, y0 + grid_h as i32 / 2 - 6), text(13)))
+            .map_err(err)?;
+        let step = (k as usize).div_ceil(12).max(1);
+        for row in (0..k as usize).step_by(step) {
+            let y = y0 + (row as u32 * cell_h) as i32 + cell_h as i32 / 2 - 5;
+            area.draw(&Text::new(row.to_string(), (LEFT as i32 - 22, y), text(11)))
+                .map_err(err)?;
+        }
+        // Class axis.
+        let axis = format!(
+            "classes, by long-tailed training count ({} ... {} images)",
+            class_counts.iter().max().unwrap_or(&0),
+            class_counts.iter().min().unwrap_or(&0)
+        );
+        area.draw(&Text::new(axis, (x0, y0 + grid_h as i32 + 14), text(13)))
+            .map_err(err)?;
+        // Colour bar with its scale.
+        let bx = x0 + (grid_w + BAR_GAP) as i32;
+        let span = grid_h as i32;
         for y in 0..span {
             let t = 1.0 - y as f64 / (span - 1).max(1) as f64;
             area.draw(&Rectangle::new(
-                [(bx, m + y), (bx + bar as i32, m + y + 1)],
+                [(bx, y0 + y), (bx + BAR as i32, y0 + y + 1)],
                 viridis(t).filled(),
             ))
             .map_err(err)?;
+        }
+        let lx = bx + BAR as i32 + 6;
+        for (value, y) in [(max, y0 - 2), (0, y0 + span - 12)] {
+            area.draw(&Text::new(value.to_string(), (lx, y), text(12)))
+                .map_err(err)?;
+        }
+        if max >= 9 {
+            // The log scale's middle.
+            let mid = ((max as f64 + 1.0).sqrt() - 1.0).round() as usize;
+            let t = ((mid as f64) + 1.0).ln() / norm;
+            let y = y0 + ((1.0 - t) * (span - 1) as f64) as i32 - 6;
+            area.draw(&Text::new(mid.to_string(), (lx, y), text(12)))
+                .map_err(err)?;
+        }
+        for (i, line) in ["images per", "client and", "class (log)"].iter().enumerate() {
+            let y = y0 + span / 2 - 20 + 14 * i as i32;
+            area.draw(&Text::new(*line, (lx + 22, y), text(11)))
+                .map_err(err)?;
         }
         area.present().map_err(err)?;
     }
@@ -95,15 +179,31 @@ pub fn render_png(counts: &[Vec<usize>], group_edges: &[usize]) -> Result<Vec<u8
 mod tests {
     use super::*;
 
+    /// Columns are sorted by training count (class 2, the largest, comes first), cells
+    /// take the scale's end colours, and the frame carries text.
     #[test]
-    fn renders_a_decodable_png() {
+    fn renders_sorted_columns_a_colour_scale_and_labels() {
         let counts = vec![vec![0, 5, 100], vec![3, 0, 0]];
-        let png = render_png(&counts, &[1, 2]).unwrap();
+        let class_counts = [3, 5, 100];
+        assert_eq!(column_order(&class_counts), vec![2, 1, 0]);
+        let png = render_png(&counts, &class_counts, [1, 0, 2], "a title").unwrap();
         let img = image::load_from_memory(&png).unwrap().to_rgb8();
-        // Top-left cell (count 0) is viridis(0); cell (0, 2) holds the maximum: viridis(1).
-        assert_eq!(img.get_pixel(12, 12).0, [68, 1, 84]);
-        let cell_w = 1200 / 3;
-        let cell_w = cell_w.clamp(1, 16);
-        assert_eq!(img.get_pixel(10 + 2 * cell_w + 3, 12).0, [253, 231, 37]);
+        let cell_w = (1200u32 / 3).clamp(1, 16);
+        let at = |col: u32, row: u32| {
+            img.get_pixel(LEFT + col * cell_w + cell_w / 2, TOP + row * 24 + 12)
+                .0
+        };
+        // Row 0: class 2 (the maximum) first, class 0 (count 0) last.
+        assert_eq!(at(0, 0), [253, 231, 37]);
+        assert_eq!(at(2, 0), [68, 1, 84]);
+        // Dark text pixels in the title line and left of the grid (client labels).
+        let dark = |x0: u32, x1: u32, y0: u32, y1: u32| {
+            (x0..x1)
+                .flat_map(|x| (y0..y1).map(move |y| (x, y)))
+                .any(|(x, y)| img.get_pixel(x, y).0[0] < 100)
+        };
+        assert!(dark(0, 120, 0, 24), "title");
+        assert!(dark(0, LEFT, TOP, TOP + 48), "client axis");
+        assert!(dark(LEFT, img.width(), TOP + 48, img.height()), "class axis");
     }
 }

@@ -22,10 +22,10 @@ use plotters::prelude::*;
 /// DejaVu Sans reduced to ASCII and a few symbols (see `assets/fonts/LICENSE.md`).
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-ascii.ttf");
 /// The family name the bundled font is registered under.
-const FAMILY: &str = "sans-serif";
+pub(crate) const FAMILY: &str = "sans-serif";
 
 /// Registers the bundled font with plotters (once per process).
-fn font() -> Result<()> {
+pub(crate) fn font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok =
         *REGISTERED.get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());

@@ -253,40 +253,22 @@ pub(crate) mod tests {
     use crate::fed::algorithms::fedpurel::FedPuReL;
     use crate::fed::federation::{Federation, TrainSettings};
     use crate::fed::local::AlignLoss;
-    use crate::fed::sgd::SgdConfig;
     use crate::peft::lora::LoraSpec;
     use crate::peft::model::Peft;
     use crate::peft::prompt::PromptLearner;
+    use crate::peft::PeftKind;
+    use crate::setup::presets::{paper_train, reference_code};
 
     pub(crate) fn fixtures() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
     }
 
-    /// The reference script's settings (`-reference-code`): λ 0.99, carried stage-1
-    /// momentum, Dassl's SGD.
+    /// The reference script's settings (`-reference-code`: λ 0.99, carried stage-1
+    /// momentum) with `align` as the alignment loss, `rounds` rounds, test batches of 512.
     pub(crate) fn reference_settings(rounds: usize, align: AlignLoss) -> TrainSettings {
-        TrainSettings {
-            rounds,
-            frac: 0.4,
-            batch_size: 32,
-            stage1: SgdConfig {
-                lr: 1e-3,
-                momentum: 0.9,
-                weight_decay: 5e-4,
-            },
-            carry_momentum: true,
-            stage2: SgdConfig {
-                lr: 1e-3,
-                momentum: 0.0,
-                weight_decay: 0.0,
-            },
-            lambda: 0.99,
-            lambda_proj: 1.0,
-            align,
-            seed: 1,
-            eval_batch: 512,
-            views: 0,
-        }
+        let mut t = reference_code(paper_train(1), PeftKind::Prompt);
+        (t.rounds, t.align, t.eval_batch) = (rounds, align, 512);
+        t
     }
 
     /// How far one replayed round may be from the recording.

@@ -149,6 +149,7 @@ impl Args for AlgorithmFlags {
                     .long(s.flag)
                     .value_parser(clap::value_parser!(f64))
                     .num_args(s.default.len())
+                    .value_name("NUMBER")
                     .allow_negative_numbers(true)
                     .help(help),
             )

@@ -58,7 +58,7 @@ pub const DEFAULT_PID: [f64; 3] = [10.0, 0.01, 0.1];
 pub const PID_GAINS: Setting = Setting {
     key: "pid",
     flag: "pid",
-    help: "Fed-GraB's PID gains k_p k_i k_d (promptfl+fedgrab, promptfolio+fedgrab)",
+    help: "Fed-GraB's PID gains k_p k_i k_d",
     default: &DEFAULT_PID,
     valid: f64::is_finite,
     expected: "finite numbers",

@@ -30,7 +30,7 @@ use crate::peft::params::ParamSet;
 pub const ALIGN_WEIGHT: Setting = Setting {
     key: "align_weight",
     flag: "align-weight",
-    help: "Weight of the alignment loss added to CE (fedpurel-nopurify)",
+    help: "Weight of the alignment loss added to CE",
     default: &[1.0],
     valid: |w| w >= 0.0 && w.is_finite(),
     expected: "a finite number ≥ 0",

@@ -32,7 +32,7 @@ use crate::peft::params::ParamSet;
 pub const LA_TAU: Setting = Setting {
     key: "la_tau",
     flag: "la-tau",
-    help: "Logit-adjustment strength τ (promptfl+la, promptfl+la-posthoc)",
+    help: "Logit-adjustment strength τ",
     default: &[1.0],
     valid: f64::is_finite,
     expected: "a finite number",

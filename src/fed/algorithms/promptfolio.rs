@@ -35,7 +35,7 @@ use crate::peft::PeftKind;
 pub const THETA: Setting = Setting {
     key: "folio_theta",
     flag: "folio-theta",
-    help: "PromptFolio's weight θ of the local prompt (promptfolio*, fedpurel-fusion)",
+    help: "PromptFolio's weight θ of the local prompt",
     default: &[0.4],
     valid: |t| (0.0..=1.0).contains(&t),
     expected: "in [0, 1]",

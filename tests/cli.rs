@@ -284,7 +284,16 @@ fn run_resumes_to_the_same_numbers() {
         serde_json::from_str(&std::fs::read_to_string(Path::new(a).join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["rounds_completed"], 2);
     for model in ["gm", "pm", "zeroshot"] {
-        for field in ["all", "many", "medium", "few", "balancedness", "tkl", "best_all"] {
+        for field in [
+            "all",
+            "many",
+            "medium",
+            "few",
+            "worst_decile",
+            "worst_class",
+            "tkl",
+            "best_all",
+        ] {
             assert!(summary[model].get(field).is_some(), "summary.{model}.{field}");
         }
     }
@@ -350,7 +359,15 @@ fn compare_args<'a>(
 fn summary_in_range(path: &Path) {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     for model in ["gm", "pm", "zeroshot"] {
-        for key in ["all", "many", "medium", "few", "balancedness", "best_all"] {
+        for key in [
+            "all",
+            "many",
+            "medium",
+            "few",
+            "worst_decile",
+            "worst_class",
+            "best_all",
+        ] {
             if let Some(x) = v[model][key].as_f64() {
                 assert!(
                     (0.0..=100.0).contains(&x),
@@ -567,8 +584,6 @@ fn augmented_views_are_cached_and_deterministic() {
     assert_ne!(live, a, "live augmentation gave the cached views' numbers");
 }
 
-/// The demo's algorithms, in table order.
-const DEMO_ALGORITHMS: [&str; 4] = ["zeroshot", "promptfl", "promptfolio", "fedpurel"];
 /// Rounds of `demo-quick`.
 const QUICK_ROUNDS: usize = 6;
 /// Chance accuracy of the world's 60 classes, %.
@@ -610,10 +625,25 @@ fn quick_demo_on_the_shipped_model() {
     assert!(ok, "fedpurel demo --quick failed:\n{stderr}");
     println!("{stdout}");
 
+    // evidence.json names the kinds and rows that ran.
+    let evidence = json(&out.join("evidence.json"));
+    let kinds = evidence["kinds"].as_array().unwrap();
+    assert!(!kinds.is_empty());
+    let kind = kinds[0]["peft"].as_str().unwrap().to_string();
+    let rows: Vec<String> = kinds[0]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap().to_string())
+        .collect();
+    for want in ["zeroshot", "promptfl", "promptfl+fedgrab", "fedpurel"] {
+        assert!(rows.iter().any(|r| r == want), "{want} not in {rows:?}");
+    }
+    assert!(!kinds[0]["verdict"].as_array().unwrap().is_empty());
     // Every run finished, and every reported metric is a percentage (TKL: finite, ≥ 0).
-    for a in DEMO_ALGORITHMS {
+    for a in &rows {
         assert!(stdout.contains(&format!("| {a} | 1 |")), "{a} missing:\n{stdout}");
-        let summary = json(&out.join(a).join("seed-1/summary.json"));
+        let summary = json(&out.join(&kind).join(a).join("seed-1/summary.json"));
         let rounds = if a == "zeroshot" { 1 } else { QUICK_ROUNDS };
         assert_eq!(summary["rounds_completed"], rounds, "{a}");
         for part in ["gm", "pm", "zeroshot"] {
@@ -631,7 +661,7 @@ fn quick_demo_on_the_shipped_model() {
     }
 
     // The shipped model knows its task: zero-shot GM accuracy well above chance.
-    let zs = json(&out.join("zeroshot/seed-1/summary.json"))["gm"]["all"]
+    let zs = json(&out.join(&kind).join("zeroshot/seed-1/summary.json"))["gm"]["all"]
         .as_f64()
         .unwrap();
     assert!(
@@ -644,16 +674,18 @@ fn quick_demo_on_the_shipped_model() {
     );
 
     // The table and the plots.
-    let csv = std::fs::read_to_string(out.join("compare.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 1 + DEMO_ALGORITHMS.len(), "{csv}");
+    let csv = std::fs::read_to_string(out.join(&kind).join("compare.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + rows.len(), "{csv}");
     assert!(out.join("compare.md").is_file());
     for name in [
-        "per-class-accuracy.png",
-        "rounds.png",
-        "partition.png",
-        "world-samples.png",
+        format!("{kind}-per-class-accuracy.png"),
+        format!("{kind}-rounds.png"),
+        format!("{kind}-tkl-vs-balancedness.png"),
+        format!("{kind}-gradient-angles.png"),
+        "partition.png".to_string(),
+        "world-samples.png".to_string(),
     ] {
-        let path = out.join("plots").join(name);
+        let path = out.join("plots").join(&name);
         assert!(stdout.contains(&path.display().to_string()), "{name} not listed");
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{name} is not a PNG");
@@ -693,4 +725,35 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), target).unwrap();
         }
     }
+}
+
+/// The demo CLIP is compiled into the binary: `--preset demo-quick` runs from a
+/// directory that has no `assets/demo-clip`, and gets the shipped model's zero-shot
+/// numbers.
+#[test]
+fn the_demo_model_is_embedded_in_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |cwd: &Path, out: &str| {
+        let out = tmp.path().join(out);
+        let o = Command::new(env!("CARGO_BIN_EXE_fedpurel"))
+            .args([
+                "run",
+                "--preset",
+                "demo-quick",
+                "--algorithm",
+                "zeroshot",
+                "--rounds",
+                "1",
+            ])
+            .args(["--out", out.to_str().unwrap()])
+            .args(["--cache-dir", tmp.path().join("cache").to_str().unwrap()])
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        json(&out.join("summary.json"))["gm"]["all"].as_f64().unwrap()
+    };
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    assert_eq!(run(&elsewhere, "a"), run(&root(), "b"));
 }

@@ -166,3 +166,51 @@ fn every_algorithm_and_peft_kind_writes_the_recorded_metrics() {
         differ.join("\n")
     );
 }
+
+/// `value` without the stage statistics a probe adds.
+fn without_angles(v: serde_json::Value) -> serde_json::Value {
+    const ANGLES: [&str; 3] = ["angle_mean_deg", "obtuse_fraction", "removed_norm_fraction"];
+    match v {
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.into_iter()
+                .filter(|(k, _)| !ANGLES.contains(&k.as_str()))
+                .map(|(k, x)| (k, without_angles(x)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// `--probe-alignment` computes PromptFL's alignment gradient without applying it: the
+/// run's numbers are the recorded ones, and every stage-1 record gains the angle.
+#[test]
+fn probing_the_alignment_gradient_changes_no_number() {
+    let golden = root().join("tests/fixtures/golden-metrics");
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    for (algorithm, peft) in [("promptfl", "prompt"), ("promptfl+fedgrab", "lora")] {
+        let out = tmp.path().join(format!("{algorithm}-{peft}"));
+        let run = Command::new(env!("CARGO_BIN_EXE_fedpurel"))
+            .args(args(&out, &cache, algorithm, peft, &["--probe-alignment"]))
+            .current_dir(root())
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let probed = pinned_lines(&out.join("metrics.jsonl"));
+        let want = pinned_lines(&golden.join(format!("{}-{peft}.jsonl", algorithm.replace('+', "_"))));
+        for (round, (p, w)) in probed.iter().zip(&want).enumerate() {
+            let p: serde_json::Value = serde_json::from_str(p).unwrap();
+            let angle = p["stage1"]["angle_mean_deg"].as_f64();
+            assert!(
+                angle.is_some_and(|a| (0.0..=180.0).contains(&a)),
+                "{algorithm} {peft} round {round}: angle {angle:?}"
+            );
+            assert_eq!(
+                without_angles(p).to_string(),
+                *w,
+                "{algorithm} {peft} round {round}: the probe changed a number"
+            );
+        }
+    }
+}

@@ -24,7 +24,8 @@ use crate::setup::{execute, PeftKind, RunConfig};
 /// configuration (`--preset`, `--config`, data, model, PEFT, rounds, …).
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Algorithms, comma-separated (see `fedpurel run --help`).
+    /// Algorithms, comma-separated (see `fedpurel run --help`); `NAME@lambda=X` runs NAME
+    /// with stage 2's λ = X as a row of its own (e.g. `fedpurel@lambda=0.5`).
     #[arg(long, default_value = "zeroshot,promptfl,promptfolio,fedpurel")]
     pub algorithms: String,
     /// Seeds, comma-separated: each seed draws its own split and initialization.
@@ -55,31 +56,85 @@ pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
     Ok(seeds)
 }
 
-/// Parses and checks a comma-separated algorithm list against the PEFT kind.
-pub fn parse_algorithms(text: &str, peft: PeftKind) -> Result<Vec<String>> {
-    let mut out: Vec<String> = Vec::new();
-    for part in text.split(',') {
-        let a = part.trim().to_string();
-        registry::find_for(&a, peft).map_err(|e| anyhow::anyhow!("--algorithms: {e}"))?;
-        if out.contains(&a) {
-            bail!("--algorithms: `{a}` appears twice");
+/// One row of a grid: an algorithm, optionally with stage 2's λ changed
+/// (`fedpurel@lambda=0.5`, for the λ ablation); the label names the row in the tables
+/// and its run directories.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    /// The row's name as written (`promptfl`, `fedpurel@lambda=0.5`).
+    pub label: String,
+    /// The algorithm it runs.
+    pub algorithm: String,
+    /// λ of stage 2 instead of the base configuration's.
+    pub lambda: Option<f64>,
+}
+
+impl Variant {
+    /// The algorithm `name` with the base configuration's settings.
+    pub fn plain(name: &str) -> Self {
+        Variant {
+            label: name.to_string(),
+            algorithm: name.to_string(),
+            lambda: None,
         }
-        out.push(a);
+    }
+
+    /// Parses `ALGORITHM` or `ALGORITHM@lambda=X` (X in [0, 1]).
+    pub fn parse(text: &str) -> Result<Self> {
+        let Some((algorithm, setting)) = text.split_once('@') else {
+            return Ok(Variant::plain(text));
+        };
+        let value = setting.strip_prefix("lambda=").ok_or_else(|| {
+            anyhow::anyhow!("`{text}`: after `@` expected `lambda=X` (stage 2's λ), found `{setting}`")
+        })?;
+        let lambda: f64 = value
+            .parse()
+            .ok()
+            .filter(|l| (0.0..=1.0).contains(l))
+            .ok_or_else(|| anyhow::anyhow!("`{text}`: λ must be a number in [0, 1], found `{value}`"))?;
+        Ok(Variant {
+            label: text.to_string(),
+            algorithm: algorithm.to_string(),
+            lambda: Some(lambda),
+        })
+    }
+
+    /// The labels of `variants`.
+    pub fn labels(variants: &[Variant]) -> Vec<String> {
+        variants.iter().map(|v| v.label.clone()).collect()
+    }
+}
+
+/// Parses and checks a comma-separated list of grid rows ([`Variant`]) against the PEFT
+/// kind.
+pub fn parse_algorithms(text: &str, peft: PeftKind) -> Result<Vec<Variant>> {
+    let mut out: Vec<Variant> = Vec::new();
+    for part in text.split(',') {
+        let v = Variant::parse(part.trim()).map_err(|e| anyhow::anyhow!("--algorithms: {e}"))?;
+        registry::find_for(&v.algorithm, peft).map_err(|e| anyhow::anyhow!("--algorithms: {e}"))?;
+        if out.iter().any(|o| o.label == v.label) {
+            bail!("--algorithms: `{}` appears twice", v.label);
+        }
+        out.push(v);
     }
     Ok(out)
 }
 
 /// The configuration of one cell.
-fn cell_config(base: &RunConfig, root: &Path, algorithm: &str, seed: u64) -> RunConfig {
+fn cell_config(base: &RunConfig, root: &Path, variant: &Variant, seed: u64) -> RunConfig {
     let mut c = base.clone();
+    let algorithm = variant.algorithm.as_str();
     c.algorithm = algorithm.to_string();
+    if let Some(l) = variant.lambda {
+        c.train.lambda = l;
+    }
     c.data.seed = seed;
     c.train.seed = seed;
     if registry::find(algorithm).is_ok_and(|e| !(e.build)(&c.baselines).trains()) {
         // Nothing trains (zero-shot): every round would record the same numbers.
         c.train.rounds = 1;
     }
-    c.out = cell_dir(root, algorithm, seed);
+    c.out = cell_dir(root, &variant.label, seed);
     c
 }
 
@@ -95,23 +150,24 @@ fn finished(cfg: &RunConfig) -> Result<Option<Summary>> {
     Ok((s.rounds_completed >= cfg.train.rounds).then_some(s))
 }
 
-/// Runs every cell of `algorithms` × `seeds` on `base` into `root/<algorithm>/seed-<s>`
+/// Runs every cell of `variants` × `seeds` on `base` into `root/<label>/seed-<s>`
 /// (finished cells are read back, unfinished ones resume), printing one line per cell;
-/// returns each algorithm's summaries in seed order, checked to share one split per seed.
+/// returns each row's summaries in seed order, checked to share one split per seed.
 pub fn run_grid(
     base: &RunConfig,
     root: &Path,
-    algorithms: &[String],
+    variants: &[Variant],
     seeds: &[u64],
 ) -> Result<Vec<Vec<Summary>>> {
-    let total = algorithms.len() * seeds.len();
+    let total = variants.len() * seeds.len();
     let mut summaries: Vec<Vec<Summary>> = Vec::new();
     let mut n = 0;
-    for a in algorithms {
+    for v in variants {
+        let a = &v.label;
         let mut runs = Vec::new();
         for &seed in seeds {
             n += 1;
-            let cfg = cell_config(base, root, a, seed);
+            let cfg = cell_config(base, root, v, seed);
             let started = Instant::now();
             let (summary, status) = match finished(&cfg)? {
                 Some(s) => (s, "finished earlier"),
@@ -128,7 +184,7 @@ pub fn run_grid(
         }
         summaries.push(runs);
     }
-    check_same_splits(&rows(algorithms, &summaries))?;
+    check_same_splits(&rows(&Variant::labels(variants), &summaries))?;
     Ok(summaries)
 }
 
@@ -144,9 +200,9 @@ pub fn rows<'a>(algorithms: &[String], summaries: &'a [Vec<Summary>]) -> Vec<Row
         .collect()
 }
 
-/// The run directory of one cell of a grid rooted at `root`.
-pub fn cell_dir(root: &Path, algorithm: &str, seed: u64) -> PathBuf {
-    root.join(algorithm).join(format!("seed-{seed}"))
+/// The run directory of one cell (row `label`) of a grid rooted at `root`.
+pub fn cell_dir(root: &Path, label: &str, seed: u64) -> PathBuf {
+    root.join(label).join(format!("seed-{seed}"))
 }
 
 /// Writes `compare.md` and `compare.csv` into `root`; returns the Markdown.
@@ -194,7 +250,11 @@ pub fn run(mut args: CompareArgs, matches: Option<&clap::ArgMatches>) -> Result<
     let base = resolve(&args.run, matches)?;
     let algorithms = parse_algorithms(&args.algorithms, base.peft)?;
     let summaries = run_grid(&base, &root, &algorithms, &seeds)?;
-    let md = write_tables(&root, &rows(&algorithms, &summaries), &title(&base, &seeds))?;
+    let md = write_tables(
+        &root,
+        &rows(&Variant::labels(&algorithms), &summaries),
+        &title(&base, &seeds),
+    )?;
     println!("{md}");
     println!(
         "wrote {} and {}",
@@ -220,9 +280,20 @@ mod tests {
     #[test]
     fn algorithm_lists_are_checked_against_the_peft() {
         assert_eq!(
-            parse_algorithms("zeroshot, fedpurel", PeftKind::Lora).unwrap(),
+            Variant::labels(&parse_algorithms("zeroshot, fedpurel", PeftKind::Lora).unwrap()),
             vec!["zeroshot", "fedpurel"]
         );
+        let v = parse_algorithms("fedpurel,fedpurel@lambda=0.5", PeftKind::Adapter).unwrap();
+        assert_eq!((v[1].algorithm.as_str(), v[1].lambda), ("fedpurel", Some(0.5)));
+        assert_eq!(v[1].label, "fedpurel@lambda=0.5");
+        for (bad, says) in [
+            ("fedpurel@lambda=2", "in [0, 1]"),
+            ("fedpurel@tau=1", "expected `lambda=X`"),
+            ("fedpurel@lambda=0.5,fedpurel@lambda=0.5", "appears twice"),
+        ] {
+            let e = parse_algorithms(bad, PeftKind::Prompt).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
         let e = parse_algorithms("promptfolio", PeftKind::Lora)
             .unwrap_err()
             .to_string();

@@ -147,8 +147,9 @@ pub fn export_world(args: &WorldExportArgs) -> Result<WorldManifest> {
     if let Some(d) = args.world_domain {
         cfg.data.world_domain = d;
     }
-    let ck = Checkpoint::open(&args.model)?;
-    let tokenizer = ClipTokenizer::from_dir(&args.model)?;
+    let model_dir = crate::setup::demo_model::resolve(&args.model)?;
+    let ck = Checkpoint::open(&model_dir)?;
+    let tokenizer = ClipTokenizer::from_dir(&model_dir)?;
     let (ds, partition) = cfg.data.load()?;
     let staged = staging_dir(&args.out)?;
     let list_dir = staged.join("ImageNet_LT");
@@ -171,7 +172,7 @@ pub fn export_world(args: &WorldExportArgs) -> Result<WorldManifest> {
     weights.save_openai(
         &staged.join("clip"),
         &SaveOptions {
-            tokenizer: Some(args.model.clone()),
+            tokenizer: Some(model_dir.clone()),
             special_tokens: SpecialTokens {
                 bos: Some(tokenizer.sot_id()),
                 eos: Some(tokenizer.eot_id()),

@@ -14,7 +14,7 @@ use crate::fed::local::AlignLoss;
 use crate::fed::registry;
 use crate::setup::config::{check_complete, read_config, LoraEncoder, PeftKind, RunConfig};
 use crate::setup::data::DataArgs;
-use crate::setup::presets::{paper_train, preset};
+use crate::setup::presets::{demo_lr, paper_train, preset};
 
 /// Arguments of `fedpurel run`. With `--preset` or `--config`, only the flags typed on the
 /// command line override the base; the defaults shown here apply otherwise.
@@ -104,6 +104,11 @@ pub struct RunArgs {
     /// Test images per evaluation batch.
     #[arg(long, default_value_t = 256)]
     pub eval_batch: usize,
+    /// Record, for algorithms that do not purify (PromptFL, its variants), the angle
+    /// between each stage-1 step's gradient and the TKL alignment gradient, computed but
+    /// not applied (one more backward pass per step; the run's numbers are unchanged).
+    #[arg(long)]
+    pub probe_alignment: bool,
     /// The algorithms' own settings (one flag per registered setting).
     #[command(flatten)]
     pub baselines: AlgorithmFlags,
@@ -175,6 +180,7 @@ fn from_args(a: &RunArgs) -> RunConfig {
     train.carry_momentum = a.carry_momentum;
     train.eval_batch = a.eval_batch;
     train.views = a.views;
+    train.probe_alignment = a.probe_alignment;
     RunConfig {
         algorithm: a.algorithm.clone(),
         data: a.data.clone(),
@@ -209,6 +215,11 @@ pub fn resolve(a: &RunArgs, m: Option<&ArgMatches>) -> Result<RunConfig> {
         }
     };
     let given = |id: &str| m.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine));
+    if a.preset.as_deref().is_some_and(|p| p.starts_with("demo")) && given("peft") {
+        // The demo's learning rate belongs to its PEFT kind (an explicit --lr still wins).
+        c.train.stage1.lr = demo_lr(flags.peft);
+        c.train.stage2.lr = demo_lr(flags.peft);
+    }
     macro_rules! take {
         ($($id:literal => $dst:expr, $src:expr;)*) => {
             $(if given($id) { $dst = $src; })*
@@ -252,6 +263,7 @@ pub fn resolve(a: &RunArgs, m: Option<&ArgMatches>) -> Result<RunConfig> {
         "carry_momentum" => c.train.carry_momentum, flags.train.carry_momentum;
         "eval_batch" => c.train.eval_batch, flags.train.eval_batch;
         "views" => c.train.views, flags.train.views;
+        "probe_alignment" => c.train.probe_alignment, flags.train.probe_alignment;
         "out" => c.out, flags.out.clone();
         "cache_dir" => c.cache_dir, flags.cache_dir.clone();
         "device" => c.device, flags.device.clone();

@@ -105,7 +105,9 @@ impl ClientCx<'_> {
 
     /// One step of SGD `opt` on `params` with the loss `loss` of batch `b`'s logits
     /// ([`loss_step`]: forward, the loss's logit gradient, backward, update); `loss` may
-    /// also return the logits that training accuracy should score.
+    /// also return the logits that training accuracy should score. In stage 1 with
+    /// `probe_alignment` set, the TKL gradient against the batch's zero-shot logits is
+    /// computed too and its angle to the applied gradient recorded.
     pub fn loss_step(
         &self,
         params: &mut ParamSet,
@@ -121,6 +123,7 @@ impl ClientCx<'_> {
             &b.inputs,
             &b.labels,
             loss,
+            (b.stage == 1 && self.fed.settings().probe_alignment).then_some(&b.zero_shot),
             b.dropout,
         )
     }

@@ -35,7 +35,7 @@ use crate::data::loader::{BatchLoader, LoaderConfig};
 use crate::data::transforms::{Mode, Transform};
 use crate::data::Partition;
 use crate::metrics::{balancedness, group_accuracy, personalized_accuracy, Confusion};
-use crate::objective::tkl::tkl;
+use crate::objective::tkl::{kl, tkl};
 use crate::peft::model::{Inputs, Peft};
 use crate::peft::params::ParamSet;
 use crate::rng;
@@ -73,6 +73,11 @@ pub struct TrainSettings {
     /// trained (vision LoRA sees live pixels).
     #[serde(default)]
     pub views: usize,
+    /// Compute, in stage-1 steps that apply one loss's gradient, the TKL alignment
+    /// gradient too (not applied) and record the angle between them
+    /// ([`super::local::AngleStats`]); FedPuReL's purified steps always record it.
+    #[serde(default)]
+    pub probe_alignment: bool,
 }
 
 /// The learnable state; with the settings it determines the rest of the run.
@@ -111,6 +116,8 @@ impl FedState {
 pub struct Batch {
     /// Step index within the epoch.
     pub step: usize,
+    /// Stage (1: the global model's training, 2: personalization).
+    pub stage: u8,
     /// Cached features or pixels.
     pub inputs: Inputs,
     /// The frozen zero-shot model's logits on the batch.
@@ -446,6 +453,7 @@ impl<'a> Federation<'a> {
             let (inputs, frozen) = self.train_inputs(batch, &path)?;
             let b = Batch {
                 step: i,
+                stage,
                 zero_shot: self.zero_shot_logits(&frozen)?,
                 inputs,
                 labels: self.labels(SplitKind::Train, batch),
@@ -535,7 +543,7 @@ impl<'a> Federation<'a> {
     }
 
     pub(super) fn client_score(&self, idx: &[usize], logits: &Tensor) -> Result<ClientScore> {
-        let (conf, tkl) = self.score(idx, logits)?;
+        let (conf, tkl, _) = self.score(idx, logits)?;
         let groups = &self.partition.groups;
         Ok(ClientScore {
             accuracy: (conf.samples() > 0).then(|| conf.micro()),
@@ -554,11 +562,12 @@ impl<'a> Federation<'a> {
         gm: &dyn Fn(&[usize]) -> Result<Tensor>,
     ) -> Result<Evaluation> {
         let groups = &self.partition.groups;
-        let (gm_conf, gm_tkl) = self.score(all, &gm(all)?)?;
+        let (gm_conf, gm_tkl, gm_kl) = self.score(all, &gm(all)?)?;
         Ok(Evaluation {
             accuracy: group_accuracy(&gm_conf, groups),
             balancedness: balancedness(&gm_conf, groups),
             tkl: gm_tkl,
+            kl: gm_kl,
             per_class: gm_conf.per_class(),
             weighted_all: gm_conf.micro(),
         })
@@ -580,15 +589,16 @@ impl<'a> Federation<'a> {
         let tp = Instant::now();
         let mut confs = Vec::with_capacity(self.clients());
         let mut pooled = Confusion::new(c);
-        let (mut tkl_sum, mut n) = (0.0, 0usize);
+        let (mut tkl_sum, mut kl_sum, mut n) = (0.0, 0.0, 0usize);
         for (k, client) in self.partition.clients.iter().enumerate() {
             let idx = &client.test;
             if idx.is_empty() {
                 confs.push(Confusion::new(c));
                 continue;
             }
-            let (conf, t) = self.score(idx, &pm(k, idx)?)?;
+            let (conf, t, plain) = self.score(idx, &pm(k, idx)?)?;
             tkl_sum += t * idx.len() as f64;
+            kl_sum += plain * idx.len() as f64;
             n += idx.len();
             pooled.merge(&conf);
             confs.push(conf);
@@ -597,26 +607,30 @@ impl<'a> Federation<'a> {
             accuracy: personalized_accuracy(&confs, groups),
             balancedness: balancedness(&pooled, groups),
             tkl: tkl_sum / n.max(1) as f64,
+            kl: kl_sum / n.max(1) as f64,
             per_class: pooled.per_class(),
             weighted_all: pooled.micro(),
         };
         Ok((gm_eval, pm_eval, [gm_seconds, tp.elapsed().as_secs_f64()]))
     }
 
-    /// Confusion counts and mean TKL to the zero-shot model of `logits` on test `idx`.
-    pub(super) fn score(&self, idx: &[usize], logits: &Tensor) -> Result<(Confusion, f64)> {
+    /// Confusion counts, mean TKL and mean plain KL (τ = 1) to the zero-shot model of
+    /// `logits` on test `idx`.
+    pub(super) fn score(&self, idx: &[usize], logits: &Tensor) -> Result<(Confusion, f64, f64)> {
         let mut conf = Confusion::new(self.dataset.num_classes());
         let pred: Vec<u32> = logits.argmax(1)?.to_vec1()?;
         conf.add(&pred, &self.labels(SplitKind::Test, idx));
-        let mut sum = 0.0;
+        let (mut sum, mut plain) = (0.0, 0.0);
         for (s, chunk) in idx.chunks(self.settings.eval_batch.max(1)).enumerate() {
             let start = s * self.settings.eval_batch.max(1);
             let l = logits.i(start..start + chunk.len())?;
             let z = self.zero_shot_logits(&self.test_rows(chunk)?)?;
             let k: Vec<f32> = tkl(&l, &z)?.kl_per_sample.to_vec1()?;
             sum += k.iter().map(|&v| v as f64).sum::<f64>();
+            plain += kl(&l, &z)?.loss as f64 * chunk.len() as f64;
         }
-        Ok((conf, sum / idx.len().max(1) as f64))
+        let n = idx.len().max(1) as f64;
+        Ok((conf, sum / n, plain / n))
     }
 }
 

@@ -42,6 +42,45 @@ pub struct Stage1Settings {
     pub lambda_proj: f64,
 }
 
+/// Sums over parameter tensors of how the applied (task) gradient a stood to the
+/// alignment gradient b: the angle between them and the share of a's norm that
+/// purification removed (docs/method.md §4 step 7).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AngleStats {
+    /// Tensors whose angle is defined (both gradients nonzero).
+    pub tensors: usize,
+    /// Sum of their angles, degrees.
+    pub angle_sum_deg: f64,
+    /// Tensors with an obtuse angle (a conflicts with b).
+    pub obtuse: usize,
+    /// Σ ‖a‖² over the tensors.
+    pub task_norm_sq: f64,
+    /// Σ ‖removed component‖² (0 where nothing was projected or applied).
+    pub removed_norm_sq: f64,
+}
+
+impl AngleStats {
+    /// Adds one tensor: the cosine of a and b, ‖a‖, and the norm purification removed.
+    pub fn add(&mut self, cosine: f64, task_norm: f64, removed_norm: f64) {
+        if cosine.is_finite() {
+            self.tensors += 1;
+            self.angle_sum_deg += cosine.clamp(-1.0, 1.0).acos().to_degrees();
+            self.obtuse += usize::from(cosine < 0.0);
+        }
+        self.task_norm_sq += task_norm * task_norm;
+        self.removed_norm_sq += removed_norm * removed_norm;
+    }
+
+    /// Adds another's sums.
+    pub fn merge(&mut self, o: &AngleStats) {
+        self.tensors += o.tensors;
+        self.angle_sum_deg += o.angle_sum_deg;
+        self.obtuse += o.obtuse;
+        self.task_norm_sq += o.task_norm_sq;
+        self.removed_norm_sq += o.removed_norm_sq;
+    }
+}
+
 /// What one step measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StepStats {
@@ -55,6 +94,8 @@ pub struct StepStats {
     pub tensors: usize,
     /// Correct predictions of the trained branch on this batch.
     pub correct: usize,
+    /// The applied gradient against the alignment gradient (None where not computed).
+    pub angles: Option<AngleStats>,
 }
 
 /// A non-finite loss stops training: the caller adds round, client and step.
@@ -99,15 +140,19 @@ pub fn stage1_step(
     let grads = peft.backward(clip, params, &tape, &d)?;
     let (g_align, g_task) = (&grads[0], &grads[1]);
     let mut projected = 0;
-    let update = if settings.lambda_proj != 0.0 {
-        g_task.zip_with(g_align, |a, b| {
-            let (g, s) = purify(a, b, settings.lambda_proj)?;
-            projected += usize::from(s.projected);
-            Ok(g)
-        })?
-    } else {
-        g_task.clone()
-    };
+    let mut angles = AngleStats::default();
+    let update = g_task.zip_with(g_align, |a, b| {
+        // λ_proj = 0 disables the projection; the angle is still recorded.
+        let (g, s) = purify(a, b, settings.lambda_proj)?;
+        projected += usize::from(s.projected && settings.lambda_proj != 0.0);
+        let removed = if s.projected {
+            settings.lambda_proj * s.cosine.abs() * s.task_norm
+        } else {
+            0.0
+        };
+        angles.add(s.cosine, s.task_norm, removed);
+        Ok(if settings.lambda_proj != 0.0 { g } else { a.clone() })
+    })?;
     opt.step(params, &update)?;
     Ok(StepStats {
         task_loss: task.loss,
@@ -115,6 +160,7 @@ pub fn stage1_step(
         projected,
         tensors: update.tensors.len(),
         correct: correct(&f, y)?,
+        angles: Some(angles),
     })
 }
 
@@ -153,7 +199,10 @@ pub fn stage2_step(
 /// One step on a single loss of the logits: `loss` maps f to its value and ∂/∂f, and to
 /// the logits the step's training accuracy is scored on (None: f itself). The step of
 /// every method whose local objective is one scalar (PromptFL's CE, logit adjustment,
-/// Fed-GraB's balanced loss, CE + w·TKL, fusion personalization).
+/// Fed-GraB's balanced loss, CE + w·TKL, fusion personalization). With `probe` (the
+/// batch's zero-shot logits) the TKL gradient is computed by a backward pass of its own,
+/// never applied, and the angle between it and the applied gradient recorded; the
+/// update is the same as without.
 #[allow(clippy::too_many_arguments)]
 pub fn loss_step(
     clip: &Clip,
@@ -163,17 +212,38 @@ pub fn loss_step(
     inputs: &Inputs,
     y: &[u32],
     loss: impl FnOnce(&Tensor) -> Result<(LossGrad, Option<Tensor>)>,
+    probe: Option<&Tensor>,
     dropout_seed: Option<u64>,
 ) -> Result<StepStats> {
     let (f, tape) = peft.forward(clip, params, inputs, dropout_seed)?;
     let (l, scored) = loss(&f)?;
     check_finite(l.loss, "local")?;
     let grads = peft.backward(clip, params, &tape, &l.grad.to_dtype(f.dtype())?.unsqueeze(0)?)?;
+    let angles = match probe {
+        Some(z) => {
+            let align = tkl(&f, z)?.loss;
+            let g_align = peft.backward(
+                clip,
+                params,
+                &tape,
+                &align.grad.to_dtype(f.dtype())?.unsqueeze(0)?,
+            )?;
+            let mut angles = AngleStats::default();
+            grads[0].zip_with(&g_align[0], |a, b| {
+                let (_, s) = purify(a, b, 0.0)?;
+                angles.add(s.cosine, s.task_norm, 0.0);
+                Ok(a.clone())
+            })?;
+            Some(angles)
+        }
+        None => None,
+    };
     opt.step(params, &grads[0])?;
     Ok(StepStats {
         task_loss: l.loss,
         tensors: grads[0].tensors.len(),
         correct: correct(scored.as_ref().unwrap_or(&f), y)?,
+        angles,
         ..StepStats::default()
     })
 }

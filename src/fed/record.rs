@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::local::StepStats;
+use super::local::{AngleStats, StepStats};
 use crate::metrics::{Balancedness, GroupAccuracy};
 
 /// Accuracy, balancedness and TKL of one model on one evaluation.
@@ -16,6 +16,10 @@ pub struct Evaluation {
     pub balancedness: Balancedness,
     /// Mean temperature-aligned KL to the zero-shot model over test samples.
     pub tkl: f64,
+    /// Mean plain KL(zero-shot ‖ model) at τ = 1 over test samples, to check that TKL
+    /// tracks balancedness better than KL (absent in records of earlier versions: 0).
+    #[serde(default)]
+    pub kl: f64,
     /// Per-class accuracy (%), null for classes without test samples.
     pub per_class: Vec<Option<f64>>,
     /// Micro accuracy over all evaluated samples (%); for PM, the client accuracies
@@ -38,6 +42,18 @@ pub struct StageStats {
     pub train_accuracy: f64,
     /// Seconds.
     pub seconds: f64,
+    /// Mean angle (degrees) between the applied task gradient and the alignment gradient
+    /// over parameter tensors and steps (FedPuReL's stage 1; other algorithms' with
+    /// `--probe-alignment`); absent where not computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub angle_mean_deg: Option<f64>,
+    /// Fraction of those angles that are obtuse (the gradients conflict).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obtuse_fraction: Option<f64>,
+    /// √(Σ‖removed‖² / Σ‖task gradient‖²): how much of the task gradient's norm
+    /// purification removed (0 for a probe, which applies nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_norm_fraction: Option<f64>,
 }
 
 /// One round's record (a line of `metrics.jsonl`).
@@ -106,6 +122,7 @@ pub struct Accum {
     tensors: usize,
     correct: usize,
     seen: usize,
+    angles: Option<AngleStats>,
 }
 
 impl Accum {
@@ -118,6 +135,13 @@ impl Accum {
         self.tensors += s.tensors;
         self.correct += s.correct;
         self.seen += batch;
+        self.add_angles(s.angles.as_ref());
+    }
+
+    fn add_angles(&mut self, a: Option<&AngleStats>) {
+        if let Some(a) = a {
+            self.angles.get_or_insert_with(AngleStats::default).merge(a);
+        }
     }
 
     /// Adds another accumulator's steps.
@@ -129,6 +153,7 @@ impl Accum {
         self.tensors += o.tensors;
         self.correct += o.correct;
         self.seen += o.seen;
+        self.add_angles(o.angles.as_ref());
     }
 
     /// The means, with the stage's wall time.
@@ -141,6 +166,18 @@ impl Accum {
             projected_fraction: self.projected as f64 / self.tensors.max(1) as f64,
             train_accuracy: 100.0 * self.correct as f64 / self.seen.max(1) as f64,
             seconds,
+            angle_mean_deg: self
+                .angles
+                .filter(|a| a.tensors > 0)
+                .map(|a| a.angle_sum_deg / a.tensors as f64),
+            obtuse_fraction: self
+                .angles
+                .filter(|a| a.tensors > 0)
+                .map(|a| a.obtuse as f64 / a.tensors as f64),
+            removed_norm_fraction: self
+                .angles
+                .filter(|a| a.task_norm_sq > 0.0)
+                .map(|a| (a.removed_norm_sq / a.task_norm_sq).sqrt()),
         }
     }
 }

@@ -12,8 +12,10 @@ use candle_core::{DType, Tensor};
 pub struct PurifyStats {
     /// Cosine between the task and alignment gradients (NaN when a norm is 0).
     pub cosine: f64,
-    /// Whether the projection was applied.
+    /// Whether the projection was applied (the gradients conflict).
     pub projected: bool,
+    /// ‖task‖.
+    pub task_norm: f64,
 }
 
 /// Purifies one tensor's task gradient against its alignment gradient.
@@ -36,6 +38,7 @@ pub fn purify(task: &Tensor, align: &Tensor, lambda: f64) -> Result<(Tensor, Pur
             PurifyStats {
                 cosine: f64::NAN,
                 projected: false,
+                task_norm: na,
             },
         ));
     }
@@ -46,6 +49,7 @@ pub fn purify(task: &Tensor, align: &Tensor, lambda: f64) -> Result<(Tensor, Pur
             PurifyStats {
                 cosine,
                 projected: false,
+                task_norm: na,
             },
         ));
     }
@@ -57,6 +61,7 @@ pub fn purify(task: &Tensor, align: &Tensor, lambda: f64) -> Result<(Tensor, Pur
         PurifyStats {
             cosine,
             projected: true,
+            task_norm: na,
         },
     ))
 }

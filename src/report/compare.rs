@@ -23,6 +23,13 @@ const COLUMNS: &[(&str, bool, Field)] = &[
     ("PM Bal", false, Field::Balancedness),
 ];
 
+/// Columns only the CSV has (after [`COLUMNS`]): the worst-class accuracy, kept beside
+/// the primary balancedness (docs/method.md §7).
+const CSV_ONLY: &[(&str, bool, Field)] = &[
+    ("GM Worst", true, Field::WorstClass),
+    ("PM Worst", false, Field::WorstClass),
+];
+
 #[derive(Debug, Clone, Copy)]
 enum Field {
     All,
@@ -30,6 +37,7 @@ enum Field {
     Medium,
     Few,
     Balancedness,
+    WorstClass,
 }
 
 impl Field {
@@ -39,7 +47,8 @@ impl Field {
             Field::Many => m.many,
             Field::Medium => m.medium,
             Field::Few => m.few,
-            Field::Balancedness => Some(m.balancedness),
+            Field::Balancedness => m.worst_decile,
+            Field::WorstClass => Some(m.worst_class),
         }
     }
 }
@@ -88,10 +97,10 @@ pub fn check_same_splits(rows: &[Row]) -> Result<()> {
 /// Mean and optional std of one table cell (None: no run has the number).
 type Cell = Option<(f64, Option<f64>)>;
 
-fn cells(rows: &[Row]) -> Vec<Vec<Cell>> {
+fn cells(rows: &[Row], columns: &[(&str, bool, Field)]) -> Vec<Vec<Cell>> {
     rows.iter()
         .map(|r| {
-            COLUMNS
+            columns
                 .iter()
                 .map(|&(_, gm, f)| {
                     let xs: Vec<f64> = r
@@ -108,7 +117,7 @@ fn cells(rows: &[Row]) -> Vec<Vec<Cell>> {
 
 /// The Markdown table; the best mean per column is bold.
 pub fn markdown(rows: &[Row], title: &str) -> String {
-    let cells = cells(rows);
+    let cells = cells(rows, COLUMNS);
     let best: Vec<Option<f64>> = (0..COLUMNS.len())
         .map(|c| {
             cells
@@ -147,16 +156,17 @@ pub fn markdown(rows: &[Row], title: &str) -> String {
         out.push('\n');
     }
     out.push_str(
-        "\nEach cell: mean ± sample standard deviation (n − 1) over seeds of the run's last-10-round mean; bold: best mean in the column. All/Many/Med/Few: accuracy (%); Bal: balancedness, the worst per-class accuracy (%). GM: global model on the global test set; PM: personalized models on their clients' test sets (unweighted client mean). How each algorithm forms its PM is stated in its run's summary.md.\n",
+        "\nEach cell: mean ± sample standard deviation (n − 1) over seeds of the run's last-10-round mean; bold: best mean in the column. All/Many/Med/Few: accuracy (%); Bal: balancedness, the mean accuracy of the worst 10 % of classes (%; PM: per-class accuracy pooled over clients; the worst single class is in compare.csv). GM: global model on the global test set; PM: personalized models on their clients' test sets (unweighted client mean). How each algorithm forms its PM is stated in its run's summary.md.\n",
     );
     out
 }
 
 /// The CSV table: one line per algorithm, mean and std columns per metric.
 pub fn csv(rows: &[Row]) -> String {
-    let cells = cells(rows);
+    let columns: Vec<(&str, bool, Field)> = COLUMNS.iter().chain(CSV_ONLY).copied().collect();
+    let cells = cells(rows, &columns);
     let mut out = String::from("algorithm,seeds");
-    for (label, _, _) in COLUMNS {
+    for (label, _, _) in &columns {
         let key = label.to_lowercase().replace(' ', "_");
         let _ = write!(out, ",{key}_mean,{key}_std");
     }
@@ -188,7 +198,8 @@ mod tests {
             many: Some(all + 1.0),
             medium: None,
             few,
-            balancedness: 0.5,
+            worst_decile: Some(0.5),
+            worst_class: 0.5,
             tkl: 0.1,
             best_all: all,
         };

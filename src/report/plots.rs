@@ -4,8 +4,10 @@
 //!   (log x), one colour per model, dots per class and a moving-average trend line; dashed
 //!   lines mark the Few (≤ 20) / Medium / Many (> 100) thresholds.
 //! * [`rounds_png`] — four panels per round: GM and PM accuracy (All), GM and PM
-//!   balancedness (worst-class accuracy); one line per algorithm, a model that does not
-//!   train (zero-shot) as a dashed level.
+//!   balancedness (mean of the worst 10 % of classes); one line per algorithm, a model
+//!   that does not train (zero-shot) as a dashed level; [`line_panels_png`] draws any
+//!   such per-round panels (the gradient angles).
+//! * [`scatter_png`] — point clouds side by side (TKL and KL against balancedness).
 //! * [`image_grid_png`] — rows of labelled example images (the world's two domains).
 //!
 //! Text is drawn with the bundled DejaVu Sans subset (`assets/fonts/`, plotters'
@@ -197,9 +199,9 @@ pub struct RoundSeries {
     pub gm_all: Vec<f64>,
     /// PM accuracy (All, %).
     pub pm_all: Vec<f64>,
-    /// GM balancedness (worst-class accuracy, %).
+    /// GM balancedness (mean of the worst 10 % of classes, %).
     pub gm_balancedness: Vec<f64>,
-    /// PM balancedness (worst-class accuracy pooled over clients, %).
+    /// PM balancedness (the same, per-class accuracy pooled over clients, %).
     pub pm_balancedness: Vec<f64>,
     /// Draw as a dashed level over all rounds (a model that does not train).
     pub level: bool,
@@ -207,44 +209,93 @@ pub struct RoundSeries {
 
 /// GM/PM accuracy and balancedness per round, four panels.
 pub fn rounds_png(series: &[RoundSeries], title: &str) -> Result<Vec<u8>> {
-    font()?;
-    let rounds = series
+    type Pick = fn(&RoundSeries) -> &[f64];
+    let metrics: [(&str, Pick); 4] = [
+        ("GM accuracy, All (%)", |s| &s.gm_all),
+        ("PM accuracy, All (%)", |s| &s.pm_all),
+        ("GM balancedness: mean of the worst 10 % of classes (%)", |s| {
+            &s.gm_balancedness
+        }),
+        ("PM balancedness: mean of the worst 10 % of classes (%)", |s| {
+            &s.pm_balancedness
+        }),
+    ];
+    let panels: Vec<LinePanel> = metrics
         .iter()
-        .filter(|s| !s.level)
-        .map(|s| s.gm_all.len())
+        .map(|(name, pick)| LinePanel {
+            title: name.to_string(),
+            bounds: (0.0, 100.0),
+            lines: series
+                .iter()
+                .map(|s| Line {
+                    label: s.label.clone(),
+                    colour: s.colour,
+                    ys: pick(s).to_vec(),
+                    level: s.level,
+                })
+                .collect(),
+        })
+        .collect();
+    line_panels_png(&panels, (2, 2), title)
+}
+
+/// One line of a [`LinePanel`]: a value per round.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// Legend label.
+    pub label: String,
+    /// Colour.
+    pub colour: RGBColor,
+    /// Value per round.
+    pub ys: Vec<f64>,
+    /// Draw the mean as a dashed level over all rounds (a model that does not train).
+    pub level: bool,
+}
+
+/// A panel of per-round lines.
+#[derive(Debug, Clone)]
+pub struct LinePanel {
+    /// Caption.
+    pub title: String,
+    /// The y axis never extends beyond these bounds (e.g. 0–100 for percentages).
+    pub bounds: (f64, f64),
+    /// The lines.
+    pub lines: Vec<Line>,
+}
+
+/// Panels of per-round lines on a `grid` (rows, columns), x = round.
+pub fn line_panels_png(panels: &[LinePanel], grid: (usize, usize), title: &str) -> Result<Vec<u8>> {
+    font()?;
+    let rounds = panels
+        .iter()
+        .flat_map(|p| p.lines.iter().filter(|l| !l.level).map(|l| l.ys.len()))
         .max()
         .unwrap_or(1)
         .max(2);
-    let (w, h) = (1200u32, 860u32);
+    let (w, h) = (600 * grid.1 as u32, 430 * grid.0 as u32);
     let mut buf = vec![0u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let root = root.titled(title, (FAMILY, 22)).map_err(err)?;
-        let panels = root.split_evenly((2, 2));
-        type Pick = fn(&RoundSeries) -> &[f64];
-        let metrics: [(&str, Pick); 4] = [
-            ("GM accuracy, All (%)", |s| &s.gm_all),
-            ("PM accuracy, All (%)", |s| &s.pm_all),
-            ("GM balancedness: worst-class accuracy (%)", |s| {
-                &s.gm_balancedness
-            }),
-            ("PM balancedness: worst-class accuracy (%)", |s| {
-                &s.pm_balancedness
-            }),
-        ];
-        for (panel, (name, pick)) in panels.iter().zip(metrics) {
-            let values: Vec<f64> = series.iter().flat_map(|s| pick(s).iter().copied()).collect();
+        let areas = root.split_evenly(grid);
+        for (area, panel) in areas.iter().zip(panels) {
+            let values: Vec<f64> = panel
+                .lines
+                .iter()
+                .flat_map(|l| l.ys.iter().copied())
+                .filter(|v| v.is_finite())
+                .collect();
             let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let (lo, hi) = if lo.is_finite() && hi.is_finite() {
                 let pad = ((hi - lo) * 0.1).max(1.0);
-                ((lo - pad).max(0.0), (hi + pad).min(100.0))
+                ((lo - pad).max(panel.bounds.0), (hi + pad).min(panel.bounds.1))
             } else {
-                (0.0, 100.0)
+                panel.bounds
             };
-            let mut chart = ChartBuilder::on(panel)
-                .caption(name, (FAMILY, 16))
+            let mut chart = ChartBuilder::on(area)
+                .caption(&panel.title, (FAMILY, 16))
                 .margin(10)
                 .x_label_area_size(36)
                 .y_label_area_size(48)
@@ -260,11 +311,19 @@ pub fn rounds_png(series: &[RoundSeries], title: &str) -> Result<Vec<u8>> {
                 .axis_desc_style((FAMILY, 14))
                 .draw()
                 .map_err(err)?;
-            for s in series {
-                let ys = pick(s);
-                let colour = s.colour;
-                if s.level {
-                    let y = ys.iter().sum::<f64>() / ys.len().max(1) as f64;
+            for l in &panel.lines {
+                let colour = l.colour;
+                let finite: Vec<(f64, f64)> =
+                    l.ys.iter()
+                        .enumerate()
+                        .filter(|(_, y)| y.is_finite())
+                        .map(|(t, &y)| (t as f64, y))
+                        .collect();
+                if finite.is_empty() {
+                    continue;
+                }
+                let drawn = if l.level {
+                    let y = finite.iter().map(|p| p.1).sum::<f64>() / finite.len() as f64;
                     chart
                         .draw_series(std::iter::once(DashedPathElement::new(
                             vec![(0.0, y), ((rounds - 1) as f64, y)],
@@ -273,25 +332,14 @@ pub fn rounds_png(series: &[RoundSeries], title: &str) -> Result<Vec<u8>> {
                             colour.stroke_width(2),
                         )))
                         .map_err(err)?
-                        .label(s.label.as_str())
-                        .legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-                        });
                 } else {
                     chart
-                        .draw_series(std::iter::once(PathElement::new(
-                            ys.iter()
-                                .enumerate()
-                                .map(|(t, &y)| (t as f64, y))
-                                .collect::<Vec<_>>(),
-                            colour.stroke_width(2),
-                        )))
+                        .draw_series(std::iter::once(PathElement::new(finite, colour.stroke_width(2))))
                         .map_err(err)?
-                        .label(s.label.as_str())
-                        .legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
-                        });
-                }
+                };
+                drawn.label(l.label.as_str()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
+                });
             }
             chart
                 .configure_series_labels()
@@ -299,6 +347,104 @@ pub fn rounds_png(series: &[RoundSeries], title: &str) -> Result<Vec<u8>> {
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(180, 180, 180))
                 .position(SeriesLabelPosition::LowerRight)
+                .draw()
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    png(buf, w, h)
+}
+
+/// One group of points of a [`ScatterPanel`].
+#[derive(Debug, Clone)]
+pub struct PointGroup {
+    /// Legend label.
+    pub label: String,
+    /// Colour.
+    pub colour: RGBColor,
+    /// (x, y) points.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A scatter panel.
+#[derive(Debug, Clone)]
+pub struct ScatterPanel {
+    /// Caption.
+    pub title: String,
+    /// x axis description.
+    pub x_desc: String,
+    /// y axis description.
+    pub y_desc: String,
+    /// The groups of points.
+    pub groups: Vec<PointGroup>,
+}
+
+/// Scatter panels side by side.
+pub fn scatter_png(panels: &[ScatterPanel], title: &str) -> Result<Vec<u8>> {
+    font()?;
+    let (w, h) = (620 * panels.len().max(1) as u32, 520u32);
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(title, (FAMILY, 20)).map_err(err)?;
+        let areas = root.split_evenly((1, panels.len().max(1)));
+        for (area, panel) in areas.iter().zip(panels) {
+            let pts: Vec<(f64, f64)> = panel
+                .groups
+                .iter()
+                .flat_map(|g| g.points.iter().copied())
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
+            let range = |v: &mut dyn Iterator<Item = f64>| {
+                let (lo, hi) = v.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), x| {
+                    (l.min(x), h.max(x))
+                });
+                if lo.is_finite() {
+                    let pad = ((hi - lo) * 0.08).max(1e-6);
+                    (lo - pad, hi + pad)
+                } else {
+                    (0.0, 1.0)
+                }
+            };
+            let (x0, x1) = range(&mut pts.iter().map(|p| p.0));
+            let (y0, y1) = range(&mut pts.iter().map(|p| p.1));
+            let mut chart = ChartBuilder::on(area)
+                .caption(&panel.title, (FAMILY, 16))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(56)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc(panel.x_desc.as_str())
+                .y_desc(panel.y_desc.as_str())
+                .x_label_formatter(&|x| format!("{x:.3}"))
+                .y_label_formatter(&|y| format!("{y:.1}"))
+                .label_style((FAMILY, 13))
+                .axis_desc_style((FAMILY, 14))
+                .draw()
+                .map_err(err)?;
+            for g in &panel.groups {
+                let colour = g.colour;
+                chart
+                    .draw_series(
+                        g.points
+                            .iter()
+                            .filter(|(x, y)| x.is_finite() && y.is_finite())
+                            .map(|&p| Circle::new(p, 3, colour.filled())),
+                    )
+                    .map_err(err)?
+                    .label(g.label.as_str())
+                    .legend(move |(x, y)| Circle::new((x + 10, y), 4, colour.filled()));
+            }
+            chart
+                .configure_series_labels()
+                .label_font((FAMILY, 13))
+                .background_style(WHITE.mix(0.85))
+                .border_style(RGBColor(180, 180, 180))
+                .position(SeriesLabelPosition::UpperRight)
                 .draw()
                 .map_err(err)?;
         }
@@ -422,6 +568,20 @@ mod tests {
         assert_eq!(img.dimensions(), (1200, 860));
         assert!(count(&img, colour_of("fedpurel", 0)) > 100);
         assert!(count(&img, colour_of("zeroshot", 0)) > 50);
+        let cloud = |label: &str, dx: f64| PointGroup {
+            label: label.into(),
+            colour: colour_of(label, 0),
+            points: (0..20).map(|i| (i as f64 * 0.01 + dx, 50.0 - i as f64)).collect(),
+        };
+        let panel = ScatterPanel {
+            title: "TKL".into(),
+            x_desc: "TKL".into(),
+            y_desc: "balancedness (%)".into(),
+            groups: vec![cloud("promptfl", 0.0), cloud("fedpurel", 0.05)],
+        };
+        let img = decode(&scatter_png(&[panel.clone(), panel], "scatter").unwrap());
+        assert_eq!(img.dimensions(), (1240, 520));
+        assert!(count(&img, colour_of("fedpurel", 0)) > 100 && count(&img, colour_of("promptfl", 0)) > 100);
         let tile = RgbImage::from_pixel(4, 4, image::Rgb([10, 200, 30]));
         let rows = vec![(
             "row".to_string(),

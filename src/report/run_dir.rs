@@ -13,6 +13,7 @@ use super::atomic;
 use super::checkpoints::Checkpoints;
 use crate::fed::federation::FedState;
 use crate::fed::record::{Evaluation, RoundRecord};
+use crate::metrics::worst_decile;
 
 /// Takes an exclusive advisory lock on `file` without waiting: `Ok(false)` when another
 /// process holds it. The lock belongs to the open file, so it ends with the process.
@@ -62,8 +63,13 @@ pub struct ModelSummary {
     pub medium: Option<f64>,
     /// Mean Few accuracy.
     pub few: Option<f64>,
-    /// Mean worst-class accuracy (our balancedness).
-    pub balancedness: f64,
+    /// Mean of the worst-decile accuracy, the primary balancedness
+    /// ([`crate::metrics::worst_decile`]; absent in summaries of earlier versions).
+    #[serde(default)]
+    pub worst_decile: Option<f64>,
+    /// Mean worst-class accuracy (the balancedness of earlier versions).
+    #[serde(alias = "balancedness")]
+    pub worst_class: f64,
     /// Mean TKL to the zero-shot model.
     pub tkl: f64,
     /// Best All accuracy over all rounds.
@@ -104,7 +110,7 @@ pub struct Summary {
     pub definitions: String,
 }
 
-const DEFINITIONS: &str = "Accuracies in %. all/many/medium/few/balancedness/tkl are means over the last 10 rounds (or all rounds if fewer). GM: micro accuracy on the global test set; Many/Medium/Few: mean per-class accuracy of the group's classes (classes with zero correct predictions included). PM: unweighted mean over clients of per-client accuracy on their own test sets; per group over clients holding test samples of the group. Balancedness: worst per-class accuracy (PM: pooled over clients). TKL: mean temperature-aligned KL(zero-shot || model) over test samples.";
+const DEFINITIONS: &str = "Accuracies in %. all/many/medium/few/worst_decile/worst_class/tkl are means over the last 10 rounds (or all rounds if fewer). GM: micro accuracy on the global test set; Many/Medium/Few: mean per-class accuracy of the group's classes (classes with zero correct predictions included). PM: unweighted mean over clients of per-client accuracy on their own test sets; per group over clients holding test samples of the group. Balancedness (worst_decile): the mean accuracy of the worst 10 % of classes; worst_class: the worst per-class accuracy (both PM: per-class accuracy pooled over clients). TKL: mean temperature-aligned KL(zero-shot || model) over test samples.";
 
 fn mean_opt(xs: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     let v: Vec<f64> = xs.flatten().collect();
@@ -121,7 +127,8 @@ pub fn summarize(evals: &[&Evaluation]) -> ModelSummary {
         many: mean_opt(tail.iter().map(|e| e.accuracy.many)),
         medium: mean_opt(tail.iter().map(|e| e.accuracy.medium)),
         few: mean_opt(tail.iter().map(|e| e.accuracy.few)),
-        balancedness: m(&|e| e.balancedness.worst_class),
+        worst_decile: mean_opt(tail.iter().map(|e| worst_decile(&e.per_class))),
+        worst_class: m(&|e| e.balancedness.worst_class),
         tkl: m(&|e| e.tkl),
         best_all: evals
             .iter()
@@ -322,7 +329,7 @@ fn cell(v: Option<f64>) -> String {
 /// The paper-style table.
 pub fn summary_markdown(s: &Summary, zeroshot_pm: &ModelSummary) -> String {
     let mut out = format!(
-        "# Summary: {} with {} ({} rounds; last-10-round means)\n\n| model | All | Many | Medium | Few | Balancedness | TKL | best All |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "# Summary: {} with {} ({} rounds; last-10-round means)\n\n| model | All | Many | Medium | Few | Balancedness | worst class | TKL | best All |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         s.run.algorithm,
         s.run.peft,
         s.rounds_completed
@@ -334,12 +341,13 @@ pub fn summary_markdown(s: &Summary, zeroshot_pm: &ModelSummary) -> String {
         ("PM", &s.pm),
     ] {
         out.push_str(&format!(
-            "| {name} | {:.2} | {} | {} | {} | {:.2} | {:.4} | {:.2} |\n",
+            "| {name} | {:.2} | {} | {} | {} | {} | {:.2} | {:.4} | {:.2} |\n",
             m.all,
             cell(m.many),
             cell(m.medium),
             cell(m.few),
-            m.balancedness,
+            cell(m.worst_decile),
+            m.worst_class,
             m.tkl,
             m.best_all
         ));

@@ -46,7 +46,8 @@ pub fn load(cfg: RunConfig) -> Result<Loaded> {
             )
         }
         None => {
-            let ck = Checkpoint::open(&cfg.model)?;
+            let dir = super::demo_model::resolve(&cfg.model)?;
+            let ck = Checkpoint::open(&dir)?;
             let clip = Clip::from_checkpoint(
                 &ck,
                 &LoadOptions {
@@ -54,7 +55,7 @@ pub fn load(cfg: RunConfig) -> Result<Loaded> {
                     ..LoadOptions::default()
                 },
             )?;
-            (Some(ck), clip, ClipTokenizer::from_dir(&cfg.model)?)
+            (Some(ck), clip, ClipTokenizer::from_dir(&dir)?)
         }
     };
     // The model's own input size (224 for the published CLIPs, 32 for the demo CLIP).

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod data;
+pub mod demo_model;
 mod execute;
 mod federation;
 mod load;

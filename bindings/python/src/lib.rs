@@ -114,6 +114,11 @@ fn put_evaluation(d: &Bound<'_, PyDict>, prefix: &str, e: &Evaluation) -> PyResu
     put_opt(d, &format!("{prefix}-many"), e.accuracy.many)?;
     put_opt(d, &format!("{prefix}-medium"), e.accuracy.medium)?;
     put_opt(d, &format!("{prefix}-few"), e.accuracy.few)?;
+    put_opt(
+        d,
+        &format!("{prefix}-worst-decile"),
+        fedpurel::metrics::worst_decile(&e.per_class),
+    )?;
     d.set_item(format!("{prefix}-worst-class"), e.balancedness.worst_class)?;
     d.set_item(format!("{prefix}-class-std"), e.balancedness.std)?;
     put_opt(

@@ -110,7 +110,10 @@ mod tests {
         // compare's algorithm lists.
         let list =
             crate::cli::compare::parse_algorithms("promptfl,fedavg-tempered", crate::peft::PeftKind::Lora);
-        assert_eq!(list.unwrap(), ["promptfl", "fedavg-tempered"]);
+        assert_eq!(
+            crate::cli::compare::Variant::labels(&list.unwrap()),
+            ["promptfl", "fedavg-tempered"]
+        );
         // Config files: the key round-trips, a bad value is refused by name.
         let text = toml::to_string_pretty(&cfg).unwrap();
         assert!(text.contains("test_temperature = 3.0"), "{text}");

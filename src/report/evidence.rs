@@ -248,6 +248,9 @@ impl KindEvidence {
     }
 }
 
+/// Two Pearson r whose magnitudes differ by less than this are reported as equal.
+const SAME_R: f64 = 0.05;
+
 /// How two seed statistics compare: apart when the means differ by more than twice the
 /// larger seed std (the rule docs/demo-regime.md fixed for the premise).
 fn compare(a: &Stat, b: &Stat) -> (&'static str, f64) {
@@ -312,9 +315,15 @@ pub fn verdict(e: &KindEvidence) -> Vec<String> {
         e.pooled_pearson_r_tkl_balancedness,
         e.pooled_pearson_r_kl_balancedness,
     ) {
-        let better = if t.abs() > k.abs() { "more" } else { "less" };
+        let how = if (t.abs() - k.abs()).abs() < SAME_R {
+            "about as closely as"
+        } else if t.abs() > k.abs() {
+            "more closely than"
+        } else {
+            "less closely than"
+        };
         lines.push(format!(
-            "[{}] GM TKL vs GM balancedness over {} (round, seed) points of all rows: Pearson r = {t:+.3}; plain KL: r = {k:+.3} — TKL tracks balancedness {better} closely than KL here",
+            "[{}] GM TKL vs GM balancedness over {} (round, seed) points of all rows: Pearson r = {t:+.3}; plain KL: r = {k:+.3} — TKL tracks balancedness {how} KL here (|r| within {SAME_R} counts as equal)",
             e.peft, e.pooled_points
         ));
     }
@@ -322,26 +331,29 @@ pub fn verdict(e: &KindEvidence) -> Vec<String> {
         pf.gm_all_std_last_10_rounds,
         ours.and_then(|o| o.gm_all_std_last_10_rounds),
     ) {
+        let how = match compare(&os, &ps).0 {
+            "above" => "FedPuReL is more volatile",
+            "below" => "FedPuReL is steadier",
+            _ => "no difference beyond 2 seed std",
+        };
         lines.push(format!(
-            "[{}] round-to-round std of GM accuracy over the last 10 rounds: PromptFL {}, FedPuReL {} ({})",
+            "[{}] round-to-round std of GM accuracy over the last 10 rounds: PromptFL {}, FedPuReL {} ({how})",
             e.peft,
             show(&ps),
             show(&os),
-            compare(&os, &ps)
-                .0
-                .replace("above", "more volatile than")
-                .replace("below", "steadier than")
         ));
     }
     let angle = |r: Option<&RowEvidence>| r.and_then(|r| r.angle_mean_deg.map(|a| (a, r.obtuse_fraction)));
+    let pct = |s: Option<Stat>| s.map_or("–".into(), |s| format!("{:.0} %", 100.0 * s.mean));
     if let (Some((oa, oo)), Some((pa, po))) = (angle(ours), angle(Some(pf))) {
         lines.push(format!(
-            "[{}] stage-1 angle between task and alignment gradients: FedPuReL {}° ({} obtuse, before purification), PromptFL {}° ({} obtuse, probed, not applied)",
+            "[{}] stage-1 angle between task and alignment gradients: FedPuReL {}° ({} obtuse, before purification, which removed {} of the task gradient's norm), PromptFL {}° ({} obtuse, probed, not applied)",
             e.peft,
             show(&oa),
-            oo.map_or("–".into(), |s| format!("{:.0} %", 100.0 * s.mean)),
+            pct(oo),
+            pct(ours.and_then(|o| o.removed_norm_fraction)),
             show(&pa),
-            po.map_or("–".into(), |s| format!("{:.0} %", 100.0 * s.mean)),
+            pct(po),
         ));
     }
     lines

@@ -7,7 +7,8 @@
 //! `--all-peft`) it runs, over 3 seeds, through the grid runner of `fedpurel compare`:
 //! zero-shot CLIP, PromptFL, PromptFL + Fed-GraB, PromptFolio (prompt only) and
 //! FedPuReL, and with `--ablations` FedPuReL's ablations (KL instead of TKL, no
-//! purification, fusion personalization, λ ∈ {0, 0.5, 0.99}). Then it writes, under the
+//! purification, fusion personalization, λ ∈ {0, 0.5, 0.99} except for the adapter, whose
+//! stage 2 has no λ). Then it writes, under the
 //! output folder:
 //!
 //! * `<kind>/compare.md`, `.csv` — the paper-style table per kind, and `compare.md` with
@@ -45,7 +46,8 @@ pub struct DemoArgs {
     #[arg(long)]
     pub quick: bool,
     /// Add FedPuReL's ablations as rows: KL instead of TKL, no purification, fusion
-    /// instead of residual personalization, and stage 2's λ ∈ {0, 0.5, 0.99}.
+    /// instead of residual personalization, and stage 2's λ ∈ {0, 0.5, 0.99} (not for the
+    /// adapter, whose stage 2 has no λ).
     #[arg(long)]
     pub ablations: bool,
     /// Every PEFT kind (adapter, LoRA, prompt), each at its chosen learning rate, instead
@@ -122,14 +124,12 @@ pub fn demo_rows(peft: PeftKind, ablations: bool) -> Vec<Variant> {
     }
     names.push("fedpurel");
     if ablations {
-        names.extend([
-            "fedpurel-kl",
-            "fedpurel-nopurify",
-            "fedpurel-fusion",
-            "fedpurel@lambda=0",
-            "fedpurel@lambda=0.5",
-            "fedpurel@lambda=0.99",
-        ]);
+        names.extend(["fedpurel-kl", "fedpurel-nopurify", "fedpurel-fusion"]);
+        // The adapter's private branch learns through the fused logits only (λ = 0,
+        // docs/method.md §5): λ has nothing to vary there.
+        if peft != PeftKind::Adapter {
+            names.extend(["fedpurel@lambda=0", "fedpurel@lambda=0.5", "fedpurel@lambda=0.99"]);
+        }
     }
     names
         .into_iter()
@@ -320,6 +320,11 @@ mod tests {
         assert_eq!(
             full[4..7],
             ["fedpurel-kl", "fedpurel-nopurify", "fedpurel-fusion"]
+        );
+        assert_eq!(
+            labels(PeftKind::Adapter, true).len(),
+            7,
+            "no λ rows for the adapter"
         );
         assert_eq!(demo_kinds(true).len(), 3);
         assert_eq!(demo_kinds(false).len(), DEMO_DEFAULT_KINDS);

@@ -176,7 +176,7 @@ pub fn write(
                         "plain KL: pooled Pearson r = {}",
                         r(evidence.pooled_pearson_r_kl_balancedness)
                     ),
-                    x_desc: "GM KL to zero-shot (τ = 1)".into(),
+                    x_desc: "GM plain KL to zero-shot (temperature 1)".into(),
                     y_desc: "GM balancedness, worst-decile mean (%)".into(),
                     groups: kl_groups,
                 },

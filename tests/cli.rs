@@ -284,16 +284,7 @@ fn run_resumes_to_the_same_numbers() {
         serde_json::from_str(&std::fs::read_to_string(Path::new(a).join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["rounds_completed"], 2);
     for model in ["gm", "pm", "zeroshot"] {
-        for field in [
-            "all",
-            "many",
-            "medium",
-            "few",
-            "worst_decile",
-            "worst_class",
-            "tkl",
-            "best_all",
-        ] {
+        for field in SUMMARY_PERCENTAGES.iter().chain(&["tkl"]) {
             assert!(summary[model].get(field).is_some(), "summary.{model}.{field}");
         }
     }
@@ -355,19 +346,22 @@ fn compare_args<'a>(
     a
 }
 
+/// The percentages of each model in `summary.json`.
+const SUMMARY_PERCENTAGES: [&str; 7] = [
+    "all",
+    "many",
+    "medium",
+    "few",
+    "worst_decile",
+    "worst_class",
+    "best_all",
+];
+
 /// Every accuracy-like number of a summary lies in [0, 100].
 fn summary_in_range(path: &Path) {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     for model in ["gm", "pm", "zeroshot"] {
-        for key in [
-            "all",
-            "many",
-            "medium",
-            "few",
-            "worst_decile",
-            "worst_class",
-            "best_all",
-        ] {
+        for key in SUMMARY_PERCENTAGES {
             if let Some(x) = v[model][key].as_f64() {
                 assert!(
                     (0.0..=100.0).contains(&x),

@@ -346,13 +346,30 @@ pub fn line_panels_png(panels: &[LinePanel], grid: (usize, usize), title: &str) 
                 .label_font((FAMILY, 13))
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(180, 180, 180))
-                .position(SeriesLabelPosition::LowerRight)
+                .position(legend_corner(panel, (lo, hi)))
                 .draw()
                 .map_err(err)?;
         }
         root.present().map_err(err)?;
     }
     png(buf, w, h)
+}
+
+/// Where a panel's legend hides the least: the lower right when the lines end in the
+/// upper half of the y range, the upper right otherwise.
+fn legend_corner(panel: &LinePanel, (lo, hi): (f64, f64)) -> SeriesLabelPosition {
+    let ends: Vec<f64> = panel
+        .lines
+        .iter()
+        .filter(|l| !l.level)
+        .filter_map(|l| l.ys.iter().rev().copied().find(|y| y.is_finite()))
+        .collect();
+    let mid = (lo + hi) / 2.0;
+    if ends.is_empty() || ends.iter().sum::<f64>() / ends.len() as f64 >= mid {
+        SeriesLabelPosition::LowerRight
+    } else {
+        SeriesLabelPosition::UpperRight
+    }
 }
 
 /// One group of points of a [`ScatterPanel`].

@@ -281,3 +281,34 @@ pub fn resolve(a: &RunArgs, m: Option<&ArgMatches>) -> Result<RunConfig> {
     check_complete(&c)?;
     Ok(c)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches};
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn resolved(args: &[&str]) -> RunConfig {
+        let m = Cli::command().try_get_matches_from(args).unwrap();
+        let Command::Run(a) = Cli::from_arg_matches(&m).unwrap().command else {
+            panic!("not a run")
+        };
+        resolve(&a, m.subcommand_matches("run")).unwrap()
+    }
+
+    #[test]
+    fn the_demo_preset_takes_the_learning_rate_of_the_peft_kind_asked_for() {
+        use crate::setup::presets::DEMO_REGIME;
+        for (peft, lr) in DEMO_REGIME {
+            let name = format!("{peft:?}").to_lowercase();
+            let c = resolved(&["fedpurel", "run", "--preset", "demo", "--peft", &name]);
+            assert_eq!((c.peft, c.train.stage1.lr, c.train.stage2.lr), (peft, lr, lr));
+        }
+        // An explicit --lr wins.
+        let c = resolved(&[
+            "fedpurel", "run", "--preset", "demo", "--peft", "lora", "--lr", "0.02",
+        ]);
+        assert_eq!(c.train.stage1.lr, 0.02);
+    }
+}

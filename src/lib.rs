@@ -24,6 +24,7 @@
 //!   orchestrator such as Flower; the Python module in `bindings/python` wraps it.
 //! * [`bench`] — benchmark workloads that print achieved GFLOP/s against the machine's
 //!   measured matmul rate.
+//! * [`machine`] — what the last bits of CPU results depend on (the kernel signature).
 //! * [`cli`] — the subcommands, among them `demo`: the whole setting on the synthetic
 //!   world ([`data::world`]) on a CPU in minutes.
 
@@ -35,6 +36,7 @@ pub mod data;
 pub mod device;
 pub mod faults;
 pub mod fed;
+pub mod machine;
 pub mod metrics;
 pub mod objective;
 pub mod peft;

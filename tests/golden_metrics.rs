@@ -286,3 +286,29 @@ fn probing_the_alignment_gradient_changes_no_number() {
         }
     }
 }
+
+/// Vision LoRA runs the image tower from cached stems by default (`fed::stems`); with no
+/// memory for them (`--stem-cache-mib 0`) every image goes through the live pixel path,
+/// as before the cache. Both write the same numbers, to the bit.
+#[test]
+fn the_stem_cache_changes_no_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    for algorithm in ["fedpurel", "promptfl+fedgrab"] {
+        let run = |tag: &str, extra: &[&str]| {
+            let out = tmp.path().join(format!("{algorithm}-{tag}"));
+            let run = Command::new(env!("CARGO_BIN_EXE_fedpurel"))
+                .args(args(&out, &cache, algorithm, "lora", extra))
+                .current_dir(root())
+                .stdout(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+            pinned_lines(&out.join("metrics.jsonl"))
+        };
+        let cached = run("cached", &[]);
+        let live = run("live", &["--stem-cache-mib", "0"]);
+        assert_eq!(cached.len(), 3);
+        assert_eq!(cached, live, "{algorithm}: the stem cache changed a number");
+    }
+}

@@ -62,6 +62,10 @@ pub struct RoundWorkload {
     /// The reference harness's `timings.jsonl` of the same work, for ratios.
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// Memory (MiB) for cached image-tower stems with vision LoRA (0: every image
+    /// through the live pixel path, as `run --stem-cache-mib 0`).
+    #[arg(long, default_value_t = crate::fed::federation::DEFAULT_STEM_CACHE_MIB)]
+    pub stem_cache_mib: usize,
 }
 
 /// Benchmark workloads.
@@ -214,6 +218,7 @@ pub fn round_workload(w: &RoundWorkload, device: &str) -> Result<Vec<BenchResult
         }
     }
     cfg.train.rounds = w.rounds;
+    cfg.train.stem_cache_mib = w.stem_cache_mib;
     cfg.device = device.to_string();
     let model_name = w
         .model
@@ -411,6 +416,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     max_steps: 0,
                     test_per_class: 100,
                     reference: reference.clone().filter(|_| peft == PeftKind::Prompt),
+                    stem_cache_mib: crate::fed::federation::DEFAULT_STEM_CACHE_MIB,
                 };
                 results.extend(round_workload(&w, &args.device)?);
             }
@@ -425,6 +431,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         max_steps,
                         test_per_class: 100,
                         reference: None,
+                        stem_cache_mib: crate::fed::federation::DEFAULT_STEM_CACHE_MIB,
                     };
                     results.extend(round_workload(&w, &args.device)?);
                 }

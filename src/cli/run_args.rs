@@ -109,6 +109,11 @@ pub struct RunArgs {
     /// not applied (one more backward pass per step; the run's numbers are unchanged).
     #[arg(long)]
     pub probe_alignment: bool,
+    /// Memory (MiB) for cached image-tower stems with LoRA on the vision tower (the
+    /// frozen patch embedding of each test and training image, computed once); what does
+    /// not fit runs live. Speed and memory only: the numbers are the same.
+    #[arg(long, default_value_t = crate::fed::federation::DEFAULT_STEM_CACHE_MIB)]
+    pub stem_cache_mib: usize,
     /// The algorithms' own settings (one flag per registered setting).
     #[command(flatten)]
     pub baselines: AlgorithmFlags,
@@ -181,6 +186,7 @@ fn from_args(a: &RunArgs) -> RunConfig {
     train.eval_batch = a.eval_batch;
     train.views = a.views;
     train.probe_alignment = a.probe_alignment;
+    train.stem_cache_mib = a.stem_cache_mib;
     RunConfig {
         algorithm: a.algorithm.clone(),
         data: a.data.clone(),
@@ -264,6 +270,7 @@ pub fn resolve(a: &RunArgs, m: Option<&ArgMatches>) -> Result<RunConfig> {
         "eval_batch" => c.train.eval_batch, flags.train.eval_batch;
         "views" => c.train.views, flags.train.views;
         "probe_alignment" => c.train.probe_alignment, flags.train.probe_alignment;
+        "stem_cache_mib" => c.train.stem_cache_mib, flags.train.stem_cache_mib;
         "out" => c.out, flags.out.clone();
         "cache_dir" => c.cache_dir, flags.cache_dir.clone();
         "device" => c.device, flags.device.clone();

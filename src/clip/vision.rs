@@ -170,19 +170,73 @@ impl VisionEncoder {
         lora: Option<&[BlockLora]>,
         mode: TapeMode,
     ) -> Result<(Tensor, Option<VisionTape>)> {
-        let keep_tape = mode.keeps_tape();
+        self.check_lora(lora)?;
+        let (x, embed_tape) = self.embed(pixels, mode.weights())?;
+        self.forward_blocks(x, pixels.dim(0)?, embed_tape, lora, mode)
+    }
+
+    /// The stem: token rows `[B, T·D]` after patch embedding, class token, positions and
+    /// pre_norm, one row per image. The image tower's frozen part before its first block
+    /// (and so before any LoRA): for a deterministic transform it can be computed once per
+    /// image and fed to [`forward_from_stem`](Self::forward_from_stem), which gives the
+    /// same features as [`forward`](Self::forward) on the pixels.
+    pub fn stem(&self, pixels: &Tensor) -> Result<Tensor> {
         let b = pixels.dim(0)?;
-        let t = self.config.tokens();
-        if let Some(l) = lora {
-            if l.len() != self.blocks.len() {
-                bail!(
-                    "vision LoRA: {} layer adapters for {} layers",
-                    l.len(),
-                    self.blocks.len()
-                );
-            }
+        let (x, _) = self.embed(pixels, false)?;
+        Ok(x.reshape((b, self.config.tokens() * self.config.width))?)
+    }
+
+    /// [`forward_with`](Self::forward_with) from stems `[B, T·D]` ([`stem`](Self::stem))
+    /// instead of pixels. The tape can serve input and LoRA cotangents only: weight
+    /// gradients of the stem would need the pixels.
+    pub fn forward_from_stem(
+        &self,
+        stem: &Tensor,
+        lora: Option<&[BlockLora]>,
+        mode: TapeMode,
+    ) -> Result<(Tensor, Option<VisionTape>)> {
+        let c = &self.config;
+        let (b, row) = stem.dims2()?;
+        if row != c.tokens() * c.width {
+            bail!(
+                "image stems have {row} values per image, expected {} tokens × width {}",
+                c.tokens(),
+                c.width
+            );
         }
-        let (mut x, embed_tape) = self.embed(pixels, mode.weights())?;
+        if mode.weights() {
+            bail!("weight gradients of the image tower need pixels, not stems");
+        }
+        self.check_lora(lora)?;
+        let x = stem
+            .to_dtype(self.patch.dtype())?
+            .reshape((b * c.tokens(), c.width))?;
+        self.forward_blocks(x, b, None, lora, mode)
+    }
+
+    fn check_lora(&self, lora: Option<&[BlockLora]>) -> Result<()> {
+        match lora {
+            Some(l) if l.len() != self.blocks.len() => bail!(
+                "vision LoRA: {} layer adapters for {} layers",
+                l.len(),
+                self.blocks.len()
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The blocks, final_norm on the class token and the projection, from the stem's
+    /// token rows `x` `[B·T, D]` of `b` images.
+    fn forward_blocks(
+        &self,
+        mut x: Tensor,
+        b: usize,
+        embed_tape: Option<(Tensor, LayerNormTape)>,
+        lora: Option<&[BlockLora]>,
+        mode: TapeMode,
+    ) -> Result<(Tensor, Option<VisionTape>)> {
+        let keep_tape = mode.keeps_tape();
+        let t = self.config.tokens();
         let mut layers = Vec::new();
         for (i, blk) in self.blocks.iter().enumerate() {
             let out = blk.forward_with(
@@ -248,15 +302,7 @@ impl VisionEncoder {
         if b != tape.batch {
             bail!("vision backward: {b} cotangents for a batch of {}", tape.batch);
         }
-        if let Some(l) = lora {
-            if l.len() != self.blocks.len() {
-                bail!(
-                    "vision LoRA: {} layer adapters for {} layers",
-                    l.len(),
-                    self.blocks.len()
-                );
-            }
-        }
+        self.check_lora(lora)?;
         let d = self.config.width;
         let t = self.config.tokens();
         let d_normed = d_features
@@ -409,5 +455,65 @@ mod tests {
             .unwrap()
             .weights
             .is_none());
+    }
+
+    /// Stems computed once, in another batch than the forward's, give the pixels' exact
+    /// features and LoRA gradients (the shortcut behind `fed::stems`).
+    #[test]
+    fn the_forward_from_cached_stems_equals_the_forward_from_pixels() {
+        let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let v = &clip.vision;
+        let (w, r) = (v.config.width, 2);
+        let lora: Vec<BlockLora> = (0..v.blocks.len() as u64)
+            .map(|i| BlockLora {
+                q: Some(Lora {
+                    a: rand_tensor(&[r, w], 3 * i + 1, 0.1),
+                    b: rand_tensor(&[w, r], 3 * i + 2, 0.1),
+                    scale: 2.0,
+                    dropout_mask: None,
+                }),
+                k: None,
+                v: None,
+                o: None,
+            })
+            .collect();
+        let pixels = rand_tensor(&[3, 3, 224, 224], 11, 1.5);
+        // Stems of all three images at once, then the forward on images 2 and 0.
+        let stems = v.stem(&pixels).unwrap();
+        let pick = Tensor::new(&[2u32, 0], pixels.device()).unwrap();
+        let (live, live_tape) = v
+            .forward(&pixels.index_select(&pick, 0).unwrap(), Some(&lora), true)
+            .unwrap();
+        let (cached, cached_tape) = v
+            .forward_from_stem(
+                &stems.index_select(&pick, 0).unwrap(),
+                Some(&lora),
+                TapeMode::Inputs,
+            )
+            .unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&live), bits(&cached));
+        let d_feat = rand_tensor(&[2, 2, 96], 12, 1.0);
+        let g_live = v.backward(live_tape.as_ref().unwrap(), &d_feat, &lora).unwrap();
+        let g_cached = v.backward(cached_tape.as_ref().unwrap(), &d_feat, &lora).unwrap();
+        for (a, b) in g_live.iter().zip(&g_cached) {
+            let (a, b) = (a.q.as_ref().unwrap(), b.q.as_ref().unwrap());
+            assert_eq!(bits(&a.a), bits(&b.a));
+            assert_eq!(bits(&a.b), bits(&b.b));
+        }
+        assert!(v
+            .forward_from_stem(&stems, Some(&lora), TapeMode::Weights)
+            .is_err());
+        assert!(v
+            .forward_from_stem(&pixels.flatten_from(1).unwrap(), None, TapeMode::None)
+            .is_err());
     }
 }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::local::{AlignLoss, StepStats};
 use super::record::{Accum, ClientScore, Evaluation};
 use super::sgd::SgdConfig;
+use super::stems::StemBank;
 use crate::clip::model::l2_normalize;
 use crate::clip::Clip;
 use crate::data::dataset::{Dataset, SplitKind};
@@ -78,6 +79,20 @@ pub struct TrainSettings {
     /// ([`super::local::AngleStats`]); FedPuReL's purified steps always record it.
     #[serde(default)]
     pub probe_alignment: bool,
+    /// Memory (MiB) for cached image-tower stems when LoRA trains the vision tower
+    /// ([`super::stems`]): the test split, then the training rows, each cached whole or
+    /// not at all. Changes speed and memory, never a number, so it is not part of a run's
+    /// recorded configuration.
+    #[serde(default = "default_stem_cache_mib", skip_serializing)]
+    pub stem_cache_mib: usize,
+}
+
+/// [`TrainSettings::stem_cache_mib`]'s default: the tiny and demo CLIPs' whole
+/// CIFAR-sized data fits; ViT-B/16's (591 KiB per image) does not, and runs live.
+pub const DEFAULT_STEM_CACHE_MIB: usize = 2048;
+
+fn default_stem_cache_mib() -> usize {
+    DEFAULT_STEM_CACHE_MIB
 }
 
 /// The learnable state; with the settings it determines the rest of the run.
@@ -227,6 +242,7 @@ pub struct Federation<'a> {
     transform: Transform,
     zs_text: Tensor,
     bank: FeatureBank,
+    stems: StemBank,
     settings: TrainSettings,
     pub(super) private_init: ParamSet,
     pub(super) schedule: Box<dyn Schedule + 'a>,
@@ -278,7 +294,7 @@ impl<'a> Federation<'a> {
             clients: partition.clients.len(),
             batch_size: settings.batch_size,
         });
-        Ok(Federation {
+        let mut fed = Federation {
             clip,
             peft,
             dataset,
@@ -294,8 +310,17 @@ impl<'a> Federation<'a> {
             settings,
             private_init,
             schedule,
+            stems: StemBank::default(),
             phase_splits: None,
-        })
+        };
+        fed.stems = StemBank::build(&fed)?;
+        Ok(fed)
+    }
+
+    /// Whether the training rows' image-tower stems may be cached: the train transform
+    /// is deterministic (one view per image, whose frozen features are banked).
+    pub(super) fn train_stems_cacheable(&self) -> bool {
+        self.bank.train.is_some() && self.transform.is_deterministic(Mode::Train)
     }
 
     /// Replaces the client and batch schedule (e.g. to replay a recorded run).
@@ -369,6 +394,11 @@ impl<'a> Federation<'a> {
             if let Some(f) = cached {
                 return Ok((Inputs::Features(f.clone()), f));
             }
+        }
+        if let (Some(stems), Some(frozen)) = (&self.stems.train, &cached) {
+            let rows: Vec<u32> = idx.iter().map(|&i| self.bank.train_row[i] as u32).collect();
+            let rows = Tensor::from_vec(rows, idx.len(), stems.device())?;
+            return Ok((Inputs::Stems(stems.index_select(&rows, 0)?), frozen.clone()));
         }
         let pixels = self.pixels(SplitKind::Train, idx, Mode::Train, path)?;
         let frozen = match cached {
@@ -516,7 +546,9 @@ impl<'a> Federation<'a> {
     pub(super) fn test_logits(&self, params: &ParamSet, text: &Tensor, idx: &[usize]) -> Result<Tensor> {
         let mut out = Vec::new();
         for chunk in idx.chunks(self.settings.eval_batch.max(1)) {
-            let inputs = if self.peft.needs_pixels() {
+            let inputs = if let Some(stems) = &self.stems.test {
+                Inputs::Stems(stems.index_select(&self.index_tensor(chunk)?, 0)?)
+            } else if self.peft.needs_pixels() {
                 Inputs::Pixels(self.pixels(SplitKind::Test, chunk, Mode::Test, &[])?)
             } else {
                 Inputs::Features(self.test_rows(chunk)?)
@@ -527,11 +559,13 @@ impl<'a> Federation<'a> {
     }
 
     pub(super) fn test_rows(&self, idx: &[usize]) -> Result<Tensor> {
+        Ok(self.bank.test.index_select(&self.index_tensor(idx)?, 0)?)
+    }
+
+    /// `idx` as a `u32` index tensor on the model's device.
+    fn index_tensor(&self, idx: &[usize]) -> Result<Tensor> {
         let rows: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-        Ok(self
-            .bank
-            .test
-            .index_select(&Tensor::from_vec(rows, idx.len(), self.clip.device())?, 0)?)
+        Ok(Tensor::from_vec(rows, idx.len(), self.clip.device())?)
     }
 
     /// Zero-shot evaluation (GM = PM) on the same test sets.

@@ -12,4 +12,5 @@ pub mod record;
 pub mod registry;
 pub mod replay;
 pub mod sgd;
+mod stems;
 pub mod train;

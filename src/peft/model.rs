@@ -17,6 +17,7 @@ use super::prompt::PromptLearner;
 use crate::clip::block::BlockLora;
 use crate::clip::head::{logits, logits_backward};
 use crate::clip::model::l2_normalize;
+use crate::clip::ops::TapeMode;
 use crate::clip::text::{PromptBatch, TextPath, TextTape};
 use crate::clip::vision::VisionTape;
 use crate::clip::Clip;
@@ -65,6 +66,10 @@ pub enum Inputs {
     Features(Tensor),
     /// Normalized pixels `[B, 3, H, W]`.
     Pixels(Tensor),
+    /// The image tower's cached stems `[B, T·D]` ([`crate::clip::vision::VisionEncoder::stem`]
+    /// of the pixels): the same features as the pixels, without recomputing the frozen
+    /// patch embedding.
+    Stems(Tensor),
 }
 
 /// What [`Peft::backward`] needs from the forward.
@@ -219,12 +224,17 @@ impl Peft {
                 Peft::Lora {
                     spec, vision: true, ..
                 },
-                Inputs::Pixels(px),
+                inputs @ (Inputs::Pixels(_) | Inputs::Stems(_)),
             ) => {
                 let v = &clip.config.vision;
-                let rows = px.dim(0)? * v.tokens();
+                let (Inputs::Pixels(x) | Inputs::Stems(x) | Inputs::Features(x)) = inputs;
+                let rows = x.dim(0)? * v.tokens();
                 let lora = spec.block_loras(params, LORA_VISION, v.layers, rows, dropout_seed)?;
-                let (f, tape) = clip.vision.forward(px, Some(&lora), keep_tape)?;
+                let mode = TapeMode::frozen(keep_tape);
+                let (f, tape) = match inputs {
+                    Inputs::Stems(stems) => clip.vision.forward_from_stem(stems, Some(&lora), mode)?,
+                    _ => clip.vision.forward_with(x, Some(&lora), mode)?,
+                };
                 Ok((f, tape.map(|t| ImageTape::Lora(t, lora))))
             }
             (Peft::Lora { vision: true, .. }, Inputs::Features(_)) => {
@@ -232,6 +242,10 @@ impl Peft {
             }
             (_, Inputs::Pixels(px)) => {
                 let f = clip.encode_images(px)?;
+                self.image_features(clip, params, &Inputs::Features(f), dropout_seed, keep_tape)
+            }
+            (_, Inputs::Stems(stems)) => {
+                let f = clip.vision.forward_from_stem(stems, None, TapeMode::None)?.0;
                 self.image_features(clip, params, &Inputs::Features(f), dropout_seed, keep_tape)
             }
             (Peft::Adapter { .. }, Inputs::Features(f)) => {
@@ -415,6 +429,7 @@ mod tests {
             let inputs64 = match &inputs {
                 Inputs::Pixels(p) => Inputs::Pixels(p.to_dtype(DType::F64).unwrap()),
                 Inputs::Features(f) => Inputs::Features(f.to_dtype(DType::F64).unwrap()),
+                Inputs::Stems(s) => Inputs::Stems(s.to_dtype(DType::F64).unwrap()),
             };
             let d_logits = rand_tensor(&[2, 2, 5], 7, 1.0);
             let (_, tape) = peft.forward(&clip, &params, &inputs, None).unwrap();

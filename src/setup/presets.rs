@@ -23,7 +23,7 @@ use super::data::DataArgs;
 use crate::data::source::DatasetName;
 use crate::data::world::Domain;
 use crate::fed::algorithm::AlgorithmSettings;
-use crate::fed::federation::TrainSettings;
+use crate::fed::federation::{TrainSettings, DEFAULT_STEM_CACHE_MIB};
 use crate::fed::local::AlignLoss;
 use crate::fed::sgd::SgdConfig;
 
@@ -68,6 +68,7 @@ pub fn paper_train(seed: u64) -> TrainSettings {
         eval_batch: 256,
         views: 0,
         probe_alignment: false,
+        stem_cache_mib: DEFAULT_STEM_CACHE_MIB,
     }
 }
 

@@ -33,6 +33,15 @@ pub fn kernel_signature() -> String {
     )
 }
 
+/// A short name for [`kernel_signature`]: `kernels-` and the first 8 hex digits of its
+/// SHA-256 (e.g. the folder of a recording made on such machines).
+pub fn kernel_signature_id() -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(kernel_signature().as_bytes());
+    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("kernels-{hex}")
+}
+
 #[cfg(target_arch = "x86_64")]
 fn isa() -> String {
     format!(
@@ -59,5 +68,7 @@ mod tests {
             "{s}"
         );
         assert_eq!(s, kernel_signature());
+        let id = kernel_signature_id();
+        assert!(id.starts_with("kernels-") && id.len() == 16, "{id}");
     }
 }

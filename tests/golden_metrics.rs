@@ -7,14 +7,23 @@
 //!
 //! The bits are those of the machine kind that recorded them: the matmul engine blocks
 //! its inner products by the CPU's cache geometry, so another geometry rounds
-//! differently (`fedpurel::machine`). `golden-metrics/KERNELS` holds the recording's
-//! [`fedpurel::machine::kernel_signature`]; on a machine with another signature the
-//! exact check is impossible, and the test checks what does not depend on rounding
-//! (the same records, fields, clients and step counts) and says so on stderr. After a
-//! deliberate change of behaviour, or to pin another machine kind, re-record with
-//! `FEDPUREL_BLESS_GOLDEN=1 cargo test --release --test golden_metrics` and say why in
-//! the commit. The other tests here compare two runs on the same machine, so they hold
-//! exactly everywhere.
+//! differently (`fedpurel::machine`). Recordings are therefore kept per machine kind, one
+//! folder each: `kernels-<id>/` for a machine whose
+//! [`fedpurel::machine::kernel_signature`] is in its `KERNELS` file, and
+//! `unnamed-machine/`, recorded before signatures were written down (the CI machine kind
+//! of the stops before it). The check:
+//! 1. a folder named for this machine's signature: its bits, exactly;
+//! 2. else `unnamed-machine/`, exactly (this may be that machine; a machine of a third
+//!    kind fails here and says how to record its own folder);
+//! 3. with neither: what rounding cannot change (records, fields, clients, step
+//!    counts), saying so on stderr.
+//!
+//! Record this machine kind's folder with
+//! `FEDPUREL_BLESS_GOLDEN=1 cargo test --release --test golden_metrics`. After a
+//! deliberate change of behaviour, re-record and delete the folders of the kinds you
+//! cannot re-record (their machines then check structure until they record), and say
+//! why in the commit. The other tests here compare two runs on the same machine, so
+//! they hold exactly everywhere.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -116,13 +125,6 @@ fn pinned_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The recording's kernel signature, if recorded.
-fn recorded_kernels(golden: &Path) -> Option<String> {
-    std::fs::read_to_string(golden.join("KERNELS"))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
 /// Whether `now` has the records, fields, clients and step counts of `want`, with a
 /// number wherever `want` has one (what another machine's rounding cannot change).
 fn same_structure(want: &serde_json::Value, now: &serde_json::Value, path: &str) -> Result<(), String> {
@@ -153,17 +155,42 @@ fn same_structure(want: &serde_json::Value, now: &serde_json::Value, path: &str)
     }
 }
 
+/// How this machine's runs are checked against `golden` (see the file's header).
+enum Check {
+    /// Bit for bit against this folder's recording.
+    Exact(PathBuf),
+    /// Records, fields, clients and step counts against this folder's recording.
+    Structure(PathBuf),
+}
+
+fn check_for_this_machine(golden: &Path) -> Check {
+    let own = golden.join(fedpurel::machine::kernel_signature_id());
+    let unnamed = golden.join("unnamed-machine");
+    if own.is_dir() {
+        Check::Exact(own)
+    } else if unnamed.is_dir() {
+        Check::Exact(unnamed)
+    } else {
+        let any = std::fs::read_dir(golden)
+            .ok()
+            .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.is_dir()))
+            .expect("no golden recording: record one with FEDPUREL_BLESS_GOLDEN=1");
+        Check::Structure(any)
+    }
+}
+
 #[test]
 fn every_algorithm_and_peft_kind_writes_the_recorded_metrics() {
     let bless = std::env::var("FEDPUREL_BLESS_GOLDEN").is_ok_and(|v| v != "0");
     let golden = root().join("tests/fixtures/golden-metrics");
     let kernels = fedpurel::machine::kernel_signature();
-    let exact = recorded_kernels(&golden).as_deref() == Some(kernels.as_str());
-    if !bless && !exact {
+    let own = golden.join(fedpurel::machine::kernel_signature_id());
+    let check = check_for_this_machine(&golden);
+    if let (false, Check::Structure(dir)) = (bless, &check) {
         eprintln!(
-            "golden_metrics: this machine's kernels ({kernels}) are not the recording's ({}): \
-             checking records, fields, clients and step counts, not bits",
-            recorded_kernels(&golden).unwrap_or_else(|| "not recorded".into())
+            "golden_metrics: no recording for this machine's kernels ({kernels}): checking \
+             records, fields, clients and step counts against {}, not bits",
+            dir.display()
         );
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -189,12 +216,13 @@ fn every_algorithm_and_peft_kind_writes_the_recorded_metrics() {
         );
         let lines = pinned_lines(&out.join("metrics.jsonl"));
         assert_eq!(lines.len(), 3, "{tag}: three rounds");
-        let file = golden.join(format!("{tag}.jsonl"));
         if bless {
-            std::fs::create_dir_all(&golden).unwrap();
-            std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+            std::fs::create_dir_all(&own).unwrap();
+            std::fs::write(own.join(format!("{tag}.jsonl")), lines.join("\n") + "\n").unwrap();
             continue;
         }
+        let (Check::Exact(dir) | Check::Structure(dir)) = &check;
+        let file = dir.join(format!("{tag}.jsonl"));
         let want: Vec<String> = std::fs::read_to_string(&file)
             .unwrap_or_else(|e| panic!("{}: {e} (record with FEDPUREL_BLESS_GOLDEN=1)", file.display()))
             .lines()
@@ -202,9 +230,11 @@ fn every_algorithm_and_peft_kind_writes_the_recorded_metrics() {
             .collect();
         for round in 0..3 {
             let (w, n) = (want.get(round), lines.get(round));
-            let problem = match (w, n) {
-                (Some(w), Some(n)) if exact => (w != n).then(|| format!("recorded {w}\n  now      {n}")),
-                (Some(w), Some(n)) => same_structure(
+            let problem = match (w, n, &check) {
+                (Some(w), Some(n), Check::Exact(_)) => {
+                    (w != n).then(|| format!("recorded {w}\n  now      {n}"))
+                }
+                (Some(w), Some(n), Check::Structure(_)) => same_structure(
                     &serde_json::from_str(w).unwrap(),
                     &serde_json::from_str(n).unwrap(),
                     "",
@@ -219,18 +249,22 @@ fn every_algorithm_and_peft_kind_writes_the_recorded_metrics() {
         }
     }
     if bless {
-        std::fs::write(golden.join("KERNELS"), kernels + "\n").unwrap();
+        std::fs::write(own.join("KERNELS"), kernels + "\n").unwrap();
+        return;
     }
+    let how = match &check {
+        Check::Exact(dir) => format!(
+            "bits, against {} (this machine: {kernels}; if it is of another kind than that \
+             recording, record its own folder with FEDPUREL_BLESS_GOLDEN=1)",
+            dir.display()
+        ),
+        Check::Structure(dir) => format!("structure, against {}", dir.display()),
+    };
     assert!(
         differ.is_empty(),
-        "metrics.jsonl changed for {} of {} runs ({}):\n{}",
+        "metrics.jsonl changed for {} of {} runs ({how}):\n{}",
         differ.len(),
         grid().len(),
-        if exact {
-            "bits, on the recording's kernels"
-        } else {
-            "structure, on other kernels"
-        },
         differ.join("\n")
     );
 }

@@ -87,9 +87,8 @@ pub fn reference_code(mut train: TrainSettings, peft: PeftKind) -> TrainSettings
 /// The demo's PEFT kinds, each with the learning rate (both stages) that
 /// docs/demo-regime.md's fixed rule chose from zero-shot and PromptFL alone, in the order
 /// `fedpurel demo --all-peft` runs them; `demo` runs the first [`DEMO_DEFAULT_KINDS`].
-/// Adapter: the premise holds at the paper's 1e-3 on world seeds 0, 1, 2. Prompt: it
-/// holds at no rate up to 3e-2, so prompt runs at the paper's 1e-3. LoRA: see the sweep
-/// record (1e-3 until it says otherwise).
+/// Adapter and LoRA: the premise holds at the paper's 1e-3 on world seeds 0, 1, 2.
+/// Prompt: it holds at no rate up to 3e-2, so prompt runs at the paper's 1e-3.
 pub const DEMO_REGIME: [(PeftKind, f64); 3] = [
     (PeftKind::Adapter, 1e-3),
     (PeftKind::Lora, 1e-3),

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The tiny-workload speed comparison in one sitting: the authors' code through the shared
+# reference harness, then `fedpurel bench round` on identical work (tiny fixture CLIP,
+# the harness's synthetic CIFAR-100-LT, 20 clients, frac 0.4, seed 1, 2 rounds), for
+# each PEFT kind given. Run it on an idle machine: a ratio counts only when both sides
+# ran back to back without other load (the script prints the load average before each).
+#
+#   MIRROR=/work/.mirror/shihaohou+FedPuReL/repo tools/reference/side-by-side.sh lora [prompt adapter]
+#
+# Environment: MIRROR (required: the `fetch` tool's path for github:shihaohou/FedPuReL),
+# HARNESS_DIR (default ../shared/reference-harness), WORK (default /tmp/fedpurel-harness,
+# the harness's own default: data and tiny CLIP are made there when missing), VENV
+# (default /tmp/refenv; see the harness README to create it), FEDPUREL (default
+# target/release/fedpurel), OUT (default runs/side-by-side), and any extra arguments for
+# our side in OURS_ARGS (e.g. "--stem-cache-mib 0" for the live LoRA path).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+: "${MIRROR:?set MIRROR to the FedPuReL mirror (fetch github:shihaohou/FedPuReL)}"
+HARNESS_DIR=${HARNESS_DIR:-$ROOT/../shared/reference-harness}
+WORK=${WORK:-/tmp/fedpurel-harness}
+FEDPUREL=${FEDPUREL:-target/release/fedpurel}
+OUT=${OUT:-runs/side-by-side}
+mkdir -p "$OUT"
+[[ $# -gt 0 ]] || set -- prompt lora adapter
+for peft in "$@"; do
+  echo "== $peft: reference (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+  PEFT=$peft ROUNDS=2 RUN_NAME="side_$peft" WORK=$WORK MIRROR=$MIRROR \
+    bash "$HARNESS_DIR/run_reference.sh" >"$OUT/reference-$peft.log" 2>&1
+  timings="$WORK/runs/side_$peft/timings.jsonl"
+  cp "$timings" "$OUT/reference-$peft-timings.jsonl"
+  echo "== $peft: fedpurel (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+  # shellcheck disable=SC2086
+  "$FEDPUREL" bench round --peft "$peft" --root "$WORK/DATA/cifar-100" --rounds 2 \
+    --reference "$timings" ${OURS_ARGS:-} | tee "$OUT/fedpurel-$peft.txt"
+done

@@ -155,6 +155,22 @@ fn same_structure(want: &serde_json::Value, now: &serde_json::Value, path: &str)
     }
 }
 
+/// Runs one grid cell into `out` (feature cache `cache`) and returns its pinned lines.
+fn run_pinned(out: &Path, cache: &Path, algorithm: &str, peft: &str, extra: &[&str]) -> Vec<String> {
+    let run = Command::new(env!("CARGO_BIN_EXE_fedpurel"))
+        .args(args(out, cache, algorithm, peft, extra))
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{algorithm} {peft} {extra:?}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    pinned_lines(&out.join("metrics.jsonl"))
+}
+
 /// How this machine's runs are checked against `golden` (see the file's header).
 enum Check {
     /// Bit for bit against this folder's recording.
@@ -202,19 +218,7 @@ fn every_algorithm_and_peft_kind_writes_the_recorded_metrics() {
             .map(|f| format!("-{}", f.trim_start_matches('-')))
             .collect();
         let tag = format!("{}-{peft}{variant}", algorithm.replace('+', "_"));
-        let out = tmp.path().join(&tag);
-        let run = Command::new(env!("CARGO_BIN_EXE_fedpurel"))
-            .args(args(&out, &cache, algorithm, peft, extra))
-            .current_dir(root())
-            .stdout(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{tag}: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let lines = pinned_lines(&out.join("metrics.jsonl"));
+        let lines = run_pinned(&tmp.path().join(&tag), &cache, algorithm, peft, extra);
         assert_eq!(lines.len(), 3, "{tag}: three rounds");
         if bless {
             std::fs::create_dir_all(&own).unwrap();
@@ -293,14 +297,7 @@ fn probing_the_alignment_gradient_changes_no_number() {
     for (algorithm, peft) in [("promptfl", "prompt"), ("promptfl+fedgrab", "lora")] {
         let run = |tag: &str, extra: &[&str]| {
             let out = tmp.path().join(format!("{algorithm}-{peft}-{tag}"));
-            let run = Command::new(env!("CARGO_BIN_EXE_fedpurel"))
-                .args(args(&out, &cache, algorithm, peft, extra))
-                .current_dir(root())
-                .stdout(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-            pinned_lines(&out.join("metrics.jsonl"))
+            run_pinned(&out, &cache, algorithm, peft, extra)
         };
         let probed = run("probed", &["--probe-alignment"]);
         let plain = run("plain", &[]);
@@ -331,14 +328,7 @@ fn the_stem_cache_changes_no_number() {
     for algorithm in ["fedpurel", "promptfl+fedgrab"] {
         let run = |tag: &str, extra: &[&str]| {
             let out = tmp.path().join(format!("{algorithm}-{tag}"));
-            let run = Command::new(env!("CARGO_BIN_EXE_fedpurel"))
-                .args(args(&out, &cache, algorithm, "lora", extra))
-                .current_dir(root())
-                .stdout(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-            pinned_lines(&out.join("metrics.jsonl"))
+            run_pinned(&out, &cache, algorithm, "lora", extra)
         };
         let cached = run("cached", &[]);
         let live = run("live", &["--stem-cache-mib", "0"]);

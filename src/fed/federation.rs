@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::local::{AlignLoss, StepStats};
 use super::record::{Accum, ClientScore, Evaluation};
 use super::sgd::SgdConfig;
-use super::stems::StemBank;
+use super::stems::{StemBank, StemSources};
 use crate::clip::model::l2_normalize;
 use crate::clip::Clip;
 use crate::data::dataset::{Dataset, SplitKind};
@@ -313,13 +313,24 @@ impl<'a> Federation<'a> {
             stems: StemBank::default(),
             phase_splits: None,
         };
-        fed.stems = StemBank::build(&fed)?;
+        if fed.peft.needs_pixels() {
+            let sources = StemSources {
+                n_test: fed.dataset.test.len(),
+                train_rows: fed
+                    .train_stems_cacheable()
+                    .then_some(fed.partition.lt_train.as_slice()),
+                budget_mib: fed.settings.stem_cache_mib,
+                batch: fed.settings.eval_batch,
+            };
+            let pixels = |split, idx: &[usize], mode| fed.pixels(split, idx, mode, &[]);
+            fed.stems = StemBank::build(fed.clip, sources, pixels)?;
+        }
         Ok(fed)
     }
 
     /// Whether the training rows' image-tower stems may be cached: the train transform
     /// is deterministic (one view per image, whose frozen features are banked).
-    pub(super) fn train_stems_cacheable(&self) -> bool {
+    fn train_stems_cacheable(&self) -> bool {
         self.bank.train.is_some() && self.transform.is_deterministic(Mode::Train)
     }
 

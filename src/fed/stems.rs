@@ -22,7 +22,7 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::federation::Federation;
+use crate::clip::Clip;
 use crate::data::dataset::SplitKind;
 use crate::data::transforms::Mode;
 
@@ -36,17 +36,30 @@ pub(super) struct StemBank {
     pub(super) test: Option<Tensor>,
 }
 
+/// What [`StemBank::build`] caches and how it gets pixels.
+pub(super) struct StemSources<'s> {
+    /// Test images (all are cached, or none).
+    pub(super) n_test: usize,
+    /// The long-tailed training rows, when their transform is deterministic.
+    pub(super) train_rows: Option<&'s [usize]>,
+    /// Memory budget in MiB.
+    pub(super) budget_mib: usize,
+    /// Images per stem batch.
+    pub(super) batch: usize,
+}
+
 impl StemBank {
-    /// Computes the stems `fed` can use within its budget (none unless the vision tower
-    /// is trained).
-    pub(super) fn build(fed: &Federation<'_>) -> Result<Self> {
+    /// Computes the stems of `sources` that fit its budget, with `pixels` giving the
+    /// normalized images of (split, indices, mode).
+    pub(super) fn build(
+        clip: &Clip,
+        sources: StemSources<'_>,
+        pixels: impl Fn(SplitKind, &[usize], Mode) -> Result<Tensor>,
+    ) -> Result<Self> {
         let mut bank = StemBank::default();
-        if !fed.peft.needs_pixels() {
-            return Ok(bank);
-        }
-        let v = &fed.clip.config.vision;
-        let per_image = (v.tokens() * v.width * fed.clip.vision.patch.dtype().size_in_bytes()) as u64;
-        let mut budget = fed.settings().stem_cache_mib as u64 * (1 << 20);
+        let v = &clip.config.vision;
+        let per_image = (v.tokens() * v.width * clip.vision.patch.dtype().size_in_bytes()) as u64;
+        let mut budget = sources.budget_mib as u64 * (1 << 20);
         let mut take = |n: usize| {
             let bytes = n as u64 * per_image;
             let fits = bytes <= budget;
@@ -55,15 +68,21 @@ impl StemBank {
             }
             fits
         };
+        let stems = |split: SplitKind, idx: &[usize], mode: Mode| -> Result<Tensor> {
+            let mut out = Vec::new();
+            for chunk in idx.chunks(sources.batch.max(1)) {
+                let px = pixels(split, chunk, mode)?.to_device(clip.device())?;
+                out.push(clip.vision.stem(&px)?);
+            }
+            Ok(Tensor::cat(&out, 0)?)
+        };
         let t0 = Instant::now();
-        let n_test = fed.dataset.test.len();
-        if take(n_test) {
-            let all: Vec<usize> = (0..n_test).collect();
-            bank.test = Some(stems(fed, SplitKind::Test, &all, Mode::Test)?);
+        if take(sources.n_test) {
+            let all: Vec<usize> = (0..sources.n_test).collect();
+            bank.test = Some(stems(SplitKind::Test, &all, Mode::Test)?);
         }
-        let lt = &fed.partition.lt_train;
-        if fed.train_stems_cacheable() && take(lt.len()) {
-            bank.train = Some(stems(fed, SplitKind::Train, lt, Mode::Train)?);
+        if let Some(rows) = sources.train_rows.filter(|r| take(r.len())) {
+            bank.train = Some(stems(SplitKind::Train, rows, Mode::Train)?);
         }
         tracing::info!(
             test = bank.test.is_some(),
@@ -74,14 +93,4 @@ impl StemBank {
         );
         Ok(bank)
     }
-}
-
-/// Stems of `idx` of `split`, computed in evaluation-sized batches.
-fn stems(fed: &Federation<'_>, split: SplitKind, idx: &[usize], mode: Mode) -> Result<Tensor> {
-    let mut out = Vec::new();
-    for chunk in idx.chunks(fed.settings().eval_batch.max(1)) {
-        let pixels = fed.pixels(split, chunk, mode, &[])?;
-        out.push(fed.clip.vision.stem(&pixels.to_device(fed.clip.device())?)?);
-    }
-    Ok(Tensor::cat(&out, 0)?)
 }

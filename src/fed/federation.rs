@@ -387,8 +387,9 @@ impl<'a> Federation<'a> {
 
     /// Model inputs and frozen features of training samples `idx`.
     pub(super) fn train_inputs(&self, idx: &[usize], path: &[u64]) -> Result<(Inputs, Tensor)> {
-        let labels_dev = self.clip.device();
-        let cached = self.bank.train.as_ref().map(|f| -> Result<Tensor> {
+        // Rows of `idx` in the feature bank (one drawn view each); with one view, also
+        // their rows in the stem bank, which follows the bank's row order.
+        let rows = self.bank.train.as_ref().map(|_| -> Result<Tensor> {
             let n = self.partition.lt_train.len();
             let mut pick = (self.bank.views > 1).then(|| rng::substream(self.settings.seed, "view", path));
             let rows: Vec<u32> = idx
@@ -398,18 +399,20 @@ impl<'a> Federation<'a> {
                     (v * n + self.bank.train_row[i]) as u32
                 })
                 .collect();
-            Ok(f.index_select(&Tensor::from_vec(rows, idx.len(), labels_dev)?, 0)?)
+            Ok(Tensor::from_vec(rows, idx.len(), self.clip.device())?)
         });
-        let cached = cached.transpose()?;
+        let rows = rows.transpose()?;
+        let cached = match (&self.bank.train, &rows) {
+            (Some(f), Some(r)) => Some(f.index_select(r, 0)?),
+            _ => None,
+        };
         if !self.peft.needs_pixels() {
             if let Some(f) = cached {
                 return Ok((Inputs::Features(f.clone()), f));
             }
         }
-        if let (Some(stems), Some(frozen)) = (&self.stems.train, &cached) {
-            let rows: Vec<u32> = idx.iter().map(|&i| self.bank.train_row[i] as u32).collect();
-            let rows = Tensor::from_vec(rows, idx.len(), stems.device())?;
-            return Ok((Inputs::Stems(stems.index_select(&rows, 0)?), frozen.clone()));
+        if let (Some(stems), Some(frozen), Some(rows)) = (&self.stems.train, &cached, &rows) {
+            return Ok((Inputs::Stems(stems.index_select(rows, 0)?), frozen.clone()));
         }
         let pixels = self.pixels(SplitKind::Train, idx, Mode::Train, path)?;
         let frozen = match cached {

@@ -72,6 +72,20 @@ pub enum Inputs {
     Stems(Tensor),
 }
 
+impl Inputs {
+    /// The batch's tensor, whatever it holds.
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Inputs::Features(t) | Inputs::Pixels(t) | Inputs::Stems(t) => t,
+        }
+    }
+
+    /// Images in the batch.
+    pub fn batch_size(&self) -> Result<usize> {
+        Ok(self.tensor().dim(0)?)
+    }
+}
+
 /// What [`Peft::backward`] needs from the forward.
 pub struct PeftTape {
     image: Tensor,
@@ -227,13 +241,12 @@ impl Peft {
                 inputs @ (Inputs::Pixels(_) | Inputs::Stems(_)),
             ) => {
                 let v = &clip.config.vision;
-                let (Inputs::Pixels(x) | Inputs::Stems(x) | Inputs::Features(x)) = inputs;
-                let rows = x.dim(0)? * v.tokens();
+                let rows = inputs.batch_size()? * v.tokens();
                 let lora = spec.block_loras(params, LORA_VISION, v.layers, rows, dropout_seed)?;
                 let mode = TapeMode::frozen(keep_tape);
                 let (f, tape) = match inputs {
                     Inputs::Stems(stems) => clip.vision.forward_from_stem(stems, Some(&lora), mode)?,
-                    _ => clip.vision.forward_with(x, Some(&lora), mode)?,
+                    _ => clip.vision.forward_with(inputs.tensor(), Some(&lora), mode)?,
                 };
                 Ok((f, tape.map(|t| ImageTape::Lora(t, lora))))
             }

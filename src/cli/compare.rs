@@ -5,6 +5,8 @@
 //! grid runner `fedpurel demo` shares.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -19,6 +21,7 @@ use crate::report::compare::{check_same_splits, csv, markdown, Row};
 use crate::report::run_dir::{RunDir, Summary};
 use crate::setup::presets::preset_names;
 use crate::setup::{execute, PeftKind, RunConfig};
+use crate::setup::{Progress, Quiet};
 
 /// Arguments of `fedpurel compare`: the grid, plus every `run` flag as the base
 /// configuration (`--preset`, `--config`, data, model, PEFT, rounds, …).
@@ -34,6 +37,11 @@ pub struct CompareArgs {
     /// The preset's reduced size (`--preset demo --quick` is `--preset demo-quick`).
     #[arg(long)]
     pub quick: bool,
+    /// Cells run at once, each on its share of the cores; the numbers are the same for
+    /// any value. More than 1 helps small models (the demo CLIP, the tiny fixture) and
+    /// costs one run's memory per job.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub jobs: u64,
     /// The base configuration and overrides; `--out` is the comparison directory
     /// (default runs/compare), each cell a run directory `<out>/<algorithm>/seed-<s>`.
     #[command(flatten)]
@@ -153,39 +161,114 @@ fn finished(cfg: &RunConfig) -> Result<Option<Summary>> {
 /// Runs every cell of `variants` × `seeds` on `base` into `root/<label>/seed-<s>`
 /// (finished cells are read back, unfinished ones resume), printing one line per cell;
 /// returns each row's summaries in seed order, checked to share one split per seed.
+///
+/// With `jobs` > 1, that many cells run at once, each on its own thread pool with an
+/// equal share of the cores (at least one thread). A run's numbers do not depend on how
+/// many threads compute it (`jobs_change_no_number`), so this changes only the wall
+/// time: it helps small models, whose matrix products are too small to keep several
+/// cores busy, and costs memory (one run's data and model per job).
 pub fn run_grid(
     base: &RunConfig,
     root: &Path,
     variants: &[Variant],
     seeds: &[u64],
+    jobs: usize,
 ) -> Result<Vec<Vec<Summary>>> {
-    let total = variants.len() * seeds.len();
-    let mut summaries: Vec<Vec<Summary>> = Vec::new();
-    let mut n = 0;
-    for v in variants {
-        let a = &v.label;
-        let mut runs = Vec::new();
-        for &seed in seeds {
-            n += 1;
-            let cfg = cell_config(base, root, v, seed);
-            let started = Instant::now();
-            let (summary, status) = match finished(&cfg)? {
-                Some(s) => (s, "finished earlier"),
-                None => (execute(cfg.clone(), &Terminal::default())?.0, "ran"),
-            };
-            eprintln!(
-                "[{n}/{total}] {a} seed {seed}: GM {:.2} PM {:.2} ({status}, {:.1} s) → {}",
-                summary.gm.all,
-                summary.pm.all,
-                started.elapsed().as_secs_f64(),
-                cfg.out.display()
-            );
-            runs.push(summary);
-        }
-        summaries.push(runs);
-    }
+    let cells: Vec<(usize, u64, RunConfig)> = variants
+        .iter()
+        .enumerate()
+        .flat_map(|(row, v)| {
+            seeds
+                .iter()
+                .map(move |&seed| (row, seed, cell_config(base, root, v, seed)))
+        })
+        .collect();
+    let total = cells.len();
+    let run_cell = |n: usize, progress: &dyn Progress| -> Result<Summary> {
+        let (row, seed, cfg) = &cells[n];
+        let started = Instant::now();
+        let (summary, status) = match finished(cfg)? {
+            Some(s) => (s, "finished earlier"),
+            None => (execute(cfg.clone(), progress)?.0, "ran"),
+        };
+        eprintln!(
+            "[{}/{total}] {} seed {seed}: GM {:.2} PM {:.2} ({status}, {:.1} s) → {}",
+            n + 1,
+            variants[*row].label,
+            summary.gm.all,
+            summary.pm.all,
+            started.elapsed().as_secs_f64(),
+            cfg.out.display()
+        );
+        Ok(summary)
+    };
+    let done: Vec<Summary> = if jobs <= 1 {
+        (0..total)
+            .map(|n| run_cell(n, &Terminal::default()))
+            .collect::<Result<_>>()?
+    } else {
+        run_in_parallel(total, jobs, &|n| run_cell(n, &Quiet))?
+    };
+    let mut done = done.into_iter();
+    let summaries: Vec<Vec<Summary>> = variants
+        .iter()
+        .map(|_| done.by_ref().take(seeds.len()).collect())
+        .collect();
     check_same_splits(&rows(&Variant::labels(variants), &summaries))?;
     Ok(summaries)
+}
+
+/// Runs `task(0..total)` on `jobs` threads, each with a rayon pool of its share of the
+/// cores, taking tasks in order; returns the results in task order. After a failure no
+/// new task starts; the first failure (in task order) is returned.
+fn run_in_parallel<T: Send>(
+    total: usize,
+    jobs: usize,
+    task: &(dyn Fn(usize) -> Result<T> + Sync),
+) -> Result<Vec<T>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / jobs).max(1);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Result<T>>>> = Mutex::new((0..total).map(|_| None).collect());
+    std::thread::scope(|scope| -> Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..jobs.min(total) {
+            // The same 8 MiB stacks as the main pool (src/main.rs).
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .stack_size(8 << 20)
+                .build()
+                .context("cannot start a thread pool for --jobs")?;
+            let (next, failed, results) = (&next, &failed, &results);
+            handles.push(scope.spawn(move || {
+                pool.install(|| loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if n >= total || failed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let r = task(n);
+                    failed.fetch_or(r.is_err(), Ordering::SeqCst);
+                    results.lock().unwrap_or_else(|e| e.into_inner())[n] = Some(r);
+                })
+            }));
+        }
+        for h in handles {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Ok(())
+    })?;
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::with_capacity(total);
+    for (n, r) in results.into_iter().enumerate() {
+        match r {
+            Some(r) => out.push(r?),
+            None => bail!("cell {} of {total} did not run: an earlier cell failed", n + 1),
+        }
+    }
+    Ok(out)
 }
 
 /// Table rows of a grid's summaries.
@@ -249,7 +332,7 @@ pub fn run(mut args: CompareArgs, matches: Option<&clap::ArgMatches>) -> Result<
     }
     let base = resolve(&args.run, matches)?;
     let algorithms = parse_algorithms(&args.algorithms, base.peft)?;
-    let summaries = run_grid(&base, &root, &algorithms, &seeds)?;
+    let summaries = run_grid(&base, &root, &algorithms, &seeds, args.jobs as usize)?;
     let md = write_tables(
         &root,
         &rows(&Variant::labels(&algorithms), &summaries),
@@ -267,6 +350,81 @@ pub fn run(mut args: CompareArgs, matches: Option<&clap::ArgMatches>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::setup::presets::demo_for;
+
+    /// A `metrics.jsonl` line without its wall times (`seconds`, `*_seconds`).
+    fn without_timings(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => m
+                .into_iter()
+                .filter(|(k, _)| !(k == "seconds" || k.ends_with("_seconds")))
+                .map(|(k, v)| (k, without_timings(v)))
+                .collect(),
+            serde_json::Value::Array(a) => a.into_iter().map(without_timings).collect(),
+            other => other,
+        }
+    }
+
+    /// `--jobs 2` runs cells at once on one thread each (on a 2-core machine) and must
+    /// record exactly what one job on every core records: LoRA (the image tower's own
+    /// forward and backward) and prompt tuning (the text tower), two algorithms, two seeds.
+    #[test]
+    fn jobs_change_no_number() {
+        let tmp = tempfile::tempdir().unwrap();
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/hf");
+        let variants = parse_algorithms("promptfl,fedpurel", PeftKind::Lora).unwrap();
+        for peft in [PeftKind::Lora, PeftKind::Prompt] {
+            let metrics = |jobs: usize| {
+                let root = tmp.path().join(format!("{peft:?}-jobs-{jobs}"));
+                let mut base = demo_for(true, peft, &model, &root, &tmp.path().join("cache"));
+                base.data.clients = 3;
+                base.data.imb_factor = Some(10.0);
+                base.data.world_train_per_class = 20;
+                base.data.world_test_per_class = 2;
+                base.train.rounds = 2;
+                base.train.batch_size = 16;
+                run_grid(&base, &root, &variants, &[1, 2], jobs).unwrap();
+                let mut all = Vec::new();
+                for v in &variants {
+                    for seed in [1, 2] {
+                        let text =
+                            std::fs::read_to_string(cell_dir(&root, &v.label, seed).join("metrics.jsonl"))
+                                .unwrap();
+                        for line in text.lines() {
+                            all.push(without_timings(serde_json::from_str(line).unwrap()));
+                        }
+                    }
+                }
+                all
+            };
+            let one = metrics(1);
+            assert_eq!(one.len(), 8, "{peft:?}: 2 rows × 2 seeds × 2 rounds");
+            assert_eq!(one, metrics(2), "{peft:?}: --jobs 2 changed a number");
+        }
+    }
+
+    #[test]
+    fn a_failed_task_is_reported_and_stops_new_ones() {
+        let ran = AtomicUsize::new(0);
+        let e = run_in_parallel(6, 2, &|n| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            if n == 1 {
+                bail!("task {n} broke")
+            }
+            // The others take long enough for the failure to be seen before task 5.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            Ok(n)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("task 1 broke"), "{e}");
+        assert!(
+            ran.load(Ordering::SeqCst) < 6,
+            "new tasks started after the failure"
+        );
+        let all = run_in_parallel(5, 3, &|n| Ok(n * 10)).unwrap();
+        assert_eq!(all, [0, 10, 20, 30, 40]);
+    }
 
     #[test]
     fn seed_lists_parse_or_say_what_is_wrong() {

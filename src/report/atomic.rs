@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 
@@ -18,7 +19,15 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    // Unique per write, not only per process: runs of one grid write concurrently
+    // (`compare --jobs`), and two of them may write the same shared file (the feature cache).
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
     let result = (|| -> std::io::Result<()> {
         if let Some(e) = crate::faults::write_error() {
             return Err(e);
@@ -55,5 +64,27 @@ mod tests {
         super::write(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(d.path().join("sub")).unwrap().count(), 1);
+    }
+
+    /// Threads writing the same file at once each leave a whole copy, never a mix, and
+    /// no temporary file stays behind.
+    #[test]
+    fn concurrent_writers_of_one_file_never_mix() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("shared.bin");
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let p = &p;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        super::write(p, &vec![t; 64 << 10]).unwrap();
+                    }
+                });
+            }
+        });
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(bytes.len(), 64 << 10);
+        assert!(bytes.iter().all(|&b| b == bytes[0]), "a mix of writers");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

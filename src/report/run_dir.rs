@@ -246,7 +246,7 @@ impl RunDir {
         Ok(RunLock { _file: file })
     }
 
-    /// Removes the temporary files of interrupted atomic writes (`.NAME.PID.tmp`).
+    /// Removes the temporary files of interrupted atomic writes (`.NAME.PID.N.tmp`).
     fn remove_leftovers(&self) {
         for dir in [
             self.root.clone(),

@@ -71,6 +71,10 @@ pub struct DemoArgs {
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Runs (row × seed) at once, each on its share of the cores; the numbers are the
+    /// same for any value (see `fedpurel compare --jobs`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub jobs: u64,
 }
 
 /// What a demo produced.
@@ -170,7 +174,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
         c.device = args.device.clone();
         c
     };
-    let report = execute(&configure, &kinds, args.ablations, &out, &seeds)?;
+    let report = execute(
+        &configure,
+        &kinds,
+        args.ablations,
+        &out,
+        &seeds,
+        args.jobs as usize,
+    )?;
     println!("{}", report.table);
     if let Some(zs) = report.evidence[0].row("zeroshot").and_then(|r| r.gm.all) {
         println!(
@@ -227,14 +238,15 @@ fn read_records(root: &Path, variants: &[Variant], seeds: &[u64]) -> Result<Vec<
 }
 
 /// Runs the demo's grid for each of `kinds` (`configure(kind, root)` gives the base
-/// configuration; [`demo_rows`] with `ablations`), writes the tables, `evidence.json`
-/// and the plots under `out`.
+/// configuration; [`demo_rows`] with `ablations`; `jobs` runs at once), writes the
+/// tables, `evidence.json` and the plots under `out`.
 pub fn execute(
     configure: &dyn Fn(PeftKind, &Path) -> RunConfig,
     kinds: &[PeftKind],
     ablations: bool,
     out: &Path,
     seeds: &[u64],
+    jobs: usize,
 ) -> Result<DemoReport> {
     let started = Instant::now();
     let mut tables = Vec::new();
@@ -247,7 +259,7 @@ pub fn execute(
         base.train.probe_alignment = true;
         let variants = demo_rows(peft, ablations);
         let labels = Variant::labels(&variants);
-        let summaries: Vec<Vec<Summary>> = run_grid(&base, &root, &variants, seeds)?;
+        let summaries: Vec<Vec<Summary>> = run_grid(&base, &root, &variants, seeds, jobs)?;
         tables.push(write_tables(
             &root,
             &rows(&labels, &summaries),
@@ -352,7 +364,7 @@ mod tests {
         };
         check_model(&model).unwrap();
         let kinds = [PeftKind::Prompt, PeftKind::Adapter];
-        let report = execute(&configure, &kinds, false, &root, &[1, 2]).unwrap();
+        let report = execute(&configure, &kinds, false, &root, &[1, 2], 1).unwrap();
         for &k in &kinds {
             for v in demo_rows(k, false) {
                 let a = &v.label;
@@ -403,7 +415,7 @@ mod tests {
             assert!(img.width() >= 200 && img.height() >= 50, "{}", p.display());
         }
         // Resumable: nothing runs again.
-        let again = execute(&configure, &kinds, false, &root, &[1, 2]).unwrap();
+        let again = execute(&configure, &kinds, false, &root, &[1, 2], 1).unwrap();
         assert_eq!(again.table, report.table);
     }
 

@@ -221,6 +221,11 @@ pub fn run_grid(
 /// Runs `task(0..total)` on `jobs` threads, each with a rayon pool of its share of the
 /// cores, taking tasks in order; returns the results in task order. After a failure no
 /// new task starts; the first failure (in task order) is returned.
+///
+/// Own pools, not tasks of the shared one: a run blocks its thread on the batch loader's
+/// channel while the loader decodes through the global pool, so runs occupying every
+/// global worker would wait for a loader that can never run (tried: it deadlocks). The
+/// price: when fewer tasks than jobs remain, the idle pools' cores stay idle.
 fn run_in_parallel<T: Send>(
     total: usize,
     jobs: usize,

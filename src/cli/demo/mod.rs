@@ -72,8 +72,9 @@ pub struct DemoArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Runs (row × seed) at once, each on its share of the cores; the numbers are the
-    /// same for any value (see `fedpurel compare --jobs`).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    /// same for any value (see `fedpurel compare --jobs`). Default 2: on 2 cores the
+    /// adapter demo took 55 s with 2 and 83 s with 1 (docs/perf-notes.md).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub jobs: u64,
 }
 

@@ -28,6 +28,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use fedpurel::fed::record::without_timings;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -100,20 +102,6 @@ fn args(out: &Path, cache: &Path, algorithm: &str, peft: &str, extra: &[&str]) -
     a.extend(["--out".into(), out.display().to_string()]);
     a.extend(["--cache-dir".into(), cache.display().to_string()]);
     a
-}
-
-/// A JSON value with every timing field (`seconds`, `*_seconds`) removed.
-fn without_timings(v: serde_json::Value) -> serde_json::Value {
-    match v {
-        serde_json::Value::Object(m) => serde_json::Value::Object(
-            m.into_iter()
-                .filter(|(k, _)| !(k == "seconds" || k.ends_with("_seconds")))
-                .map(|(k, x)| (k, without_timings(x)))
-                .collect(),
-        ),
-        serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(without_timings).collect()),
-        other => other,
-    }
 }
 
 /// `metrics.jsonl` without timings, one line per round.

@@ -181,3 +181,35 @@ impl Accum {
         }
     }
 }
+
+/// A `metrics.jsonl` line (as JSON) without its wall-clock fields — `seconds` and every
+/// `*_seconds`, at any depth: what two runs of the same work must agree on exactly.
+pub fn without_timings(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .filter(|(k, _)| !(k == "seconds" || k.ends_with("_seconds")))
+            .map(|(k, x)| (k, without_timings(x)))
+            .collect(),
+        serde_json::Value::Array(a) => a.into_iter().map(without_timings).collect(),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timings_go_at_every_depth_and_nothing_else_does() {
+        let v = serde_json::json!({
+            "round": 1, "eval_seconds": 2.5, "seconds_left": 3,
+            "stage1": {"seconds": 0.1, "loss": 0.5},
+            "rows": [{"gm_seconds": 1.0, "all": 80.0}]
+        });
+        let want = serde_json::json!({
+            "round": 1, "seconds_left": 3, "stage1": {"loss": 0.5}, "rows": [{"all": 80.0}]
+        });
+        assert_eq!(without_timings(v), want);
+    }
+}

@@ -254,6 +254,27 @@ pub fn preset(name: &str, model: &Path, out: &Path, cache: &Path) -> Result<RunC
     })
 }
 
+/// The demo task of [`demo_for`] (quick) at a test-only size — 3 clients, imbalance 10,
+/// `train_per_class` head-class images, 2 test images per class, 2 rounds of batch 16 —
+/// for the tests of the commands that run demo grids (`compare`, `demo`).
+#[cfg(test)]
+pub(crate) fn demo_for_tests(
+    peft: PeftKind,
+    model: &Path,
+    out: &Path,
+    cache: &Path,
+    train_per_class: usize,
+) -> RunConfig {
+    let mut base = demo_for(true, peft, model, out, cache);
+    base.data.clients = 3;
+    base.data.imb_factor = Some(10.0);
+    base.data.world_train_per_class = train_per_class;
+    base.data.world_test_per_class = 2;
+    base.train.rounds = 2;
+    base.train.batch_size = 16;
+    base
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -313,6 +313,7 @@ pub fn execute(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::setup::presets::demo_for_tests;
 
     #[test]
     fn the_rows_are_the_compared_methods_then_the_ablations() {
@@ -353,16 +354,7 @@ mod tests {
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/hf");
         let cache = tmp.path().join("cache");
         let root = tmp.path().join("demo");
-        let configure = |peft: PeftKind, r: &Path| {
-            let mut base = demo_for(true, peft, &model, r, &cache);
-            base.data.clients = 3;
-            base.data.imb_factor = Some(10.0);
-            base.data.world_train_per_class = 30;
-            base.data.world_test_per_class = 2;
-            base.train.rounds = 2;
-            base.train.batch_size = 16;
-            base
-        };
+        let configure = |peft: PeftKind, r: &Path| demo_for_tests(peft, &model, r, &cache, 30);
         check_model(&model).unwrap();
         let kinds = [PeftKind::Prompt, PeftKind::Adapter];
         let report = execute(&configure, &kinds, false, &root, &[1, 2], 1).unwrap();

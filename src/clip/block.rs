@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Tensor, D};
 use super::attention::{self, AttentionShape};
 use super::checkpoint::WeightSource;
 use super::ops::{
-    causal_mask, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormGrad,
+    causal_mask, matmul, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormGrad,
     LayerNormTape, Linear, LinearGrad, TapeMode,
 };
 use super::params::{BlockLayer, Part, Tower, Wb};
@@ -658,8 +658,8 @@ fn lora_forward(ad: &Lora, x: &Tensor) -> Result<(Tensor, Tensor)> {
         Some(mask) => (x * mask)?,
         None => x.clone(),
     };
-    let down = xd.matmul(&ad.a.t()?)?;
-    let delta = (down.matmul(&ad.b.t()?)? * ad.scale)?;
+    let down = matmul(&xd, &ad.a.t()?)?;
+    let delta = (matmul(&down, &ad.b.t()?)? * ad.scale)?;
     Ok((delta, down))
 }
 
@@ -673,12 +673,9 @@ fn lora_backward(ad: &Lora, x: &Tensor, down: &Tensor, dy: &Tensor) -> Result<(T
     };
     let db = (outer_per_cotangent(dy, down)? * ad.scale)?;
     let r = ad.a.dim(0)?;
-    let d_down = (dy.reshape((kk * m, out))?.matmul(&ad.b)? * ad.scale)?.reshape((kk, m, r))?;
+    let d_down = (matmul(&dy.reshape((kk * m, out))?, &ad.b)? * ad.scale)?.reshape((kk, m, r))?;
     let da = outer_per_cotangent(&d_down, &xd)?;
-    let mut dx = d_down
-        .reshape((kk * m, r))?
-        .matmul(&ad.a)?
-        .reshape((kk, m, ad.a.dim(1)?))?;
+    let mut dx = matmul(&d_down.reshape((kk * m, r))?, &ad.a)?.reshape((kk, m, ad.a.dim(1)?))?;
     if let Some(mask) = &ad.dropout_mask {
         dx = dx.broadcast_mul(&mask.unsqueeze(0)?)?;
     }

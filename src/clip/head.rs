@@ -4,6 +4,7 @@
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 
+use super::matmul::matmul;
 use super::model::l2_normalize;
 
 /// Cotangents of the unnormalized features.
@@ -17,7 +18,7 @@ pub struct HeadGrad {
 
 /// Logits `[B, C]` of unnormalized image features `[B, E]` and text features `[C, E]`.
 pub fn logits(image: &Tensor, text: &Tensor, scale: f64) -> Result<Tensor> {
-    Ok((l2_normalize(image)?.matmul(&l2_normalize(text)?.t()?)? * scale)?)
+    Ok((matmul(&l2_normalize(image)?, &l2_normalize(text)?.t()?)? * scale)?)
 }
 
 /// VJP of y = x/‖x‖ per row for cotangents `dy: [K, N, E]`: (dy − y (y·dy)) / ‖x‖.
@@ -43,13 +44,11 @@ pub fn logits_backward(image: &Tensor, text: &Tensor, scale: f64, d_logits: &Ten
     let txt_n = l2_normalize(text)?;
     let e = img_n.dim(1)?;
     // d(img_n) = s · dL · txt_n ; d(txt_n) = s · dLᵀ · img_n, per cotangent.
-    let d_img_n = (d_logits.reshape((k * b, c))?.matmul(&txt_n)? * scale)?.reshape((k, b, e))?;
-    let d_txt_n = (d_logits
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((k * c, b))?
-        .matmul(&img_n)?
-        * scale)?
+    let d_img_n = (matmul(&d_logits.reshape((k * b, c))?, &txt_n)? * scale)?.reshape((k, b, e))?;
+    let d_txt_n = (matmul(
+        &d_logits.transpose(1, 2)?.contiguous()?.reshape((k * c, b))?,
+        &img_n,
+    )? * scale)?
         .reshape((k, c, e))?;
     Ok(HeadGrad {
         image: l2_normalize_backward(image, &d_img_n)?,

@@ -13,6 +13,7 @@ pub mod config;
 pub mod head;
 pub mod init;
 pub mod kernels;
+pub mod matmul;
 pub mod model;
 pub mod ops;
 pub mod params;

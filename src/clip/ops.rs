@@ -20,6 +20,7 @@ use super::checkpoint::WeightSource;
 pub use super::kernels::{
     column_sum, layer_norm_backward, layer_norm_param_grads, quick_gelu, quick_gelu_backward,
 };
+pub use super::matmul::matmul;
 
 /// What a forward keeps for the backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +131,7 @@ impl Linear {
 
     /// `x Wᵀ + b` for rows `x: [M, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = matmul(x, &self.weight.t()?)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -140,7 +141,7 @@ impl Linear {
     /// VJP w.r.t. the input: `dy: [K, M, out] → [K, M, in]` (one matmul for all K).
     pub fn backward_input(&self, dy: &Tensor) -> Result<Tensor> {
         let (k, m, out) = dy.dims3()?;
-        let dx = dy.reshape((k * m, out))?.matmul(&self.weight)?;
+        let dx = matmul(&dy.reshape((k * m, out))?, &self.weight)?;
         Ok(dx.reshape((k, m, self.weight.dim(1)?))?)
     }
 
@@ -149,7 +150,7 @@ impl Linear {
     pub fn weight_grad(&self, x: &Tensor, dy: &Tensor) -> Result<LinearGrad> {
         let g = sum_cotangents(dy)?;
         Ok(LinearGrad {
-            weight: g.t()?.matmul(x)?,
+            weight: matmul(&g.t()?, x)?,
             bias: match self.bias {
                 Some(_) => Some(column_sum(&g)?),
                 None => None,
@@ -245,8 +246,8 @@ pub fn causal_mask(past: usize, s: usize, dtype: DType, dev: &Device) -> Result<
 pub fn outer_per_cotangent(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
     let k = dy.dim(0)?;
     let parts = (0..k)
-        .map(|i| dy.get(i)?.t()?.matmul(x))
-        .collect::<candle_core::Result<Vec<_>>>()?;
+        .map(|i| matmul(&dy.get(i)?.t()?, x))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::stack(&parts, 0)?)
 }
 

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use super::block::{Block, BlockLora, BlockLoraGrad, BlockTape, BlockWeightGrad, Shape};
 use super::checkpoint::WeightSource;
 use super::config::VisionConfig;
-use super::ops::{sum_cotangents, LayerNorm, LayerNormGrad, LayerNormTape, TapeMode};
+use super::ops::{matmul, sum_cotangents, LayerNorm, LayerNormGrad, LayerNormTape, TapeMode};
 use super::params::{Part, Tower, Wb};
 
 /// The CLIP vision tower.
@@ -137,7 +137,7 @@ impl VisionEncoder {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((b * g * g, 3 * p * p))?;
-        let tokens = patches.matmul(&self.patch.t()?)?.reshape((b, g * g, c.width))?;
+        let tokens = matmul(&patches, &self.patch.t()?)?.reshape((b, g * g, c.width))?;
         let cls = self
             .class_embedding
             .reshape((1, 1, c.width))?

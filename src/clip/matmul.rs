@@ -1,0 +1,174 @@
+//! `a · b` for 2-D f32 CPU tensors, with candle's very gemm call but without zeroing the
+//! output first.
+//!
+//! candle allocates every matmul output as `vec![0; m·n]` and then calls gemm with
+//! `read_dst = false`, which overwrites every cell: the zeroing is pure cost (about 10 %
+//! of a demo-size LoRA run's main thread, mostly `memset`). [`matmul`] makes the same
+//! gemm call — same m, n, k, strides, `alpha`, `beta` and parallelism — into
+//! uninitialized memory, so its result is bit for bit candle's (the tests compare the
+//! bits). Anything else (other devices or dtypes, batched operands) goes to candle.
+
+use anyhow::Result;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+
+/// `a [M, K] · b [K, N] → [M, N]`, bitwise equal to `a.matmul(b)`.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let applies = a.device().is_cpu()
+        && b.device().is_cpu()
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+        && a.rank() == 2
+        && b.rank() == 2
+        && a.dim(1)? == b.dim(0)?
+        && a.dim(1)? > 0
+        && a.dim(0)? > 0
+        && b.dim(1)? > 0;
+    if !applies {
+        return Ok(a.matmul(b)?);
+    }
+    Ok(a.apply_op2_no_bwd(b, &UninitMatMul)?)
+}
+
+/// The custom op behind [`matmul`] (only called with the shapes [`matmul`] checked).
+struct UninitMatMul;
+
+impl CustomOp2 for UninitMatMul {
+    fn name(&self) -> &'static str {
+        "matmul-uninit"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a_s: &CpuStorage,
+        a_l: &Layout,
+        b_s: &CpuStorage,
+        b_l: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = a_l.shape().dims2()?;
+        let (k2, n) = b_l.shape().dims2()?;
+        if k != k2 || m == 0 || n == 0 || k == 0 {
+            candle_core::bail!("matmul-uninit: shapes [{m}, {k}] · [{k2}, {n}] do not apply");
+        }
+        let a = &a_s.as_slice::<f32>()?[a_l.start_offset()..];
+        let b = &b_s.as_slice::<f32>()?[b_l.start_offset()..];
+        let (a_rs, a_cs) = (a_l.stride()[0], a_l.stride()[1]);
+        let (b_rs, b_cs) = (b_l.stride()[0], b_l.stride()[1]);
+        // The operands' farthest cells must lie inside their slices (candle's layouts
+        // guarantee it; checked so that a bad layout is an error, not a wild read).
+        let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+        if last(m, k, a_rs, a_cs) >= a.len() || last(k, n, b_rs, b_cs) >= b.len() {
+            candle_core::bail!("matmul-uninit: a layout reaches past its storage");
+        }
+        // As candle's CPU matmul: every thread rayon would use, or none.
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
+        let mut out: Vec<f32> = Vec::with_capacity(m * n);
+        // SAFETY: the strides and bounds of a and b were checked above; out has room for
+        // m·n cells in row-major order (dst_rs = n, dst_cs = 1). With read_dst = false
+        // gemm sets alpha to zero and never reads a cell before writing it (the k-blocks
+        // after the first accumulate onto cells the first block wrote), and it writes
+        // every one of the m·n cells, so set_len afterwards exposes initialized memory.
+        unsafe {
+            gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                a_cs as isize,
+                a_rs as isize,
+                b.as_ptr(),
+                b_cs as isize,
+                b_rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+            out.set_len(m * n);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::ops::testutil::rand_tensor;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    }
+
+    /// Every kernel gemm picks (gemv for m or n = 1, the horizontal kernel for m·n ≤ 256,
+    /// several k-blocks for k > 512, the threaded main path) and every operand layout
+    /// the call sites use (plain, transposed weight, transposed cotangent, a view with an
+    /// offset): the bits are candle's.
+    #[test]
+    fn same_bits_as_candle_matmul() {
+        let shapes = [
+            (1, 7, 5),
+            (9, 1, 33),
+            (12, 16, 40),
+            (16, 16, 700),
+            (65, 96, 96),
+            (130, 384, 96),
+            (200, 96, 1300),
+            (3, 520, 64),
+        ];
+        for (seed, &(m, n, k)) in shapes.iter().enumerate() {
+            let seed = seed as u64;
+            let a = rand_tensor(&[m, k], 10 + seed, 1.0);
+            let b = rand_tensor(&[k, n], 20 + seed, 1.0);
+            let w = rand_tensor(&[n, k], 30 + seed, 1.0);
+            let at = rand_tensor(&[k, m], 40 + seed, 1.0);
+            let cases = [
+                (a.clone(), b.clone()),
+                (a.clone(), w.t().unwrap()),
+                (at.t().unwrap(), b.clone()),
+                (at.t().unwrap(), w.t().unwrap()),
+            ];
+            for (x, y) in cases {
+                assert_eq!(
+                    bits(&matmul(&x, &y).unwrap()),
+                    bits(&x.matmul(&y).unwrap()),
+                    "{m}×{k}·{k}×{n}"
+                );
+            }
+            // A row-range view: start offset and a row stride wider than the columns.
+            let wide = rand_tensor(&[m + 2, k + 3], 50 + seed, 1.0);
+            let view = wide.narrow(0, 1, m).unwrap().narrow(1, 2, k).unwrap();
+            assert_eq!(bits(&matmul(&view, &b).unwrap()), bits(&view.matmul(&b).unwrap()));
+        }
+    }
+
+    #[test]
+    fn other_operands_go_to_candle() {
+        let a = rand_tensor(&[2, 3, 4], 1, 1.0);
+        let b = rand_tensor(&[2, 4, 5], 2, 1.0);
+        assert_eq!(bits(&matmul(&a, &b).unwrap()), bits(&a.matmul(&b).unwrap()));
+        let a64 = a.to_dtype(DType::F64).unwrap();
+        let b64 = b.to_dtype(DType::F64).unwrap();
+        assert_eq!(matmul(&a64, &b64).unwrap().dims(), &[2, 3, 5]);
+        let bad = rand_tensor(&[3, 4], 3, 1.0);
+        assert!(matmul(&bad, &bad).is_err(), "3×4 · 3×4 must be a shape error");
+        let empty = Tensor::zeros((0, 4), DType::F32, &candle_core::Device::Cpu).unwrap();
+        assert_eq!(matmul(&empty, &b.get(0).unwrap()).unwrap().dims(), &[0, 5]);
+    }
+}

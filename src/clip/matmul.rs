@@ -30,6 +30,24 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(a.apply_op2_no_bwd(b, &UninitMatMul)?)
 }
 
+/// True when every row of `x [R, k] · W [k, n]` (row-major output, as every matmul of
+/// the towers) gets the same bits for any row count `R ≥ min_rows` on the CPU: gemm
+/// (0.19) picks the same kernel and the same blocking of the inner dimension for all of
+/// them. gemm transposes a row-major product, so its "m" is our `n` and its "n" our `R`;
+/// per output cell the kernel accumulates over `k` in order, one `kc`-block after the
+/// other, and threads split rows and columns, never `k`. What depends on `R`:
+/// * the horizontal kernel (dot products summed across SIMD lanes) for `n·R ≤ 256`;
+/// * the small-size shortcut for `n ≤ 64` and `R ≤ 64`, which blocks `k` by 512 where
+///   the general path may block it otherwise — the same when `k ≤ 512`;
+/// * matrix-vector kernels for `R = 1` (excluded by `min_rows ≥ 2`).
+///
+/// `k ≤ 2` uses the same kernel for every `R`.
+pub fn rows_compute_alike(n: usize, k: usize, min_rows: usize) -> bool {
+    let never_horizontal = n.saturating_mul(min_rows) > 256;
+    let same_k_blocks = k <= 512 || n > 64 || min_rows > 64;
+    min_rows >= 2 && (k <= 2 || (never_horizontal && same_k_blocks))
+}
+
 /// The custom op behind [`matmul`] (only called with the shapes [`matmul`] checked).
 struct UninitMatMul;
 
@@ -156,6 +174,49 @@ mod tests {
             let view = wide.narrow(0, 1, m).unwrap().narrow(1, 2, k).unwrap();
             assert_eq!(bits(&matmul(&view, &b).unwrap()), bits(&view.matmul(&b).unwrap()));
         }
+    }
+
+    /// Where [`rows_compute_alike`] promises it, a row's bits do not depend on the
+    /// batch it is computed in (the kernels and k-blockings it distinguishes); and one
+    /// case it rules out does differ, so the rule is not vacuous.
+    #[test]
+    fn rows_compute_alike_where_the_rule_says_so() {
+        for &(n, k, min_rows) in &[
+            (8, 96, 65),
+            (96, 384, 65),
+            (8, 128, 50),
+            (64, 768, 197),
+            (128, 3072, 49),
+        ] {
+            assert!(rows_compute_alike(n, k, min_rows), "{n} {k} {min_rows}");
+            // The towers' layout: a transposed [n, k] weight.
+            let w = rand_tensor(&[n, k], 7, 1.0).t().unwrap();
+            let x = rand_tensor(&[3 * min_rows + 5, k], 8, 1.0);
+            let whole = bits(&matmul(&x, &w).unwrap());
+            for rows in [min_rows, min_rows + 1, 2 * min_rows + 3] {
+                for start in [0, 3] {
+                    let part =
+                        bits(&matmul(&x.narrow(0, start, rows).unwrap().contiguous().unwrap(), &w).unwrap());
+                    assert_eq!(
+                        part,
+                        whole[start * n..(start + rows) * n],
+                        "{n} {k}: {rows} rows from {start}"
+                    );
+                }
+            }
+        }
+        // n = 8 with 16 rows: the horizontal kernel, whose sums round differently.
+        assert!(!rows_compute_alike(8, 96, 16));
+        let w = rand_tensor(&[8, 96], 9, 1.0).t().unwrap();
+        let x = rand_tensor(&[200, 96], 10, 1.0);
+        let whole = bits(&matmul(&x, &w).unwrap());
+        let part = bits(&matmul(&x.narrow(0, 0, 16).unwrap(), &w).unwrap());
+        assert_ne!(
+            part,
+            whole[..16 * 8],
+            "the horizontal kernel rounds like the main one"
+        );
+        assert!(!rows_compute_alike(64, 768, 10) && !rows_compute_alike(96, 96, 1));
     }
 
     #[test]

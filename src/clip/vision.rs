@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use super::block::{Block, BlockLora, BlockLoraGrad, BlockTape, BlockWeightGrad, Shape};
 use super::checkpoint::WeightSource;
 use super::config::VisionConfig;
+use super::matmul::rows_compute_alike;
 use super::ops::{matmul, sum_cotangents, LayerNorm, LayerNormGrad, LayerNormTape, TapeMode};
 use super::params::{Part, Tower, Wb};
 
@@ -195,6 +196,16 @@ impl VisionEncoder {
         lora: Option<&[BlockLora]>,
         mode: TapeMode,
     ) -> Result<(Tensor, Option<VisionTape>)> {
+        if mode.weights() {
+            bail!("weight gradients of the image tower need pixels, not stems");
+        }
+        self.check_lora(lora)?;
+        let x = self.stem_tokens(stem)?;
+        self.forward_blocks(x, stem.dim(0)?, None, lora, mode)
+    }
+
+    /// Stems `[B, T·D]` as token rows `[B·T, D]`, checked against the tower's shape.
+    fn stem_tokens(&self, stem: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         let (b, row) = stem.dims2()?;
         if row != c.tokens() * c.width {
@@ -204,14 +215,56 @@ impl VisionEncoder {
                 c.width
             );
         }
-        if mode.weights() {
-            bail!("weight gradients of the image tower need pixels, not stems");
-        }
-        self.check_lora(lora)?;
-        let x = stem
+        Ok(stem
             .to_dtype(self.patch.dtype())?
-            .reshape((b * c.tokens(), c.width))?;
-        self.forward_blocks(x, b, None, lora, mode)
+            .reshape((b * c.tokens(), c.width))?)
+    }
+
+    /// The class token's rows `[B, D]` after the last block — before `final_norm` and
+    /// the projection, which [`features_from_class_rows`](Self::features_from_class_rows)
+    /// applies — from pixels `[B, 3, H, W]`, or from stems `[B, T·D]` when `from_stem`.
+    /// No tape. Together the two give [`forward`](Self::forward)'s features bit for bit.
+    pub fn class_rows(&self, input: &Tensor, from_stem: bool, lora: Option<&[BlockLora]>) -> Result<Tensor> {
+        self.check_lora(lora)?;
+        let x = if from_stem {
+            self.stem_tokens(input)?
+        } else {
+            self.embed(input, false)?.0
+        };
+        Ok(self.run_blocks(x, input.dim(0)?, lora, TapeMode::None)?.0)
+    }
+
+    /// `final_norm` and the projection of class rows `[B, D]`
+    /// ([`class_rows`](Self::class_rows)): the features `[B, E]`.
+    pub fn features_from_class_rows(&self, cls: &Tensor) -> Result<Tensor> {
+        matmul(&self.final_norm.forward(cls)?, &self.projection.t()?)
+    }
+
+    /// True when an image's class row ([`class_rows`](Self::class_rows)) has the same
+    /// bits in a batch of any size, on the CPU in f32 — so that rows computed once can
+    /// stand in for the rows of any later batch. Attention runs per image and
+    /// LayerNorm per row; what could differ is the kernel gemm picks for a block's
+    /// matmuls, which depends on the row count (at least one image's `T` tokens) only in
+    /// the cases [`rows_compute_alike`] rules out. `lora_rank` adds the adapters'
+    /// down (`D → r`) and up (`r → D`) projections.
+    pub fn class_rows_are_batch_invariant(&self, lora_rank: Option<usize>) -> bool {
+        let c = &self.config;
+        let (d, t) = (c.width, c.tokens());
+        let hidden = self
+            .blocks
+            .first()
+            .map_or(4 * d, |b| b.fc1.weight.dim(0).unwrap_or(4 * d));
+        let mut products = vec![(3 * d, d), (d, d), (hidden, d), (d, hidden)];
+        if let Some(r) = lora_rank {
+            products.extend([(r, d), (d, r)]);
+        }
+        // The patch embedding: one row per patch, g² per image.
+        let patches = c.grid() * c.grid();
+        let patch_embedding = (d, 3 * c.patch_size * c.patch_size);
+        self.patch.device().is_cpu()
+            && self.patch.dtype() == DType::F32
+            && products.iter().all(|&(n, k)| rows_compute_alike(n, k, t))
+            && rows_compute_alike(patch_embedding.0, patch_embedding.1, patches)
     }
 
     fn check_lora(&self, lora: Option<&[BlockLora]>) -> Result<()> {
@@ -229,13 +282,45 @@ impl VisionEncoder {
     /// token rows `x` `[B·T, D]` of `b` images.
     fn forward_blocks(
         &self,
-        mut x: Tensor,
+        x: Tensor,
         b: usize,
         embed_tape: Option<(Tensor, LayerNormTape)>,
         lora: Option<&[BlockLora]>,
         mode: TapeMode,
     ) -> Result<(Tensor, Option<VisionTape>)> {
         let keep_tape = mode.keeps_tape();
+        let (cls, layers) = self.run_blocks(x, b, lora, mode)?;
+        let (normed, tape) = if keep_tape {
+            let (y, final_norm) = self.final_norm.forward_taped(&cls)?;
+            let weights = embed_tape.map(|(patches, pre_norm)| VisionWeightTape {
+                patches,
+                pre_norm,
+                normed: y.clone(),
+            });
+            (
+                y,
+                Some(VisionTape {
+                    batch: b,
+                    layers,
+                    final_norm,
+                    weights,
+                }),
+            )
+        } else {
+            (self.final_norm.forward(&cls)?, None)
+        };
+        Ok((matmul(&normed, &self.projection.t()?)?, tape))
+    }
+
+    /// The blocks on the stem's token rows `x` `[B·T, D]` of `b` images: the class
+    /// token's rows `[B, D]` after the last block, and the blocks' tapes.
+    fn run_blocks(
+        &self,
+        mut x: Tensor,
+        b: usize,
+        lora: Option<&[BlockLora]>,
+        mode: TapeMode,
+    ) -> Result<(Tensor, Vec<BlockTape>)> {
         let t = self.config.tokens();
         let mut layers = Vec::new();
         for (i, blk) in self.blocks.iter().enumerate() {
@@ -257,26 +342,7 @@ impl VisionEncoder {
         }
         let cls_rows: Vec<u32> = (0..b).map(|i| (i * t) as u32).collect();
         let cls = x.index_select(&Tensor::from_vec(cls_rows, b, x.device())?, 0)?;
-        let (normed, tape) = if keep_tape {
-            let (y, final_norm) = self.final_norm.forward_taped(&cls)?;
-            let weights = embed_tape.map(|(patches, pre_norm)| VisionWeightTape {
-                patches,
-                pre_norm,
-                normed: y.clone(),
-            });
-            (
-                y,
-                Some(VisionTape {
-                    batch: b,
-                    layers,
-                    final_norm,
-                    weights,
-                }),
-            )
-        } else {
-            (self.final_norm.forward(&cls)?, None)
-        };
-        Ok((normed.matmul(&self.projection.t()?)?, tape))
+        Ok((cls, layers))
     }
 
     /// VJP for K feature cotangents `[K, B, E]`: per-layer LoRA gradients.

@@ -560,14 +560,47 @@ impl<'a> Federation<'a> {
     pub(super) fn test_logits(&self, params: &ParamSet, text: &Tensor, idx: &[usize]) -> Result<Tensor> {
         let mut out = Vec::new();
         for chunk in idx.chunks(self.settings.eval_batch.max(1)) {
-            let inputs = if let Some(stems) = &self.stems.test {
-                Inputs::Stems(stems.index_select(&self.index_tensor(chunk)?, 0)?)
-            } else if self.peft.needs_pixels() {
-                Inputs::Pixels(self.pixels(SplitKind::Test, chunk, Mode::Test, &[])?)
-            } else {
-                Inputs::Features(self.test_rows(chunk)?)
-            };
+            let inputs = self.test_inputs(chunk)?;
             out.push(self.peft.logits_with_text(self.clip, params, &inputs, text)?);
+        }
+        Ok(Tensor::cat(&out, 0)?)
+    }
+
+    /// What the PEFT model reads of test images `chunk`: cached stems, pixels, or cached
+    /// features.
+    fn test_inputs(&self, chunk: &[usize]) -> Result<Inputs> {
+        Ok(if let Some(stems) = &self.stems.test {
+            Inputs::Stems(stems.index_select(&self.index_tensor(chunk)?, 0)?)
+        } else if self.peft.needs_pixels() {
+            Inputs::Pixels(self.pixels(SplitKind::Test, chunk, Mode::Test, &[])?)
+        } else {
+            Inputs::Features(self.test_rows(chunk)?)
+        })
+    }
+
+    /// The image tower's class rows `[len, D]` of test images `idx` under LoRA `params`
+    /// ([`Peft::class_rows`]), computed in the chunks [`test_logits`](Self::test_logits)
+    /// uses.
+    pub(super) fn test_class_rows(&self, params: &ParamSet, idx: &[usize]) -> Result<Tensor> {
+        let mut out = Vec::new();
+        for chunk in idx.chunks(self.settings.eval_batch.max(1)) {
+            out.push(
+                self.peft
+                    .class_rows(self.clip, params, &self.test_inputs(chunk)?)?,
+            );
+        }
+        Ok(Tensor::cat(&out, 0)?)
+    }
+
+    /// [`test_logits`](Self::test_logits) from class rows `[len, D]` of the test images
+    /// it would be asked for, in the same chunks: the same bits when the rows are
+    /// batch-invariant ([`Peft::reuses_class_rows`]).
+    pub(super) fn logits_from_class_rows(&self, rows: &Tensor, text: &Tensor) -> Result<Tensor> {
+        let (n, batch) = (rows.dim(0)?, self.settings.eval_batch.max(1));
+        let mut out = Vec::new();
+        for start in (0..n).step_by(batch) {
+            let chunk = rows.narrow(0, start, batch.min(n - start))?.contiguous()?;
+            out.push(self.peft.logits_from_class_rows(self.clip, &chunk, text)?);
         }
         Ok(Tensor::cat(&out, 0)?)
     }

@@ -7,6 +7,7 @@
 //! ([`super::algorithm::Algorithm`]); the federation it runs on is
 //! [`super::federation::Federation`].
 
+use std::cell::RefCell;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -226,6 +227,21 @@ struct Heads<'h> {
     algo: &'h dyn Algorithm,
     pm_rule: PmRule,
     text_g: Option<Tensor>,
+    /// Whether the global branch goes through [`GlobalClassRows`] ([`Peft::reuses_class_rows`](crate::peft::model::Peft::reuses_class_rows)).
+    reuse_rows: bool,
+    /// The global model's class rows of the test images it last ran on.
+    global_rows: RefCell<Option<GlobalClassRows>>,
+}
+
+/// The global model's image-tower class rows ([`Peft::reuses_class_rows`](crate::peft::model::Peft::reuses_class_rows)) of some test
+/// images: the GM pass leaves every test image's here, and the PMs' global branch
+/// (FedPuReL's l_G, PromptFolio's mix) reads them instead of running the LoRA image tower
+/// again for every client — the same bits, since the rows do not depend on the batch.
+struct GlobalClassRows {
+    /// Row of each test image in `rows` (`u32::MAX`: not held).
+    position: Vec<u32>,
+    /// `[held images, D]`.
+    rows: Tensor,
 }
 
 impl<'h> Heads<'h> {
@@ -240,15 +256,48 @@ impl<'h> Heads<'h> {
             algo,
             pm_rule: algo.pm_rule(),
             text_g,
+            reuse_rows: fed.peft.reuses_class_rows(fed.clip),
+            global_rows: RefCell::new(None),
         })
     }
 
     /// The global branch l_G (before the algorithm's GM adjustment).
     fn global(&self, idx: &[usize]) -> Result<Tensor> {
         match &self.text_g {
+            Some(text) if self.reuse_rows => {
+                let rows = self.global_class_rows(idx)?;
+                self.fed.logits_from_class_rows(&rows, text)
+            }
             Some(text) => self.fed.test_logits(&self.state.global, text, idx),
             None => self.fed.zero_shot_logits(&self.fed.test_rows(idx)?),
         }
+    }
+
+    /// The global model's class rows `[idx.len(), D]` of test images `idx`: gathered
+    /// from those held when they cover `idx`, else computed and then held.
+    fn global_class_rows(&self, idx: &[usize]) -> Result<Tensor> {
+        if let Some(held) = &*self.global_rows.borrow() {
+            let found: Option<Vec<u32>> = idx
+                .iter()
+                .map(|&i| held.position.get(i).copied().filter(|&p| p != u32::MAX))
+                .collect();
+            if let Some(pos) = found {
+                let pos = Tensor::from_vec(pos, idx.len(), held.rows.device())?;
+                return Ok(held.rows.index_select(&pos, 0)?);
+            }
+        }
+        let rows = self.fed.test_class_rows(&self.state.global, idx)?;
+        let mut position = vec![u32::MAX; self.fed.dataset.test.len()];
+        for (p, &i) in idx.iter().enumerate() {
+            if let Some(slot) = position.get_mut(i) {
+                *slot = p as u32;
+            }
+        }
+        *self.global_rows.borrow_mut() = Some(GlobalClassRows {
+            position,
+            rows: rows.clone(),
+        });
+        Ok(rows)
     }
 
     /// The GM's logits.

@@ -225,6 +225,48 @@ impl Peft {
         logits(&image, text, clip.logit_scale_exp())
     }
 
+    /// Whether [`class_rows`](Self::class_rows) applies: LoRA trains the image tower,
+    /// and its class rows have the same bits in a batch of any size
+    /// ([`crate::clip::vision::VisionEncoder::class_rows_are_batch_invariant`]), so rows
+    /// computed once for a test image stand in exactly for a later batch's.
+    pub fn reuses_class_rows(&self, clip: &Clip) -> bool {
+        match self {
+            Peft::Lora {
+                spec, vision: true, ..
+            } => clip.vision.class_rows_are_batch_invariant(Some(spec.rank)),
+            _ => false,
+        }
+    }
+
+    /// The image tower's class-token rows `[B, D]` for pixel or stem `inputs` under
+    /// LoRA `params` (no dropout, no tape): [`logits_from_class_rows`](Self::logits_from_class_rows)
+    /// on them gives [`logits_with_text`](Self::logits_with_text) bit for bit.
+    pub fn class_rows(&self, clip: &Clip, params: &ParamSet, inputs: &Inputs) -> Result<Tensor> {
+        let Peft::Lora {
+            spec, vision: true, ..
+        } = self
+        else {
+            bail!("class rows exist for LoRA on the image tower only");
+        };
+        let v = &clip.config.vision;
+        let rows = inputs.batch_size()? * v.tokens();
+        let lora = spec.block_loras(params, LORA_VISION, v.layers, rows, None)?;
+        match inputs {
+            Inputs::Stems(stems) => clip.vision.class_rows(stems, true, Some(&lora)),
+            Inputs::Pixels(px) => clip.vision.class_rows(px, false, Some(&lora)),
+            Inputs::Features(_) => {
+                bail!("LoRA on the vision tower trains the image tower: batches must carry pixels")
+            }
+        }
+    }
+
+    /// Logits `[B, C]` from class rows `[B, D]` ([`class_rows`](Self::class_rows)) and
+    /// class text features `text`.
+    pub fn logits_from_class_rows(&self, clip: &Clip, rows: &Tensor, text: &Tensor) -> Result<Tensor> {
+        let image = clip.vision.features_from_class_rows(rows)?;
+        logits(&image, text, clip.logit_scale_exp())
+    }
+
     fn image_features(
         &self,
         clip: &Clip,
@@ -401,6 +443,58 @@ mod tests {
                 }
             }
             _ => Peft::Adapter { text },
+        }
+    }
+
+    /// Class rows computed in one batch, then finished in other batches (one image, a
+    /// pair, a shuffled triple), give the plain LoRA logits' very bits, from pixels and
+    /// from stems: what lets the PM's global branch reuse the GM pass's rows.
+    #[test]
+    fn class_rows_of_one_batch_give_any_batch_its_logits() {
+        let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let peft = build(&clip, "lora");
+        assert!(peft.reuses_class_rows(&clip));
+        assert!(!build(&clip, "adapter").reuses_class_rows(&clip));
+        let params = peft
+            .init(&clip, 5)
+            .unwrap()
+            .map(|n, t| {
+                Ok(if n.ends_with(".b") {
+                    rand_tensor(t.dims(), 9, 0.05)
+                } else {
+                    t.clone()
+                })
+            })
+            .unwrap();
+        let text = match &peft {
+            Peft::Lora { text, .. } => text.clone(),
+            _ => unreachable!(),
+        };
+        let pixels = rand_tensor(&[5, 3, 224, 224], 4, 1.5);
+        let stems = clip.vision.stem(&pixels).unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        };
+        for all in [Inputs::Pixels(pixels.clone()), Inputs::Stems(stems.clone())] {
+            let rows = peft.class_rows(&clip, &params, &all).unwrap();
+            for pick in [vec![3u32], vec![1, 2], vec![4, 0, 2]] {
+                let ix = Tensor::new(pick.as_slice(), &candle_core::Device::Cpu).unwrap();
+                let part = match &all {
+                    Inputs::Pixels(p) => Inputs::Pixels(p.index_select(&ix, 0).unwrap()),
+                    _ => Inputs::Stems(stems.index_select(&ix, 0).unwrap()),
+                };
+                let plain = peft.logits_with_text(&clip, &params, &part, &text).unwrap();
+                let reused = peft
+                    .logits_from_class_rows(&clip, &rows.index_select(&ix, 0).unwrap(), &text)
+                    .unwrap();
+                assert_eq!(bits(&plain), bits(&reused), "{pick:?}");
+            }
         }
     }
 

@@ -19,7 +19,13 @@ pub fn parse_device(name: &str) -> Result<Device> {
             if !candle_core::utils::cuda_is_available() {
                 bail!("device `{other}`: this build has no CUDA support (rebuild with `--features cuda`)");
             }
-            Ok(Device::new_cuda(ordinal)?)
+            Device::new_cuda(ordinal).map_err(|e| {
+                anyhow::anyhow!(
+                    "device `{other}`: could not open CUDA device {ordinal} ({e}); check that an \
+                     NVIDIA GPU with that index is present (`nvidia-smi`) and that its driver \
+                     supports CUDA 13.0 (R580 or newer, the toolkit tools/build-cuda.sh builds with)"
+                )
+            })
         }
     }
 }
@@ -32,5 +38,31 @@ pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
         "f16" => Ok(DType::F16),
         "bf16" => Ok(DType::BF16),
         other => bail!("precision `{other}`: expected f32, f16 or bf16"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_are_checked_and_errors_say_what_to_do() {
+        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+        for bad in ["gpu", "cuda:x", "cuda:", "CPU"] {
+            let e = parse_device(bad).unwrap_err().to_string();
+            assert!(e.contains("expected `cpu`, `cuda` or `cuda:N`"), "{bad}: {e}");
+        }
+        match parse_device("cuda:1").map(|_| ()) {
+            // A cuda build without that GPU: the driver's error, and what to check.
+            Err(e) if candle_core::utils::cuda_is_available() => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("could not open CUDA device 1") && e.contains("nvidia-smi"),
+                    "{e}"
+                );
+            }
+            Err(e) => assert!(e.to_string().contains("--features cuda"), "{e}"),
+            Ok(()) => assert!(candle_core::utils::cuda_is_available()),
+        }
     }
 }

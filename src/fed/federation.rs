@@ -26,6 +26,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::local::{AlignLoss, StepStats};
+use super::private_logits::PrivateLogits;
 use super::record::{Accum, ClientScore, Evaluation};
 use super::sgd::SgdConfig;
 use super::stems::{StemBank, StemSources};
@@ -247,6 +248,8 @@ pub struct Federation<'a> {
     pub(super) private_init: ParamSet,
     pub(super) schedule: Box<dyn Schedule + 'a>,
     phase_splits: Option<PhaseSplits>,
+    /// Each client's last private-branch test logits (LoRA on the image tower).
+    pub(super) private_logits: PrivateLogits,
 }
 
 impl<'a> Federation<'a> {
@@ -294,6 +297,7 @@ impl<'a> Federation<'a> {
             clients: partition.clients.len(),
             batch_size: settings.batch_size,
         });
+        let clients = partition.clients.len();
         let mut fed = Federation {
             clip,
             peft,
@@ -312,6 +316,7 @@ impl<'a> Federation<'a> {
             schedule,
             stems: StemBank::default(),
             phase_splits: None,
+            private_logits: PrivateLogits::new(clients),
         };
         if fed.peft.needs_pixels() {
             let sources = StemSources {

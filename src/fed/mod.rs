@@ -8,6 +8,7 @@ pub mod algorithms;
 pub mod client;
 pub mod federation;
 pub mod local;
+mod private_logits;
 pub mod record;
 pub mod registry;
 pub mod replay;

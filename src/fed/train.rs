@@ -161,7 +161,7 @@ impl Federation<'_> {
             .iter()
             .map(|p| self.peft.text_features(self.clip, p))
             .collect::<Result<_>>()?;
-        let pm = |k: usize, idx: &[usize]| heads.pm(&privates[k], &texts[k], idx);
+        let pm = |k: usize, idx: &[usize]| heads.pm(k, &privates[k], &texts[k], idx);
         self.evaluate_with(&all, &gm, &pm)
     }
 
@@ -208,7 +208,7 @@ impl Federation<'_> {
         } else {
             let private = heads.private(k);
             let text = self.peft.text_features(self.clip, &private)?;
-            self.client_score(idx, &heads.pm(&private, &text, idx)?)?
+            self.client_score(idx, &heads.pm(k, &private, &text, idx)?)?
         };
         Ok(ClientEvaluation {
             test_samples: idx.len(),
@@ -312,9 +312,16 @@ impl<'h> Heads<'h> {
             .clone()
     }
 
-    /// A PM's logits with private parameters `private` (text features `text`).
-    fn pm(&self, private: &ParamSet, text: &Tensor, idx: &[usize]) -> Result<Tensor> {
-        let l_p = self.fed.test_logits(private, text, idx)?;
+    /// Client `k`'s PM logits with private parameters `private` (text features `text`).
+    /// With LoRA on the image tower, l_P comes from the federation's kept logits when
+    /// the client's parameters have not changed since they were computed.
+    fn pm(&self, k: usize, private: &ParamSet, text: &Tensor, idx: &[usize]) -> Result<Tensor> {
+        let compute = || self.fed.test_logits(private, text, idx);
+        let l_p = if self.fed.peft.needs_pixels() {
+            self.fed.private_logits.get_or_compute(k, private, idx, compute)?
+        } else {
+            compute()?
+        };
         self.pm_rule.combine(|| self.global(idx), l_p)
     }
 }

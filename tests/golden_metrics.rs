@@ -30,6 +30,8 @@ use std::process::Command;
 
 use fedpurel::fed::record::without_timings;
 
+mod common;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -323,4 +325,31 @@ fn the_stem_cache_changes_no_number() {
         assert_eq!(cached.len(), 3);
         assert_eq!(cached, live, "{algorithm}: the stem cache changed a number");
     }
+}
+
+/// The GPU check's round agreement (`tests/common/round_agreement.rs`, used by
+/// `tests/gpu_agreement.rs` for the GPU against the CPU), checked here on the CPU: a rerun
+/// agrees, and a changed loss or an accuracy off by more than one test image is named.
+#[test]
+fn round_agreement_accepts_a_rerun_and_names_what_moved() {
+    use common::round_agreement::{disagreements, one_round, ACCURACY_TOL_PP};
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_fedpurel"));
+    let a = one_round(bin, &tmp.path().join("a"), "lora", "cpu");
+    let b = one_round(bin, &tmp.path().join("b"), "lora", "cpu");
+    assert_eq!(disagreements(&a, &b), Vec::<String>::new());
+    let mut moved = b.clone();
+    let loss = moved["stage1"]["loss"].as_f64().unwrap();
+    moved["stage1"]["loss"] = serde_json::json!(loss * 1.01 + 0.01);
+    let all = moved["gm"]["accuracy"]["all"].as_f64().unwrap();
+    moved["gm"]["accuracy"]["all"] = serde_json::json!(all + ACCURACY_TOL_PP / 2.0);
+    let few = moved["pm"]["accuracy"]["all"].as_f64().unwrap();
+    moved["pm"]["accuracy"]["all"] = serde_json::json!(few + 2.0 * ACCURACY_TOL_PP);
+    let d = disagreements(&a, &moved);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(
+        d[0].starts_with(".stage1.loss:") || d[1].starts_with(".stage1.loss:"),
+        "{d:?}"
+    );
+    assert!(d.iter().any(|x| x.starts_with(".pm.accuracy.all:")), "{d:?}");
 }

@@ -1,7 +1,10 @@
 //! CPU vs CUDA agreement of the tiny fixture CLIP (tests/fixtures/tiny-clip/hf): image and
 //! text features of the reference inputs (tests/fixtures/zeroshot_expected.safetensors)
 //! computed on the GPU must match the CPU within 1e-4 in f32, and half precision on the
-//! GPU must stay close to f32 on the CPU.
+//! GPU must stay close to f32 on the CPU; and one FedPuReL round per PEFT kind on the GPU
+//! must agree with the same round on the CPU (`tests/common/round_agreement.rs`: losses,
+//! TKL, KL and gradient statistics within 1e-3 relative, accuracies within one test image
+//! of a class).
 //!
 //! Only built with `--features cuda`; run with `cargo test --release --features cuda
 //! --test gpu_agreement` (tools/gpu-check.sh does). Without a usable GPU every test prints
@@ -14,6 +17,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+
+mod common;
 use fedpurel::clip::model::l2_normalize;
 use fedpurel::clip::{Clip, LoadOptions};
 
@@ -154,4 +159,33 @@ fn gpu_agreement_half_precision_stays_close_to_cpu_f32() {
             "{dtype:?}: image {ri:e}, text {rt:e} (tolerance {tol:e})"
         );
     }
+}
+
+/// One FedPuReL round (round 0: every client trains both stages, then GM and PM
+/// evaluation) per PEFT kind, by the `fedpurel` executable on the GPU and on the CPU.
+/// The executable: `FEDPUREL_BIN` (tools/gpu-check.sh sets it), else the one cargo built.
+#[test]
+fn gpu_agreement_one_fedpurel_round_per_peft_kind() {
+    use common::round_agreement::{disagreements, one_round};
+    if cuda_or_skip("gpu_agreement_one_fedpurel_round_per_peft_kind").is_none() {
+        return;
+    }
+    let bin = std::env::var_os("FEDPUREL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fedpurel")));
+    let tmp = std::env::temp_dir().join(format!("fedpurel-gpu-agreement-{}", std::process::id()));
+    let mut failed = Vec::new();
+    for peft in ["prompt", "lora", "adapter"] {
+        let cpu = one_round(&bin, &tmp.join(format!("{peft}-cpu")), peft, "cpu");
+        let gpu = one_round(&bin, &tmp.join(format!("{peft}-cuda")), peft, "cuda");
+        let d = disagreements(&cpu, &gpu);
+        println!(
+            "{peft}: CPU vs CUDA round 0: stage-1 loss {} vs {}, GM TKL {} vs {}, GM All {} vs {}; {} fields beyond tolerance",
+            cpu["stage1"]["loss"], gpu["stage1"]["loss"], cpu["gm"]["tkl"], gpu["gm"]["tkl"],
+            cpu["gm"]["accuracy"]["all"], gpu["gm"]["accuracy"]["all"], d.len()
+        );
+        failed.extend(d.into_iter().map(|x| format!("{peft} {x}")));
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(failed.is_empty(), "CPU vs CUDA: {failed:#?}");
 }

@@ -11,7 +11,8 @@
 #   1. nvidia-smi (GPU, driver, the CUDA version the driver supports)
 #   2. build: a system CUDA toolkit if one is there and cudarc knows its version (<= 13.4),
 #      else tools/build-cuda.sh (CUDA 13.0 from PyPI wheels; needs driver R580+)
-#   3. CPU-vs-GPU agreement tests (tests/gpu_agreement.rs)
+#   3. CPU-vs-GPU agreement tests (tests/gpu_agreement.rs: encoders, one FedPuReL round per
+#      PEFT kind through the fedpurel executable, FEDPUREL_BIN)
 #   4. `fedpurel bench round --model random:vit-b16 --device cuda --max-steps 2`
 # A step that fails is reported and the later ones still run where they can; the exit
 # status is non-zero if any step failed. Summary: target/gpu-check/summary.txt.
@@ -90,7 +91,7 @@ T_TESTS="${GPU_CHECK_T_TESTS:-60}"       # the agreement test on top of the rele
 if [[ "$MODE" == package ]]; then        # a 2-core build machine: ~45 min clean (nvcc ~20)
   T_BUILD="${GPU_CHECK_T_BUILD:-5400}"; T_TESTS="${GPU_CHECK_T_TESTS:-1800}"
 fi
-T_AGREE="${GPU_CHECK_T_AGREE:-45}"
+T_AGREE="${GPU_CHECK_T_AGREE:-75}"   # encoders, then one FedPuReL round per PEFT kind on both devices
 T_BENCH="${GPU_CHECK_T_BENCH:-75}"
 FEDPUREL=""
 AGREEMENT=""
@@ -142,6 +143,7 @@ fi
 # --nocapture: the measured differences (and any SKIP) are printed.
 export CARGO_MANIFEST_DIR="$ROOT"
 if [[ -x "${AGREEMENT:-}" ]]; then
+  export FEDPUREL_BIN="$FEDPUREL"   # the executable the round-agreement test runs on both devices
   step gpu-agreement "$T_AGREE" "$AGREEMENT" gpu_agreement --nocapture --test-threads=1
 else
   echo "gpu-agreement: no test executable" | tee -a "$SUMMARY"; FAILED=1

@@ -401,10 +401,16 @@ mod tests {
         let dy = rand_tensor(&[2, 5, 3], 12, 1.0);
         let dx = lin.backward_input(&dy).unwrap();
         let xv = Var::from_tensor(&x).unwrap();
-        let loss = (lin.forward(xv.as_tensor()).unwrap() * dy.get(1).unwrap())
+        // The forward through candle's own ops, whose autodiff is the reference
+        // (`Linear::forward`'s matmul has no autodiff).
+        let y = xv
+            .as_tensor()
+            .matmul(&lin.weight.t().unwrap())
             .unwrap()
-            .sum_all()
+            .broadcast_add(lin.bias.as_ref().unwrap())
             .unwrap();
+        assert_eq!(max_abs_diff(&y, &lin.forward(&x).unwrap()), 0.0);
+        let loss = (y * dy.get(1).unwrap()).unwrap().sum_all().unwrap();
         let g = loss.backward().unwrap();
         assert!(max_abs_diff(g.get(xv.as_tensor()).unwrap(), &dx.get(1).unwrap()) < 1e-5);
     }

@@ -122,17 +122,7 @@ impl CustomOp2 for UninitMatMul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clip::ops::testutil::rand_tensor;
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect()
-    }
+    use crate::clip::ops::testutil::{bits, rand_tensor};
 
     /// Every kernel gemm picks (gemv for m or n = 1, the horizontal kernel for m·n ≤ 256,
     /// several k-blocks for k > 512, the threaded main path) and every operand layout

@@ -296,6 +296,17 @@ pub(crate) mod testutil {
         (dot(&plus, w) - dot(&minus, w)) / (2.0 * eps)
     }
 
+    /// The f32 bit patterns of a tensor's values, for bit-for-bit comparisons.
+    pub fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    }
+
     /// Max |a − b|.
     pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())

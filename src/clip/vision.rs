@@ -451,7 +451,7 @@ mod tests {
     use crate::clip::block::Lora;
     use crate::clip::model::tests::fixture_dir;
     use crate::clip::model::{Clip, LoadOptions};
-    use crate::clip::ops::testutil::{dot, fd_directional, max_abs_diff, rand_tensor};
+    use crate::clip::ops::testutil::{bits, dot, fd_directional, max_abs_diff, rand_tensor};
 
     #[test]
     fn lora_gradients_through_the_image_tower_match_finite_differences() {
@@ -557,15 +557,6 @@ mod tests {
                 TapeMode::Inputs,
             )
             .unwrap();
-        let bits = |t: &Tensor| -> Vec<u32> {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect()
-        };
         assert_eq!(bits(&live), bits(&cached));
         let d_feat = rand_tensor(&[2, 2, 96], 12, 1.0);
         let g_live = v.backward(live_tape.as_ref().unwrap(), &d_feat, &lora).unwrap();

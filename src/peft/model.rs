@@ -397,7 +397,7 @@ impl Peft {
 mod tests {
     use super::*;
     use crate::clip::model::tests::fixture_dir;
-    use crate::clip::ops::testutil::{dot, rand_tensor};
+    use crate::clip::ops::testutil::{bits, dot, rand_tensor};
     use crate::clip::tokenizer::ClipTokenizer;
     use crate::clip::zeroshot::ZeroShotHead;
     use crate::clip::LoadOptions;
@@ -472,15 +472,6 @@ mod tests {
         };
         let pixels = rand_tensor(&[5, 3, 224, 224], 4, 1.5);
         let stems = clip.vision.stem(&pixels).unwrap();
-        let bits = |t: &Tensor| -> Vec<u32> {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect()
-        };
         for all in [Inputs::Pixels(pixels.clone()), Inputs::Stems(stems.clone())] {
             let rows = peft.class_rows(&clip, &params, &all).unwrap();
             for pick in [vec![3u32], vec![1, 2], vec![4, 0, 2]] {

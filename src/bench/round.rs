@@ -15,7 +15,9 @@ use crate::fed::record::RoundRecord;
 pub fn round_rows(prefix: &str, r: &RoundRecord, scale: f64) -> Vec<BenchResult> {
     let note = |n: usize| {
         if scale != 1.0 {
-            format!("{n} clients; extrapolated ×{scale:.1} from capped local steps")
+            format!(
+                "{n} clients timed; extrapolated ×{scale:.1} by steps to the whole sample and full epochs"
+            )
         } else {
             format!("{n} clients")
         }

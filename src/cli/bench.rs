@@ -56,6 +56,15 @@ pub struct RoundWorkload {
     /// extrapolated to full epochs and marked so.
     #[arg(long, default_value_t = 0)]
     pub max_steps: usize,
+    /// Cap on the clients trained per round (0: every sampled client): the first N of the
+    /// round's sample train; stage times are then extrapolated by steps to the whole sample.
+    #[arg(long, default_value_t = 0)]
+    pub clients: usize,
+    /// Write the raw measurements (setup seconds, every round's record, per-client train
+    /// and test sizes, peak memory) as one JSON object here, for extrapolations such as
+    /// `tools/reference/bench-vit-b16.sh`.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
     /// Synthetic test images per class (the global test set's size).
     #[arg(long, default_value_t = 100)]
     pub test_per_class: usize,
@@ -250,18 +259,21 @@ pub fn round_workload(w: &RoundWorkload, device: &str) -> Result<Vec<BenchResult
             clients: loaded.partition.clients.len(),
             batch_size: loaded.cfg.train.batch_size,
         };
-        if w.max_steps > 0 {
+        let capped = w.max_steps > 0 || w.clients > 0;
+        if capped {
             fed.set_schedule(Box::new(CappedSchedule {
                 inner: full.clone(),
                 max_steps: w.max_steps,
+                max_clients: w.clients,
             }));
         }
         let mut state = fed.initial_state()?;
         let mut totals = Vec::new();
+        let mut records = Vec::new();
         for t in 0..w.rounds {
             mem::reset_peak();
             let rec = fed.run_round(&mut state, algo.as_ref(), &|_| {})?;
-            let scale = if w.max_steps > 0 {
+            let scale = if capped {
                 let clients = full.clients(t)?;
                 let all: usize = clients
                     .iter()
@@ -277,6 +289,22 @@ pub fn round_workload(w: &RoundWorkload, device: &str) -> Result<Vec<BenchResult
             let r = round_rows(&prefix, &rec, scale);
             totals.push(r.last().map_or(0.0, |x| x.seconds));
             rows.extend(r);
+            records.push(serde_json::json!({"record": rec, "peak_mib": mem::peak_mib()}));
+        }
+        if let Some(path) = &w.record {
+            let raw = serde_json::json!({
+                "peft": peft,
+                "model": w.model,
+                "setup_s": setup,
+                "batch_size": loaded.cfg.train.batch_size,
+                "max_steps": w.max_steps,
+                "max_clients": w.clients,
+                "client_train_sizes": loaded.partition.clients.iter().map(|c| c.train.len()).collect::<Vec<_>>(),
+                "client_test_sizes": loaded.partition.clients.iter().map(|c| c.test.len()).collect::<Vec<_>>(),
+                "global_test_size": n_test,
+                "rounds": records,
+            });
+            crate::report::atomic::write(path, serde_json::to_string_pretty(&raw)?.as_bytes())?;
         }
         let ours = project(setup, &totals, 100);
         rows.push(timed(
@@ -310,20 +338,28 @@ pub fn round_workload(w: &RoundWorkload, device: &str) -> Result<Vec<BenchResult
     result
 }
 
-/// A schedule that keeps at most `max_steps` batches of each client's epoch.
+/// A schedule that trains only the first `max_clients` of each round's sample and keeps
+/// at most `max_steps` batches of each client's epoch (0: no cap).
 struct CappedSchedule {
     inner: KeyedSchedule,
     max_steps: usize,
+    max_clients: usize,
 }
 
 impl Schedule for CappedSchedule {
     fn clients(&self, round: usize) -> Result<Vec<usize>> {
-        self.inner.clients(round)
+        let mut c = self.inner.clients(round)?;
+        if self.max_clients > 0 {
+            c.truncate(self.max_clients);
+        }
+        Ok(c)
     }
 
     fn batches(&self, round: usize, client: usize, stage: u8, indices: &[usize]) -> Result<Vec<Vec<usize>>> {
         let mut b = self.inner.batches(round, client, stage, indices)?;
-        b.truncate(self.max_steps);
+        if self.max_steps > 0 {
+            b.truncate(self.max_steps);
+        }
         Ok(b)
     }
 }
@@ -414,6 +450,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     root: root.clone(),
                     rounds: 2,
                     max_steps: 0,
+                    clients: 0,
+                    record: None,
                     test_per_class: 100,
                     reference: reference.clone().filter(|_| peft == PeftKind::Prompt),
                     stem_cache_mib: crate::fed::federation::DEFAULT_STEM_CACHE_MIB,
@@ -429,6 +467,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         root: root.clone(),
                         rounds: 2,
                         max_steps,
+                        clients: 0,
+                        record: None,
                         test_per_class: 100,
                         reference: None,
                         stem_cache_mib: crate::fed::federation::DEFAULT_STEM_CACHE_MIB,
@@ -510,4 +550,54 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     print(&results, args.json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyed() -> KeyedSchedule {
+        KeyedSchedule {
+            seed: 1,
+            frac: 0.4,
+            clients: 20,
+            batch_size: 4,
+        }
+    }
+
+    #[test]
+    fn capped_schedule_keeps_the_first_clients_and_steps_of_the_full_schedule() {
+        let full = keyed();
+        let capped = CappedSchedule {
+            inner: keyed(),
+            max_steps: 2,
+            max_clients: 3,
+        };
+        let indices: Vec<usize> = (0..37).collect();
+        for round in [0, 1, 5] {
+            let all = full.clients(round).unwrap();
+            assert_eq!(capped.clients(round).unwrap(), all[..3].to_vec());
+            let b = full.batches(round, all[0], 1, &indices).unwrap();
+            assert_eq!(
+                capped.batches(round, all[0], 1, &indices).unwrap(),
+                b[..2].to_vec()
+            );
+        }
+    }
+
+    #[test]
+    fn a_zero_cap_keeps_everything() {
+        let full = keyed();
+        let uncapped = CappedSchedule {
+            inner: keyed(),
+            max_steps: 0,
+            max_clients: 0,
+        };
+        let indices: Vec<usize> = (0..37).collect();
+        assert_eq!(uncapped.clients(1).unwrap(), full.clients(1).unwrap());
+        assert_eq!(
+            uncapped.batches(1, 4, 2, &indices).unwrap(),
+            full.batches(1, 4, 2, &indices).unwrap()
+        );
+    }
 }

@@ -12,6 +12,9 @@
 #   TRAIN_PER_CLASS / TEST_PER_CLASS: size of the synthetic data made when missing.
 #   CLIP_DIR is made with make_tiny_clip.py --no-tokenizer when missing (only
 #                tiny_clip_openai.pt is read by the reference).
+#   MAIN_SCRIPT  the python entry point (default: the harness' ref_timed_main.py); e.g.
+#                tools/reference/ref_capped_main.py, which caps steps, test batches and
+#                clients for paper-scale timings (bench-vit-b16.sh).
 # The knobs are those of run_reference.sh, but the defaults are the small setting of our
 # fixtures (WORK=/tmp/fh-small, 5 clients, IF 10, 2 rounds, REF_REV=20ce20a, DUMP=1); see
 # tools/reference/README.md for the exact commands that recorded tests/fixtures/reference-run-*.
@@ -42,6 +45,8 @@ PREC=${PREC:-fp32}
 NUM_WORKERS=${NUM_WORKERS:-0}
 THREADS=${THREADS:-2}
 DUMP=${DUMP:-1}
+MAIN_SCRIPT=${MAIN_SCRIPT:-$HARNESS_DIR/ref_timed_main.py}
+MAIN_SCRIPT=$(cd "$(dirname "$MAIN_SCRIPT")" && pwd)/$(basename "$MAIN_SCRIPT")   # the run cd's away
 EXTRA_OPTS=${EXTRA_OPTS:-}
 FIXTURES=${FIXTURES:-}
 if [ -n "$FIXTURES" ]; then mkdir -p "$FIXTURES" && FIXTURES=$(cd "$FIXTURES" && pwd); fi   # the run cd's away
@@ -83,7 +88,7 @@ ARGS=(
 )
 # shellcheck disable=SC2206
 [ -n "$EXTRA_OPTS" ] && ARGS+=($EXTRA_OPTS)
-printf '%q ' "$PY" "$HARNESS_DIR/ref_timed_main.py" "${ARGS[@]}" > "$OUT/cmd.txt"; echo >> "$OUT/cmd.txt"
+printf '%q ' "$PY" "$MAIN_SCRIPT" "${ARGS[@]}" > "$OUT/cmd.txt"; echo >> "$OUT/cmd.txt"
 
 cd "$TREE"
 export FEDPUREL_CLIP_PATH="$CLIP_DIR/tiny_clip_openai.pt"
@@ -95,7 +100,7 @@ export CUDA_VISIBLE_DEVICES=""
 export PYTHONWARNINGS="ignore::FutureWarning"
 echo "[run] $RUN_NAME -> $OUT (log: $OUT/log.txt)"
 set +e
-/usr/bin/time -v -o "$OUT/time.txt" "$PY" "$HARNESS_DIR/ref_timed_main.py" "${ARGS[@]}" > "$OUT/log.txt" 2>&1
+/usr/bin/time -v -o "$OUT/time.txt" "$PY" "$MAIN_SCRIPT" "${ARGS[@]}" > "$OUT/log.txt" 2>&1
 rc=$?
 set -e
 echo "[run] exit $rc; $(grep -E 'Elapsed|Maximum resident' "$OUT/time.txt" | sed 's/^\s*//' | paste -sd';')"

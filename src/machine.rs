@@ -9,7 +9,7 @@
 use gemm_common::cache::CACHE_INFO;
 
 /// A one-line description of what the CPU kernels' rounding depends on: architecture,
-/// FMA/AVX2 availability, the L1/L2/L3 geometry `gemm` blocks for, and the thread count.
+/// FMA/AVX2/AVX-512 availability (gemm's microkernel), the L1/L2/L3 geometry `gemm` blocks for, and the thread count.
 pub fn kernel_signature() -> String {
     let caches: Vec<String> = CACHE_INFO
         .iter()
@@ -45,9 +45,10 @@ pub fn kernel_signature_id() -> String {
 #[cfg(target_arch = "x86_64")]
 fn isa() -> String {
     format!(
-        "fma={} avx2={}",
+        "fma={} avx2={} avx512f={}",
         std::arch::is_x86_feature_detected!("fma"),
-        std::arch::is_x86_feature_detected!("avx2")
+        std::arch::is_x86_feature_detected!("avx2"),
+        std::arch::is_x86_feature_detected!("avx512f")
     )
 }
 

@@ -249,7 +249,7 @@ impl ClipConfig {
                 "text width, layers and heads must be positive",
             ),
             (
-                t.heads > 0 && t.width % t.heads == 0,
+                t.heads > 0 && t.width.is_multiple_of(t.heads),
                 "text width must be a multiple of text heads",
             ),
             (
@@ -257,11 +257,11 @@ impl ClipConfig {
                 "vision width, layers and heads must be positive",
             ),
             (
-                v.heads > 0 && v.width % v.heads == 0,
+                v.heads > 0 && v.width.is_multiple_of(v.heads),
                 "vision width must be a multiple of vision heads",
             ),
             (
-                v.patch_size > 0 && v.image_size >= v.patch_size && v.image_size % v.patch_size == 0,
+                v.patch_size > 0 && v.image_size >= v.patch_size && v.image_size.is_multiple_of(v.patch_size),
                 "image size must be a positive multiple of the patch size",
             ),
             (t.context_length >= 2, "context length must be at least 2"),

@@ -277,7 +277,7 @@ impl CustomOp3 for LayerNormBackward {
 /// VJP of LayerNorm(γ, β, eps) at input `x: [M, D]` for cotangents `dy: [K, M, D]`.
 pub fn layer_norm_backward(x: &Tensor, gamma: &Tensor, eps: f64, dy: &Tensor) -> Result<Tensor> {
     let d = gamma.elem_count();
-    if fused_ok(&[x, gamma, dy]) && d > 0 && dy.elem_count() % x.elem_count().max(1) == 0 {
+    if fused_ok(&[x, gamma, dy]) && d > 0 && dy.elem_count().is_multiple_of(x.elem_count().max(1)) {
         return Ok(x.apply_op3_no_bwd(gamma, dy, &LayerNormBackward { eps: eps as f32 })?);
     }
     let mean = x.mean_keepdim(D::Minus1)?;
@@ -342,7 +342,7 @@ impl CustomOp2 for LayerNormParamGrads {
 /// summed over the K cotangents and the M rows: `(dγ [D], dβ [D])`.
 pub fn layer_norm_param_grads(x: &Tensor, eps: f64, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     let d = x.dim(D::Minus1)?;
-    if fused_ok(&[x, dy]) && d > 0 && dy.elem_count() % x.elem_count().max(1) == 0 {
+    if fused_ok(&[x, dy]) && d > 0 && dy.elem_count().is_multiple_of(x.elem_count().max(1)) {
         let both = x.apply_op2_no_bwd(dy, &LayerNormParamGrads { eps: eps as f32 })?;
         return Ok((both.get(0)?, both.get(1)?));
     }
@@ -414,7 +414,7 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
 /// VJP of [`quick_gelu`] at pre-activation `h: [M, F]` for `dy: [K, M, F]`:
 /// d/dh = s + 1.702 · h · s · (1 − s) with s = σ(1.702 h).
 pub fn quick_gelu_backward(h: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    if fused_ok(&[h, dy]) && dy.elem_count() % h.elem_count().max(1) == 0 {
+    if fused_ok(&[h, dy]) && dy.elem_count().is_multiple_of(h.elem_count().max(1)) {
         return Ok(h.apply_op2_no_bwd(dy, &QuickGeluBackward)?);
     }
     let a = GELU_ALPHA as f64;

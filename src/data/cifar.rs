@@ -206,7 +206,7 @@ pub fn parse_binary_split(bytes: &[u8], file: &str, n_fine: usize, n_coarse: usi
     if bytes.is_empty() {
         bail!("{file}: empty file");
     }
-    if bytes.len() % RECORD != 0 {
+    if !bytes.len().is_multiple_of(RECORD) {
         bail!(
             "{file}: {} bytes is not a whole number of {RECORD}-byte records \
              (truncated? the last record has {} bytes)",

@@ -62,7 +62,7 @@ impl Architecture {
                 );
             }
         }
-        if a.patch_size == 0 || IMAGE_SIZE as usize % a.patch_size != 0 {
+        if a.patch_size == 0 || !(IMAGE_SIZE as usize).is_multiple_of(a.patch_size) {
             bail!(
                 "--patch-size {} must divide the world's image size {IMAGE_SIZE}",
                 a.patch_size

@@ -5,18 +5,14 @@
 //! accuracies). It runs the installed binary, so it holds whatever the code inside looks
 //! like.
 //!
-//! The bits are those of the machine kind that recorded them: the matmul engine blocks
-//! its inner products by the CPU's cache geometry, so another geometry rounds
-//! differently (`fedpurel::machine`). Recordings are therefore kept per machine kind, one
-//! folder each: `kernels-<id>/` for a machine whose
-//! [`fedpurel::machine::kernel_signature`] is in its `KERNELS` file, and
-//! `unnamed-machine/`, recorded before signatures were written down (the CI machine kind
-//! of the stops before it). The check:
+//! The bits are those of the machine kind that recorded them: the matmul engine picks
+//! its microkernel by instruction set and blocks its inner products by the CPU's cache
+//! geometry, so another kind rounds differently (`fedpurel::machine`). Recordings are therefore kept per machine kind, one
+//! folder each, `kernels-<id>/` for a machine whose
+//! [`fedpurel::machine::kernel_signature`] is in its `KERNELS` file. The check:
 //! 1. a folder named for this machine's signature: its bits, exactly;
-//! 2. else `unnamed-machine/`, exactly (this may be that machine; a machine of a third
-//!    kind fails here and says how to record its own folder);
-//! 3. with neither: what rounding cannot change (records, fields, clients, step
-//!    counts), saying so on stderr.
+//! 2. else what rounding cannot change (records, fields, clients, step counts) against
+//!    any recording, saying so on stderr.
 //!
 //! Record this machine kind's folder with
 //! `FEDPUREL_BLESS_GOLDEN=1 cargo test --release --test golden_metrics`. After a
@@ -171,11 +167,8 @@ enum Check {
 
 fn check_for_this_machine(golden: &Path) -> Check {
     let own = golden.join(fedpurel::machine::kernel_signature_id());
-    let unnamed = golden.join("unnamed-machine");
     if own.is_dir() {
         Check::Exact(own)
-    } else if unnamed.is_dir() {
-        Check::Exact(unnamed)
     } else {
         let any = std::fs::read_dir(golden)
             .ok()

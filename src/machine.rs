@@ -9,7 +9,8 @@
 use gemm_common::cache::CACHE_INFO;
 
 /// A one-line description of what the CPU kernels' rounding depends on: architecture,
-/// FMA/AVX2/AVX-512 availability (gemm's microkernel), the L1/L2/L3 geometry `gemm` blocks for, and the thread count.
+/// FMA/AVX2/AVX-512 availability (gemm's microkernel), the L1/L2/L3 geometry `gemm`
+/// blocks for, and the thread count.
 pub fn kernel_signature() -> String {
     let caches: Vec<String> = CACHE_INFO
         .iter()

@@ -565,14 +565,18 @@ mod tests {
         }
     }
 
+    fn capped(max_steps: usize, max_clients: usize) -> CappedSchedule {
+        CappedSchedule {
+            inner: keyed(),
+            max_steps,
+            max_clients,
+        }
+    }
+
     #[test]
     fn capped_schedule_keeps_the_first_clients_and_steps_of_the_full_schedule() {
         let full = keyed();
-        let capped = CappedSchedule {
-            inner: keyed(),
-            max_steps: 2,
-            max_clients: 3,
-        };
+        let capped = capped(2, 3);
         let indices: Vec<usize> = (0..37).collect();
         for round in [0, 1, 5] {
             let all = full.clients(round).unwrap();
@@ -588,11 +592,7 @@ mod tests {
     #[test]
     fn a_zero_cap_keeps_everything() {
         let full = keyed();
-        let uncapped = CappedSchedule {
-            inner: keyed(),
-            max_steps: 0,
-            max_clients: 0,
-        };
+        let uncapped = capped(0, 0);
         let indices: Vec<usize> = (0..37).collect();
         assert_eq!(uncapped.clients(1).unwrap(), full.clients(1).unwrap());
         assert_eq!(

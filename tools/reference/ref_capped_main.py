@@ -16,7 +16,8 @@ Each DataLoader pass is recorded with its phase (stage1, stage2, pm, gm), its fu
 (batches, images) and the wall time of every step it delivered: a step is the time from one
 `next()` call to the next, so it holds loading the batch and everything the training or
 test loop does with it, and excludes the per-client work before and after the loop
-(loading state dicts, building optimizers), which the phase wall time minus the steps gives.
+(loading state dicts, building optimizers): the harness' phase wall times minus the
+steps give that.
 
 Run from the root of the exported, CPU-patched reference tree with federated_main's
 arguments (bench-vit-b16.sh does this through record.sh's MAIN_SCRIPT).
@@ -40,7 +41,7 @@ CAP_TEST_BATCHES = int(os.environ.get("CAP_TEST_BATCHES", "1"))
 CAP_PM_CLIENTS = int(os.environ.get("CAP_PM_CLIENTS", "1"))
 RECORD = os.environ["CAP_RECORD"]
 
-state = {"phase": "setup", "passes": [], "phase_wall": {}, "sizes": None}
+state = {"phase": "setup", "passes": [], "sizes": None}
 
 _orig_iter = _dl.DataLoader.__iter__
 _orig_next = _dl._BaseDataLoaderIter.__next__
@@ -88,11 +89,7 @@ import federated_main as fm  # noqa: E402  (ref_timed_main imports the same modu
 def _phase(name, f):
     def wrapped(*a, **k):
         state["phase"] = name
-        t = time.perf_counter()
-        try:
-            return f(*a, **k)
-        finally:
-            state["phase_wall"][name] = state["phase_wall"].get(name, 0.0) + time.perf_counter() - t
+        return f(*a, **k)
     return wrapped
 
 
@@ -120,10 +117,8 @@ def _capped_epoch(peft_config, epoch, args, cfg):
     capped = argparse.Namespace(**vars(args))
     capped.frac = (CAP_CLIENTS + 0.5) / args.num_users  # int(frac * num_users) == CAP_CLIENTS
     state["phase"] = "stage1"
-    t = time.perf_counter()
     # max(epoch, 1): sample clients as a later round does (round 0 trains all of them)
     idxs = _orig_epoch(peft_config, max(epoch, 1), capped, cfg)
-    state["phase_wall"]["stage1+stage2"] = time.perf_counter() - t
     state["clients"] = [int(i) for i in idxs]
     return idxs
 

@@ -45,17 +45,16 @@ def ref_side(d, peft):
 
     def steps(phase):
         s = [t for p in passes if p["phase"] == phase for t in p["steps_s"]]
-        imgs = sum(p["images"] for p in passes if p["phase"] == phase)
-        return s, imgs, sum(1 for p in passes if p["phase"] == phase)
+        return s, sum(p["images"] for p in passes if p["phase"] == phase)
 
     out = {"setup": setup["setup_s"], "peak_mib": rss, "sizes": caps["sizes"]}
     clients = len(caps["clients"])
     for stage, wall_key in (("stage1", "stage1_train"), ("stage2", "stage2_train")):
-        s, _, _ = steps(stage)
+        s, _ = steps(stage)
         out[stage] = sum(s) / len(s)
         out[stage + "_fixed"] = max(0.0, walls[wall_key] - sum(s)) / clients
     for ev, wall_key, units in (("gm", "global_test", 1), ("pm", "personal_test", caps["caps"]["pm_clients"])):
-        s, imgs, _ = steps(ev)
+        s, imgs = steps(ev)
         out[ev] = sum(s) / imgs
         out[ev + "_fixed"] = max(0.0, walls[wall_key] - sum(s)) / units
     out["measured_steps"] = {k: len(steps(k)[0]) for k in ("stage1", "stage2")}

@@ -76,6 +76,21 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     }
 }
 
+/// Threads for candle's element-wise pool when the command runs several cells at once
+/// (`compare`/`demo` with `--jobs` > 1 on `cores` cores): each cell's share of the cores.
+/// `None` when it runs one thing at a time; candle then sizes the pool itself.
+///
+/// candle runs every element-wise op of 64 Ki elements or more on one process-wide pool
+/// of spinning workers. Cells running at once queue for that pool, and on two cores its
+/// worker competes with the cells' own threads, so callers spin waiting for a descheduled
+/// worker: 36 % of a two-cell LoRA demo's samples (perf). A pool of one thread runs each op
+/// on its caller (docs/perf-notes.md). Element-wise results do not depend on the split.
+pub fn elementwise_threads(matches: &clap::ArgMatches, cores: usize) -> Option<usize> {
+    let (_, sub) = matches.subcommand()?;
+    let jobs = *sub.try_get_one::<u64>("jobs").ok().flatten()?;
+    (jobs > 1).then(|| (cores / jobs as usize).max(1))
+}
+
 /// Sends `tracing` output to stderr, filtered by `RUST_LOG` (default: warnings).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -84,4 +99,33 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn threads(args: &[&str], cores: usize) -> Option<usize> {
+        let matches = Cli::command().get_matches_from(args);
+        elementwise_threads(&matches, cores)
+    }
+
+    #[test]
+    fn elementwise_threads_are_each_cells_share_when_cells_run_at_once() {
+        assert_eq!(
+            threads(&["fedpurel", "demo"], 2),
+            Some(1),
+            "demo's default --jobs 2"
+        );
+        assert_eq!(threads(&["fedpurel", "demo", "--jobs", "1"], 2), None);
+        assert_eq!(threads(&["fedpurel", "compare", "--jobs", "2"], 16), Some(8));
+        assert_eq!(threads(&["fedpurel", "compare", "--jobs", "4"], 2), Some(1));
+        assert_eq!(
+            threads(&["fedpurel", "compare"], 2),
+            None,
+            "compare's default --jobs 1"
+        );
+        assert_eq!(threads(&["fedpurel", "run"], 2), None, "run has no --jobs");
+    }
 }

@@ -333,6 +333,47 @@ fn lora_and_adapter_runs_complete() {
     }
 }
 
+/// With one worker thread (a one-core machine, or RAYON_NUM_THREADS=1) a LoRA run, whose
+/// batch loader decodes images on the pool the run itself occupies, completes and gives
+/// the numbers of a run on every core. A hang is killed after 10 minutes and fails the test.
+#[test]
+fn one_worker_thread_runs_to_the_same_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let (many, one) = (dir("many"), dir("one"));
+    let (ok, _, err) = fedpurel(&run_args(&many, &dir("cache-many"), "lora", "1"));
+    assert!(ok, "{err}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fedpurel"))
+        .args(run_args(&one, &dir("cache-one"), "lora", "1"))
+        .env("RAYON_NUM_THREADS", "1")
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(600) {
+            child.kill().unwrap();
+            panic!("a run with RAYON_NUM_THREADS=1 did not finish in 10 minutes (deadlock?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "the one-thread run failed: {status}");
+    let read = |d: &str| {
+        let text = std::fs::read_to_string(Path::new(d).join("metrics.jsonl")).unwrap();
+        let mut out = Vec::new();
+        for (i, l) in text.lines().enumerate() {
+            numbers(&serde_json::from_str(l).unwrap(), &format!("round{i}"), &mut out);
+        }
+        out
+    };
+    assert_eq!(read(&many), read(&one));
+}
+
 fn compare_args<'a>(
     out: &'a str,
     cache: &'a str,

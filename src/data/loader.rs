@@ -86,19 +86,24 @@ impl BatchLoader {
 fn make_batch(ds: &Dataset, cfg: &LoaderConfig, b: u64, chunk: &[usize]) -> Result<Batch> {
     let split = ds.split(cfg.split);
     let per = cfg.transform.output_len();
-    let images: Vec<Vec<f32>> = chunk
-        .par_iter()
-        .enumerate()
-        .map(|(pos, &i)| {
-            let img = split
-                .decode(i)
-                .with_context(|| format!("{} sample {i} of {}", cfg.split, ds.name))?;
-            let mut path = cfg.path.clone();
-            path.extend([b, pos as u64]);
-            let mut r = rng::substream(cfg.seed, "augment", &path);
-            Ok(cfg.transform.apply(&img, cfg.mode, &mut r))
-        })
-        .collect::<Result<_>>()?;
+    let decode = |(pos, &i): (usize, &usize)| -> Result<Vec<f32>> {
+        let img = split
+            .decode(i)
+            .with_context(|| format!("{} sample {i} of {}", cfg.split, ds.name))?;
+        let mut path = cfg.path.clone();
+        path.extend([b, pos as u64]);
+        let mut r = rng::substream(cfg.seed, "augment", &path);
+        Ok(cfg.transform.apply(&img, cfg.mode, &mut r))
+    };
+    // This producer thread is outside every pool, so `par_iter` queues on the global one.
+    // The command runs on a worker of that pool and waits for this batch; when that is its
+    // only worker (one core, or RAYON_NUM_THREADS=1), nothing would ever take the queued
+    // work, so decode here instead. Each image has its own stream: the same batch either way.
+    let images: Vec<Vec<f32>> = if rayon::current_num_threads() > 1 {
+        chunk.par_iter().enumerate().map(decode).collect::<Result<_>>()?
+    } else {
+        chunk.iter().enumerate().map(decode).collect::<Result<_>>()?
+    };
     let mut data = Vec::with_capacity(per * chunk.len());
     for img in images {
         data.extend(img);

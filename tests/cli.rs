@@ -238,6 +238,16 @@ fn numbers(v: &serde_json::Value, path: &str, out: &mut Vec<(String, f64)>) {
     }
 }
 
+/// Every number of a run directory's metrics.jsonl, without timings, by round and path.
+fn metrics_numbers(run_dir: &str) -> Vec<(String, f64)> {
+    let text = std::fs::read_to_string(Path::new(run_dir).join("metrics.jsonl")).unwrap();
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        numbers(&serde_json::from_str(l).unwrap(), &format!("round{i}"), &mut out);
+    }
+    out
+}
+
 /// A run stopped after round 1 and resumed ends with the numbers of an uninterrupted run,
 /// and leaves the documented run directory.
 #[test]
@@ -255,15 +265,7 @@ fn run_resumes_to_the_same_numbers() {
     assert!(ok, "{err}");
     let (ok, _, err) = fedpurel(&run_args(b, cache, "prompt", "2"));
     assert!(ok && err.contains("resuming"), "{err}");
-    let read = |d: &str| {
-        let text = std::fs::read_to_string(Path::new(d).join("metrics.jsonl")).unwrap();
-        let mut out = Vec::new();
-        for (i, l) in text.lines().enumerate() {
-            numbers(&serde_json::from_str(l).unwrap(), &format!("round{i}"), &mut out);
-        }
-        out
-    };
-    let (ra, rb) = (read(a), read(b));
+    let (ra, rb) = (metrics_numbers(a), metrics_numbers(b));
     assert_eq!(ra.len(), rb.len());
     for ((pa, x), (pb, y)) in ra.iter().zip(&rb) {
         assert_eq!(pa, pb);
@@ -363,15 +365,7 @@ fn one_worker_thread_runs_to_the_same_numbers() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     assert!(status.success(), "the one-thread run failed: {status}");
-    let read = |d: &str| {
-        let text = std::fs::read_to_string(Path::new(d).join("metrics.jsonl")).unwrap();
-        let mut out = Vec::new();
-        for (i, l) in text.lines().enumerate() {
-            numbers(&serde_json::from_str(l).unwrap(), &format!("round{i}"), &mut out);
-        }
-        out
-    };
-    assert_eq!(read(&many), read(&one));
+    assert_eq!(metrics_numbers(&many), metrics_numbers(&one));
 }
 
 fn compare_args<'a>(

@@ -24,6 +24,7 @@
 //!   orchestrator such as Flower; the Python module in `bindings/python` wraps it.
 //! * [`bench`] — benchmark workloads that print achieved GFLOP/s against the machine's
 //!   measured matmul rate.
+//! * [`pools`] — tasks on threads with rayon pools of their own (grid cells, clients).
 //! * [`machine`] — what the last bits of CPU results depend on (the kernel signature).
 //! * [`cli`] — the subcommands, among them `demo`: the whole setting on the synthetic
 //!   world ([`data::world`]) on a CPU in minutes.
@@ -40,6 +41,7 @@ pub mod machine;
 pub mod metrics;
 pub mod objective;
 pub mod peft;
+pub mod pools;
 pub mod pretrain;
 pub mod report;
 pub mod rng;

@@ -75,6 +75,9 @@ pub struct RoundWorkload {
     /// through the live pixel path, as `run --stem-cache-mib 0`).
     #[arg(long, default_value_t = crate::fed::federation::DEFAULT_STEM_CACHE_MIB)]
     pub stem_cache_mib: usize,
+    /// Train each round's clients one after another (as `run --one-client-at-a-time`).
+    #[arg(long)]
+    pub one_client_at_a_time: bool,
 }
 
 /// Benchmark workloads.
@@ -228,6 +231,7 @@ pub fn round_workload(w: &RoundWorkload, device: &str) -> Result<Vec<BenchResult
     }
     cfg.train.rounds = w.rounds;
     cfg.train.stem_cache_mib = w.stem_cache_mib;
+    cfg.train.one_client_at_a_time = w.one_client_at_a_time;
     cfg.device = device.to_string();
     let model_name = w
         .model
@@ -455,6 +459,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     test_per_class: 100,
                     reference: reference.clone().filter(|_| peft == PeftKind::Prompt),
                     stem_cache_mib: crate::fed::federation::DEFAULT_STEM_CACHE_MIB,
+                    one_client_at_a_time: false,
                 };
                 results.extend(round_workload(&w, &args.device)?);
             }
@@ -472,6 +477,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         test_per_class: 100,
                         reference: None,
                         stem_cache_mib: crate::fed::federation::DEFAULT_STEM_CACHE_MIB,
+                        one_client_at_a_time: false,
                     };
                     results.extend(round_workload(&w, &args.device)?);
                 }

@@ -5,8 +5,6 @@
 //! grid runner `fedpurel demo` shares.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -16,6 +14,7 @@ use clap::Args;
 use super::progress::Terminal;
 use super::run_args::{resolve, RunArgs};
 use crate::fed::registry;
+use crate::pools::on_own_pools;
 use crate::report::atomic;
 use crate::report::compare::{check_same_splits, csv, markdown, Row};
 use crate::report::run_dir::{RunDir, Summary};
@@ -207,7 +206,8 @@ pub fn run_grid(
             .map(|n| run_cell(n, &Terminal::default()))
             .collect::<Result<_>>()?
     } else {
-        run_in_parallel(total, jobs, &|n| run_cell(n, &Quiet))?
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        on_own_pools(total, jobs, (cores / jobs).max(1), &|n| run_cell(n, &Quiet))?
     };
     let mut done = done.into_iter();
     let summaries: Vec<Vec<Summary>> = variants
@@ -216,64 +216,6 @@ pub fn run_grid(
         .collect();
     check_same_splits(&rows(&Variant::labels(variants), &summaries))?;
     Ok(summaries)
-}
-
-/// Runs `task(0..total)` on `jobs` threads, each with a rayon pool of its share of the
-/// cores, taking tasks in order; returns the results in task order. After a failure no
-/// new task starts; the first failure (in task order) is returned.
-///
-/// Own pools, not tasks of the shared one: a run blocks its thread on the batch loader's
-/// channel while the loader decodes through the global pool, so runs occupying every
-/// global worker would wait for a loader that can never run (tried: it deadlocks). The
-/// price: when fewer tasks than jobs remain, the idle pools' cores stay idle.
-fn run_in_parallel<T: Send>(
-    total: usize,
-    jobs: usize,
-    task: &(dyn Fn(usize) -> Result<T> + Sync),
-) -> Result<Vec<T>> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / jobs).max(1);
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<Result<T>>>> = Mutex::new((0..total).map(|_| None).collect());
-    std::thread::scope(|scope| -> Result<()> {
-        let mut handles = Vec::new();
-        for _ in 0..jobs.min(total) {
-            // The same 8 MiB stacks as the main pool (src/main.rs).
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .stack_size(8 << 20)
-                .build()
-                .context("cannot start a thread pool for --jobs")?;
-            let (next, failed, results) = (&next, &failed, &results);
-            handles.push(scope.spawn(move || {
-                pool.install(|| loop {
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    if n >= total || failed.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let r = task(n);
-                    failed.fetch_or(r.is_err(), Ordering::SeqCst);
-                    results.lock().unwrap_or_else(|e| e.into_inner())[n] = Some(r);
-                })
-            }));
-        }
-        for h in handles {
-            if let Err(panic) = h.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-        Ok(())
-    })?;
-    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    let mut out = Vec::with_capacity(total);
-    for (n, r) in results.into_iter().enumerate() {
-        match r {
-            Some(r) => out.push(r?),
-            None => bail!("cell {} of {total} did not run: an earlier cell failed", n + 1),
-        }
-    }
-    Ok(out)
 }
 
 /// Table rows of a grid's summaries.
@@ -388,29 +330,6 @@ mod tests {
             assert_eq!(one.len(), 2, "{peft:?}: 2 rows × 1 round");
             assert_eq!(one, metrics(2), "{peft:?}: --jobs 2 changed a number");
         }
-    }
-
-    #[test]
-    fn a_failed_task_is_reported_and_stops_new_ones() {
-        let ran = AtomicUsize::new(0);
-        let e = run_in_parallel(6, 2, &|n| {
-            ran.fetch_add(1, Ordering::SeqCst);
-            if n == 1 {
-                bail!("task {n} broke")
-            }
-            // The others take long enough for the failure to be seen before task 5.
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            Ok(n)
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("task 1 broke"), "{e}");
-        assert!(
-            ran.load(Ordering::SeqCst) < 6,
-            "new tasks started after the failure"
-        );
-        let all = run_in_parallel(5, 3, &|n| Ok(n * 10)).unwrap();
-        assert_eq!(all, [0, 10, 20, 30, 40]);
     }
 
     #[test]

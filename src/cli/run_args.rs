@@ -114,6 +114,11 @@ pub struct RunArgs {
     /// not fit runs live. Speed and memory only: the numbers are the same.
     #[arg(long, default_value_t = crate::fed::federation::DEFAULT_STEM_CACHE_MIB)]
     pub stem_cache_mib: usize,
+    /// Train a round's clients one after another. By default, on banked features (prompt,
+    /// adapter) the clients of a round train at once on the cores when nothing carries
+    /// from one to the next; this flag saves that memory. The numbers are the same.
+    #[arg(long)]
+    pub one_client_at_a_time: bool,
     /// The algorithms' own settings (one flag per registered setting).
     #[command(flatten)]
     pub baselines: AlgorithmFlags,
@@ -187,6 +192,7 @@ fn from_args(a: &RunArgs) -> RunConfig {
     train.views = a.views;
     train.probe_alignment = a.probe_alignment;
     train.stem_cache_mib = a.stem_cache_mib;
+    train.one_client_at_a_time = a.one_client_at_a_time;
     RunConfig {
         algorithm: a.algorithm.clone(),
         data: a.data.clone(),
@@ -271,6 +277,7 @@ pub fn resolve(a: &RunArgs, m: Option<&ArgMatches>) -> Result<RunConfig> {
         "views" => c.train.views, flags.train.views;
         "probe_alignment" => c.train.probe_alignment, flags.train.probe_alignment;
         "stem_cache_mib" => c.train.stem_cache_mib, flags.train.stem_cache_mib;
+        "one_client_at_a_time" => c.train.one_client_at_a_time, flags.train.one_client_at_a_time;
         "out" => c.out, flags.out.clone();
         "cache_dir" => c.cache_dir, flags.cache_dir.clone();
         "device" => c.device, flags.device.clone();

@@ -5,6 +5,7 @@
 
 pub mod algorithm;
 pub mod algorithms;
+mod at_once;
 pub mod client;
 pub mod federation;
 pub mod local;

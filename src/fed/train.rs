@@ -42,17 +42,19 @@ impl Federation<'_> {
                 self.clients()
             );
         }
-        // Local training (stage 1).
+        // Local training (stage 1), the clients at once where they are independent
+        // (`super::at_once`).
         phase(&format!("local training ({} clients)", clients.len()));
         let t1 = Instant::now();
         let mut acc1 = Accum::default();
         let mut locals = Vec::with_capacity(clients.len());
-        let mut weights = Vec::with_capacity(clients.len());
-        for &k in &clients {
-            let (params, acc) = self.train_client(state, algo, t, k)?;
+        let weights: Vec<f64> = clients.iter().map(|&k| self.client_weight(k)).collect();
+        let trained = self.for_each_client(state, &clients, algo, |state, k| {
+            self.train_client(state, algo, t, k)
+        })?;
+        for (params, acc) in trained {
             acc1.merge(&acc);
             locals.push(params);
-            weights.push(self.client_weight(k));
         }
         let stage1_stats = acc1.finish(t1.elapsed().as_secs_f64());
         phase("aggregation");
@@ -70,8 +72,11 @@ impl Federation<'_> {
         let mut acc2 = Accum::default();
         if !clients.is_empty() {
             let global_text = self.personalization_text(state)?;
-            for &k in &clients {
-                acc2.merge(&self.personalize_client(state, algo, t, k, &global_text)?);
+            let personalized = self.for_each_client(state, &clients, algo, |state, k| {
+                self.personalize_client(state, algo, t, k, &global_text)
+            })?;
+            for acc in &personalized {
+                acc2.merge(acc);
             }
         }
         let stage2_stats = acc2.finish(t2.elapsed().as_secs_f64());

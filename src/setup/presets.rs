@@ -69,6 +69,7 @@ pub fn paper_train(seed: u64) -> TrainSettings {
         views: 0,
         probe_alignment: false,
         stem_cache_mib: DEFAULT_STEM_CACHE_MIB,
+        one_client_at_a_time: false,
     }
 }
 

@@ -114,6 +114,8 @@ fn tkl_tensor(f: &Tensor, z: &Tensor) -> Result<Tkl> {
 
 /// The CPU path of [`tkl`]: the same formulas, row by row, in f32.
 mod host {
+    use rayon::prelude::*;
+
     use super::*;
 
     /// log-softmax of `x / tau` into `out`, rounded as `candle_nn::ops::log_softmax`:
@@ -145,36 +147,50 @@ mod host {
         (lo + hi) / 2.0
     }
 
+    /// One row's h*, τ_z, τ_f and KL, its loss gradient written into `grad` (already
+    /// divided by the batch size `b`); `bufs` are three scratch rows of its length.
+    fn row(fr: &[f32], zr: &[f32], b: usize, grad: &mut [f32], bufs: &mut [Vec<f32>; 3]) -> [f32; 4] {
+        let [buf, log_t, log_s] = bufs;
+        let floor = PROB_FLOOR as f32;
+        let h = (entropy(fr, 1.0, buf) + entropy(zr, 1.0, buf)) / 2.0;
+        let (tz, tf) = (solve(zr, h, buf), solve(fr, h, buf));
+        log_softmax(zr, tz, log_t);
+        log_softmax(fr, tf, log_s);
+        let (mut k, mut mass) = (0f32, 0f32);
+        for j in 0..fr.len() {
+            let (pt, ps) = (log_t[j].exp(), log_s[j].exp());
+            k += pt * (pt.max(floor).ln() - ps.max(floor).ln());
+            if ps >= floor {
+                mass += pt;
+            }
+        }
+        for (j, g) in grad.iter_mut().enumerate() {
+            let (pt, ps) = (log_t[j].exp(), log_s[j].exp());
+            let live = if ps >= floor { pt } else { 0.0 };
+            *g = (ps * mass - live) / (tf * b as f32);
+        }
+        [h, tz, tf, k]
+    }
+
+    /// Rows are independent, so they run in parallel (a few rows per task): the same
+    /// bits on any number of threads. In an evaluation of thousands of test images the
+    /// two 20-step bisections per row are most of the cost.
     pub(super) fn tkl(f: &Tensor, z: &Tensor) -> Result<Tkl> {
         let (b, c) = f.dims2()?;
         let fv: Vec<f32> = f.flatten_all()?.to_vec1()?;
         let zv: Vec<f32> = z.flatten_all()?.to_vec1()?;
-        let (mut h_star, mut tau_z, mut tau_f, mut kl) =
-            (vec![0f32; b], vec![0f32; b], vec![0f32; b], vec![0f32; b]);
         let mut grad = vec![0f32; b * c];
-        let (mut buf, mut log_t, mut log_s) = (vec![0f32; c], vec![0f32; c], vec![0f32; c]);
-        let floor = PROB_FLOOR as f32;
-        for i in 0..b {
-            let (fr, zr) = (&fv[i * c..(i + 1) * c], &zv[i * c..(i + 1) * c]);
-            let h = (entropy(fr, 1.0, &mut buf) + entropy(zr, 1.0, &mut buf)) / 2.0;
-            let (tz, tf) = (solve(zr, h, &mut buf), solve(fr, h, &mut buf));
-            log_softmax(zr, tz, &mut log_t);
-            log_softmax(fr, tf, &mut log_s);
-            let (mut k, mut mass) = (0f32, 0f32);
-            for j in 0..c {
-                let (pt, ps) = (log_t[j].exp(), log_s[j].exp());
-                k += pt * (pt.max(floor).ln() - ps.max(floor).ln());
-                if ps >= floor {
-                    mass += pt;
-                }
-            }
-            for j in 0..c {
-                let (pt, ps) = (log_t[j].exp(), log_s[j].exp());
-                let live = if ps >= floor { pt } else { 0.0 };
-                grad[i * c + j] = (ps * mass - live) / (tf * b as f32);
-            }
-            (h_star[i], tau_z[i], tau_f[i], kl[i]) = (h, tz, tf, k);
-        }
+        let rows: Vec<[f32; 4]> = grad
+            .par_chunks_mut(c.max(1))
+            .enumerate()
+            .with_min_len(8)
+            .map_init(
+                || [vec![0f32; c], vec![0f32; c], vec![0f32; c]],
+                |bufs, (i, g)| row(&fv[i * c..(i + 1) * c], &zv[i * c..(i + 1) * c], b, g, bufs),
+            )
+            .collect();
+        let column = |n: usize| rows.iter().map(|r| r[n]).collect::<Vec<f32>>();
+        let (h_star, tau_z, tau_f, kl) = (column(0), column(1), column(2), column(3));
         let dev = f.device();
         let kl = Tensor::from_vec(kl, b, dev)?;
         Ok(Tkl {

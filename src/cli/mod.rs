@@ -4,6 +4,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::peft::{LoraEncoder, PeftKind};
+
 pub mod bench;
 pub mod compare;
 pub mod config;
@@ -76,9 +78,10 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     }
 }
 
-/// Threads for candle's element-wise pool when the command runs several cells at once
-/// (`compare`/`demo` with `--jobs` > 1 on `cores` cores): each cell's share of the cores.
-/// `None` when it runs one thing at a time; candle then sizes the pool itself.
+/// Threads for candle's element-wise pool when the command runs several things at once:
+/// cells (`compare`/`demo` with `--jobs` > 1 on `cores` cores) get each cell's share of
+/// the cores, the clients of one run that train at once (`run`, `bench round`) one each.
+/// `None` otherwise; candle then sizes the pool itself.
 ///
 /// candle runs every element-wise op of 64 Ki elements or more on one process-wide pool
 /// of spinning workers. Cells running at once queue for that pool, and on two cores its
@@ -86,9 +89,43 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
 /// worker: 36 % of a two-cell LoRA demo's samples (perf). A pool of one thread runs each op
 /// on its caller (docs/perf-notes.md). Element-wise results do not depend on the split.
 pub fn elementwise_threads(matches: &clap::ArgMatches, cores: usize) -> Option<usize> {
-    let (_, sub) = matches.subcommand()?;
-    let jobs = *sub.try_get_one::<u64>("jobs").ok().flatten()?;
-    (jobs > 1).then(|| (cores / jobs as usize).max(1))
+    let (name, sub) = matches.subcommand()?;
+    if let Some(&jobs) = sub.try_get_one::<u64>("jobs").ok().flatten() {
+        if jobs > 1 {
+            return Some((cores / jobs as usize).max(1));
+        }
+    }
+    clients_at_once(name, sub).then_some(1)
+}
+
+/// Whether the command is one run whose clients train at once (`fed::at_once`: banked
+/// features on the CPU). Each client then runs its element-wise ops on its own thread;
+/// through candle's pool, they queued for it, and clients at once gained nothing (tiny
+/// CLIP, prompt: stage 1 of an 8-client round 0.8–1.06 s through the pool, 0.57–0.71 s
+/// without it; docs/perf-notes.md). A configuration that does not resolve is left to the
+/// command to report.
+fn clients_at_once(name: &str, sub: &clap::ArgMatches) -> bool {
+    use clap::FromArgMatches;
+    match name {
+        "run" => run_args::RunArgs::from_arg_matches(sub)
+            .ok()
+            .and_then(|a| run_args::resolve(&a, Some(sub)).ok())
+            .is_some_and(|c| {
+                let pixels = c.peft == PeftKind::Lora && c.lora_encoder != LoraEncoder::Text;
+                c.device == "cpu" && !pixels && !c.train.one_client_at_a_time
+            }),
+        "bench" => sub.subcommand().is_some_and(|(what, w)| {
+            what == "round"
+                && sub
+                    .try_get_one::<String>("device")
+                    .ok()
+                    .flatten()
+                    .is_none_or(|d| d == "cpu")
+                && w.try_get_one::<PeftKind>("peft").ok().flatten() != Some(&PeftKind::Lora)
+                && w.try_get_one::<bool>("one_client_at_a_time").ok().flatten() != Some(&true)
+        }),
+        _ => false,
+    }
 }
 
 /// Sends `tracing` output to stderr, filtered by `RUST_LOG` (default: warnings).
@@ -126,6 +163,49 @@ mod tests {
             None,
             "compare's default --jobs 1"
         );
-        assert_eq!(threads(&["fedpurel", "run"], 2), None, "run has no --jobs");
+        assert_eq!(
+            threads(&["fedpurel", "run"], 2),
+            None,
+            "incomplete: the run reports it"
+        );
+    }
+
+    #[test]
+    fn a_run_whose_clients_train_at_once_runs_elementwise_ops_on_its_clients_threads() {
+        let run = |extra: &[&str]| {
+            let mut a = vec![
+                "fedpurel",
+                "run",
+                "--preset",
+                "cifar100-lt-prompt",
+                "--model",
+                "m",
+            ];
+            a.extend(extra);
+            threads(&a, 2)
+        };
+        assert_eq!(run(&[]), Some(1), "prompt on the CPU");
+        assert_eq!(run(&["--peft", "adapter"]), Some(1));
+        assert_eq!(run(&["--peft", "lora", "--lora-encoder", "text"]), Some(1));
+        assert_eq!(
+            run(&["--peft", "lora"]),
+            None,
+            "vision LoRA trains one client at a time"
+        );
+        assert_eq!(run(&["--one-client-at-a-time"]), None);
+        assert_eq!(run(&["--device", "cuda"]), None);
+        let bench = |extra: &[&str]| {
+            let mut a = vec!["fedpurel", "bench"];
+            a.extend(extra);
+            threads(&a, 2)
+        };
+        assert_eq!(bench(&["round", "--peft", "prompt"]), Some(1));
+        assert_eq!(bench(&["round", "--peft", "lora"]), None);
+        assert_eq!(
+            bench(&["round", "--peft", "prompt", "--one-client-at-a-time"]),
+            None
+        );
+        assert_eq!(bench(&["--device", "cuda", "round", "--peft", "prompt"]), None);
+        assert_eq!(bench(&["text-encoder"]), None);
     }
 }

@@ -5,8 +5,9 @@
 //! dropout mask and step is keyed by (round, client, stage, step), never by what ran
 //! before, and the results are gathered in the sampled order. Two things make clients
 //! dependent, and then they run one after another: the stage-1 momentum carried from one
-//! client to the next (`carry_momentum`, the reference code's mode), and a client sampled
-//! twice in one round (a replayed schedule may list one).
+//! client to the next (`carry_momentum`, the reference code's mode; its stage 2 has no
+//! momentum, so it still runs at once), and a client sampled twice in one round (a
+//! replayed schedule may list one).
 //!
 //! Only rounds on banked features on the CPU run clients at once (prompt, adapter): their
 //! steps are small enough that one client cannot keep the cores busy, while a LoRA step's
@@ -78,23 +79,24 @@ fn same_tensors(a: &ParamSet, b: &ParamSet) -> bool {
 }
 
 impl Federation<'_> {
-    /// Whether this round's `clients` may train at once (see the module doc): rounds on
-    /// banked features on the CPU, no carried momentum, no client twice, more than one
-    /// thread, and the user did not ask for one client at a time.
-    pub(super) fn clients_at_once(&self, clients: &[usize]) -> bool {
+    /// Whether this round's `clients` may train `stage` at once (see the module doc):
+    /// rounds on banked features on the CPU, no momentum carried between the clients
+    /// (stage 1 with `carry_momentum`; stage 2 never carries it), no client twice, more
+    /// than one thread, and the user did not ask for one client at a time.
+    pub(super) fn clients_at_once(&self, clients: &[usize], stage: u8) -> bool {
         let mut sorted = clients.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
         self.clip().device().is_cpu()
             && !self.peft().needs_pixels()
             && !self.settings().one_client_at_a_time
-            && !self.settings().carry_momentum
+            && (stage != 1 || !self.settings().carry_momentum)
             && sorted.len() == clients.len()
             && clients.len() > 1
             && rayon::current_num_threads() > 1
     }
 
-    /// `work(state, k)` for each of `clients`, in that order, or at once on client views
+    /// `work(state, k)` for each of `clients` in `stage`, in that order, or at once on client views
     /// of `state` when [`clients_at_once`](Self::clients_at_once) allows; the results in
     /// the order of `clients`. On an error, the first failing client's (in that order).
     /// Parallel work inside a client stays on the client's own one-thread pool.
@@ -102,10 +104,11 @@ impl Federation<'_> {
         &self,
         state: &mut FedState,
         clients: &[usize],
+        stage: u8,
         algo: &dyn Algorithm,
         work: impl Fn(&mut FedState, usize) -> Result<T> + Sync,
     ) -> Result<Vec<T>> {
-        if !self.clients_at_once(clients) {
+        if !self.clients_at_once(clients, stage) {
             return clients.iter().map(|&k| work(state, k)).collect();
         }
         // One single-threaded pool per core: a client's small matrix products gain little

@@ -49,7 +49,7 @@ impl Federation<'_> {
         let mut acc1 = Accum::default();
         let mut locals = Vec::with_capacity(clients.len());
         let weights: Vec<f64> = clients.iter().map(|&k| self.client_weight(k)).collect();
-        let trained = self.for_each_client(state, &clients, algo, |state, k| {
+        let trained = self.for_each_client(state, &clients, 1, algo, |state, k| {
             self.train_client(state, algo, t, k)
         })?;
         for (params, acc) in trained {
@@ -72,7 +72,7 @@ impl Federation<'_> {
         let mut acc2 = Accum::default();
         if !clients.is_empty() {
             let global_text = self.personalization_text(state)?;
-            let personalized = self.for_each_client(state, &clients, algo, |state, k| {
+            let personalized = self.for_each_client(state, &clients, 2, algo, |state, k| {
                 self.personalize_client(state, algo, t, k, &global_text)
             })?;
             for acc in &personalized {

@@ -168,13 +168,22 @@ pub fn bilinear_resize_chw(
     let wy = axis_weights(in_h, out_h);
     let wx = axis_weights(in_w, out_w);
     let mut out = vec![0f32; channels * out_h * out_w];
+    // Separable: every source row is interpolated across once, then output rows mix two
+    // of those. Each output is h0·(w0·a + w1·b) + h1·(w0·c + w1·d) evaluated in exactly
+    // that order, so the bits are the direct formula's (test `separable_equals_direct`).
+    let mut across = vec![0f32; in_h * out_w];
     for c in 0..channels {
         let s = &src[c * in_h * in_w..(c + 1) * in_h * in_w];
+        for (row, a) in s.chunks_exact(in_w).zip(across.chunks_exact_mut(out_w)) {
+            for (v, &(x0, x1, w0, w1)) in a.iter_mut().zip(&wx) {
+                *v = w0 * row[x0] + w1 * row[x1];
+            }
+        }
         let o = &mut out[c * out_h * out_w..(c + 1) * out_h * out_w];
-        for (y, &(y0, y1, h0, h1)) in wy.iter().enumerate() {
-            for (x, &(x0, x1, w0, w1)) in wx.iter().enumerate() {
-                o[y * out_w + x] = h0 * (w0 * s[y0 * in_w + x0] + w1 * s[y0 * in_w + x1])
-                    + h1 * (w0 * s[y1 * in_w + x0] + w1 * s[y1 * in_w + x1]);
+        for (orow, &(y0, y1, h0, h1)) in o.chunks_exact_mut(out_w).zip(&wy) {
+            let (r0, r1) = (&across[y0 * out_w..][..out_w], &across[y1 * out_w..][..out_w]);
+            for ((v, &a), &b) in orow.iter_mut().zip(r0).zip(r1) {
+                *v = h0 * a + h1 * b;
             }
         }
     }
@@ -250,6 +259,35 @@ pub fn random_resized_crop_params(
 mod tests {
     use super::*;
     use crate::rng;
+
+    #[test]
+    fn separable_equals_direct() {
+        let direct = |src: &[f32], c: usize, ih: usize, iw: usize, oh: usize, ow: usize| {
+            let (wy, wx) = (axis_weights(ih, oh), axis_weights(iw, ow));
+            let mut out = Vec::with_capacity(c * oh * ow);
+            for ch in 0..c {
+                let s = &src[ch * ih * iw..];
+                for &(y0, y1, h0, h1) in &wy {
+                    for &(x0, x1, w0, w1) in &wx {
+                        out.push(
+                            h0 * (w0 * s[y0 * iw + x0] + w1 * s[y0 * iw + x1])
+                                + h1 * (w0 * s[y1 * iw + x0] + w1 * s[y1 * iw + x1]),
+                        );
+                    }
+                }
+            }
+            out
+        };
+        for (c, ih, iw, oh, ow) in [(3, 32, 32, 224, 224), (2, 5, 9, 7, 4), (1, 40, 30, 13, 17)] {
+            let src: Vec<f32> = (0..c * ih * iw)
+                .map(|i| ((i * 7919) % 997) as f32 / 97.0 - 3.0)
+                .collect();
+            let fast = bilinear_resize_chw(&src, c, ih, iw, oh, ow);
+            let slow = direct(&src, c, ih, iw, oh, ow);
+            let same = fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same && fast.len() == slow.len(), "{c}×{ih}×{iw} → {oh}×{ow}");
+        }
+    }
 
     #[test]
     fn bilinear_matches_hand_computed_align_corners_false() {

@@ -45,7 +45,7 @@ pub fn applies(ts: &[&Tensor]) -> bool {
 
 /// A pointer that parallel tasks share to write disjoint cells of one buffer.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(super) struct SharedOut(pub(super) *mut f32);
 // SAFETY: every task writes a set of cells no other task touches (see the call sites).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
@@ -56,7 +56,7 @@ impl SharedOut {
     ///
     /// # Safety
     /// `offset` must lie within the buffer.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
+    pub(super) unsafe fn at(self, offset: usize) -> *mut f32 {
         self.0.add(offset)
     }
 }
@@ -66,7 +66,7 @@ impl SharedOut {
 /// # Safety
 /// The pointers must address the strided extents implied by the sizes.
 #[allow(clippy::too_many_arguments)]
-unsafe fn small_gemm(
+pub(super) unsafe fn small_gemm(
     (m, n, k): (usize, usize, usize),
     dst: (*mut f32, isize, isize),
     lhs: (*const f32, isize, isize),
@@ -98,13 +98,13 @@ unsafe fn small_gemm(
 }
 
 /// Read access to the contiguous f32 data of a CPU tensor.
-struct F32View<'a> {
+pub(super) struct F32View<'a> {
     storage: StorageRef<'a>,
     range: std::ops::Range<usize>,
 }
 
 impl<'a> F32View<'a> {
-    fn of(t: &'a Tensor) -> Result<Self> {
+    pub(super) fn of(t: &'a Tensor) -> Result<Self> {
         let (storage, layout) = t.storage_and_layout();
         let Some((start, end)) = layout.contiguous_offsets() else {
             bail!("fused attention expects contiguous tensors");
@@ -118,7 +118,7 @@ impl<'a> F32View<'a> {
         })
     }
 
-    fn data(&self) -> &[f32] {
+    pub(super) fn data(&self) -> &[f32] {
         match &*self.storage {
             Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
             _ => &[],

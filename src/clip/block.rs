@@ -16,6 +16,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
 use super::attention::{self, AttentionShape};
+use super::attention_past;
 use super::checkpoint::WeightSource;
 use super::ops::{
     causal_mask, matmul, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormGrad,
@@ -119,6 +120,13 @@ enum AttentionTape {
     /// The fused CPU kernel ([`super::attention`]): the q/k/v rows `[N·S, 3D]` and the
     /// probabilities `[N, H, S, S]`.
     Fused { qkv: Tensor, probs: Tensor },
+    /// The fused CPU kernel with a shared past ([`super::attention_past`]): the q/k/v rows,
+    /// the past, and the probabilities `[N, H, S, P+S]`.
+    FusedPast {
+        qkv: Tensor,
+        past: KeyValues,
+        probs: Tensor,
+    },
     /// The candle composition (other devices and dtypes, or a shared past): head-major
     /// queries, keys and values including the past `[N, H, P+S, hd]`, probabilities.
     Split {
@@ -347,16 +355,29 @@ impl Block {
             qkv = (qkv + Tensor::cat(&deltas, 1)?)?;
         }
         let past_len = past.map_or(Ok(0), |p| p.k.dim(2))?;
-        let (o, attn_tape) = if past.is_none() && attention::applies(&[&qkv]) {
-            let (o, probs) = attention::forward(&qkv, self.attention_shape(shape), keep_tape)?;
-            let tape = probs.map(|probs| AttentionTape::Fused {
-                qkv: qkv.clone(),
-                probs,
-            });
-            (o, tape)
-        } else {
-            let (o, tape) = self.attention_composed(&qkv, shape, past)?;
-            (o, keep_tape.then_some(tape))
+        let (o, attn_tape) = match past {
+            None if attention::applies(&[&qkv]) => {
+                let (o, probs) = attention::forward(&qkv, self.attention_shape(shape), keep_tape)?;
+                let tape = probs.map(|probs| AttentionTape::Fused {
+                    qkv: qkv.clone(),
+                    probs,
+                });
+                (o, tape)
+            }
+            Some(pkv) if attention::applies(&[&qkv, &pkv.k, &pkv.v]) => {
+                let shape = self.attention_shape(shape);
+                let (o, probs) = attention_past::forward(&qkv, &pkv.k, &pkv.v, shape, keep_tape)?;
+                let tape = probs.map(|probs| AttentionTape::FusedPast {
+                    qkv: qkv.clone(),
+                    past: pkv.clone(),
+                    probs,
+                });
+                (o, tape)
+            }
+            _ => {
+                let (o, tape) = self.attention_composed(&qkv, shape, past)?;
+                (o, keep_tape.then_some(tape))
+            }
         };
         let mut attn = self.out.forward(&o)?;
         if let Some(ad) = lora.and_then(|l| l.o.as_ref()) {
@@ -522,8 +543,25 @@ impl Block {
                 }
                 (d_qkv, None)
             }
+            AttentionTape::FusedPast { qkv, past, probs } => {
+                let own = match d_own_kv {
+                    Some((ek, ev)) => Some((ek.contiguous()?, ev.contiguous()?)),
+                    None => None,
+                };
+                let g = attention_past::backward(
+                    qkv,
+                    &past.k,
+                    &past.v,
+                    probs,
+                    &d_o.contiguous()?,
+                    own.as_ref().map(|(k, v)| (k, v)),
+                    self.attention_shape(tape.shape),
+                )?;
+                (g.d_qkv, Some((g.d_past_k, g.d_past_v)))
+            }
             AttentionTape::Split { .. } => {
-                let (dq, dk, dv, d_past) = self.attention_backward(tape, &d_o, kk)?;
+                let (dq, dk, dv, d_past) =
+                    self.attention_backward(&tape.attn, tape.shape, tape.past_len, &d_o, kk)?;
                 let (dk, dv) = match d_own_kv {
                     Some((ek, ev)) => ((dk + ek)?, (dv + ev)?),
                     None => (dk, dv),
@@ -590,7 +628,9 @@ impl Block {
     #[allow(clippy::type_complexity)]
     fn attention_backward(
         &self,
-        tape: &BlockTape,
+        attn: &AttentionTape,
+        shape: Shape,
+        p: usize,
         d_o: &Tensor,
         kk: usize,
     ) -> Result<(Tensor, Tensor, Tensor, Option<(Tensor, Tensor)>)> {
@@ -599,12 +639,11 @@ impl Block {
             keys,
             values,
             probs,
-        } = &tape.attn
+        } = attn
         else {
             bail!("block backward: the composed attention VJP needs the split tape");
         };
-        let Shape { n, s, .. } = tape.shape;
-        let p = tape.past_len;
+        let Shape { n, s, .. } = shape;
         let scale = 1.0 / (self.head_dim() as f64).sqrt();
         let mut dqs = Vec::with_capacity(kk);
         let mut dks = Vec::with_capacity(kk);
@@ -860,6 +899,129 @@ mod tests {
             }
         }
         println!("block weight gradients: worst relative finite-difference error {worst:e}");
+    }
+
+    /// The fused kernel for attention to a shared past gives the candle composition's
+    /// numbers bit for bit: outputs, probabilities, q/k/v cotangents (with and without
+    /// extra own key/value cotangents) and the past's cotangents, causal and full, at a
+    /// few head layouts including the tiny fixture's and ViT-B/16's text tower.
+    #[test]
+    fn fused_past_attention_equals_the_composition_bit_for_bit() {
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
+        let mut seed = 200;
+        for (n, s, p, d, h) in [
+            (3, 4, 5, 16, 4),
+            (5, 3, 5, 64, 1),
+            (4, 1, 2, 32, 2),
+            (6, 5, 5, 512, 8),
+        ] {
+            let blk = random_block(d, h, 7, DType::F32);
+            let hd = d / h;
+            for causal in [true, false] {
+                seed += 10;
+                let shape = Shape { n, s, causal };
+                let qkv = rand_tensor(&[n * s, 3 * d], seed, 1.0);
+                let past = KeyValues {
+                    k: rand_tensor(&[1, h, p, hd], seed + 1, 1.0),
+                    v: rand_tensor(&[1, h, p, hd], seed + 2, 1.0),
+                };
+                let (o_ref, tape) = blk.attention_composed(&qkv, shape, Some(&past)).unwrap();
+                let ash = blk.attention_shape(shape);
+                let (o, probs) = attention_past::forward(&qkv, &past.k, &past.v, ash, true).unwrap();
+                let probs = probs.unwrap();
+                let AttentionTape::Split { probs: probs_ref, .. } = &tape else {
+                    panic!("the composition keeps the split tape")
+                };
+                assert_eq!(
+                    bits(&o),
+                    bits(&o_ref),
+                    "output, {n}×{s}+{p}, {h} heads, causal {causal}"
+                );
+                assert_eq!(bits(&probs), bits(probs_ref), "probabilities, causal {causal}");
+                let (o_plain, none) = attention_past::forward(&qkv, &past.k, &past.v, ash, false).unwrap();
+                assert!(none.is_none());
+                assert_eq!(
+                    bits(&o_plain),
+                    bits(&o),
+                    "the output does not depend on keeping the tape"
+                );
+                let d_o = rand_tensor(&[2, n * s, d], seed + 3, 1.0);
+                let (ek, ev) = (
+                    rand_tensor(&[2, n * s, d], seed + 4, 1.0),
+                    rand_tensor(&[2, n * s, d], seed + 5, 1.0),
+                );
+                for with_own in [false, true] {
+                    let (dq, dk, dv, d_past) = blk.attention_backward(&tape, shape, p, &d_o, 2).unwrap();
+                    let (dk, dv) = if with_own {
+                        ((dk + &ek).unwrap(), (dv + &ev).unwrap())
+                    } else {
+                        (dk, dv)
+                    };
+                    let d_qkv_ref = Tensor::cat(&[&dq, &dk, &dv], 2).unwrap();
+                    let (dpk_ref, dpv_ref) = d_past.unwrap();
+                    let own = with_own.then_some((&ek, &ev));
+                    let g = attention_past::backward(&qkv, &past.k, &past.v, &probs, &d_o, own, ash).unwrap();
+                    let what = format!("{n}×{s}+{p}, {h} heads, causal {causal}, own {with_own}");
+                    assert_eq!(bits(&g.d_qkv), bits(&d_qkv_ref), "q/k/v cotangents, {what}");
+                    assert_eq!(bits(&g.d_past_k), bits(&dpk_ref), "past key cotangents, {what}");
+                    assert_eq!(bits(&g.d_past_v), bits(&dpv_ref), "past value cotangents, {what}");
+                }
+            }
+        }
+    }
+
+    /// A block with a past takes the fused past kernel for f32 CPU tensors, and its
+    /// forward and backward give the composition's numbers (f64 runs the composition).
+    #[test]
+    fn a_block_with_a_past_takes_the_fused_past_kernel() {
+        let (n, s, p, d, h) = (3, 4, 2, 16, 2);
+        let blk = random_block(d, h, 9, DType::F32);
+        let x = rand_tensor(&[n * s, d], 301, 1.0);
+        let past = KeyValues {
+            k: rand_tensor(&[1, h, p, d / h], 302, 1.0),
+            v: rand_tensor(&[1, h, p, d / h], 303, 1.0),
+        };
+        let shape = Shape { n, s, causal: true };
+        let f = blk.forward(&x, shape, Some(&past), None, true).unwrap();
+        assert!(matches!(
+            f.tape.as_ref().unwrap().attn,
+            AttentionTape::FusedPast { .. }
+        ));
+        let dy = rand_tensor(&[2, n * s, d], 304, 1.0);
+        let g = blk
+            .backward(f.tape.as_ref().unwrap(), &dy, None, None, true)
+            .unwrap();
+        let c = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let b64 = to64(&blk);
+        let past64 = KeyValues {
+            k: c(&past.k),
+            v: c(&past.v),
+        };
+        let f64_ = b64.forward(&c(&x), shape, Some(&past64), None, true).unwrap();
+        assert!(matches!(
+            f64_.tape.as_ref().unwrap().attn,
+            AttentionTape::Split { .. }
+        ));
+        let g64 = b64
+            .backward(f64_.tape.as_ref().unwrap(), &c(&dy), None, None, true)
+            .unwrap();
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let e = max_abs_diff(a, b) / max_abs_diff(b, &b.zeros_like().unwrap()).max(1.0);
+            assert!(e < 1e-5, "{what}: relative error {e}");
+        };
+        close(&f.y, &f64_.y, "output");
+        close(
+            g.dx.as_ref().unwrap(),
+            g64.dx.as_ref().unwrap(),
+            "input cotangent",
+        );
+        let (dpk, dpv) = g.d_past.unwrap();
+        let (dpk64, dpv64) = g64.d_past.unwrap();
+        close(&dpk, &dpk64, "past keys");
+        close(&dpv, &dpv64, "past values");
     }
 
     /// The fused f32 attention kernel (taken for f32 CPU tensors without a past) agrees

@@ -7,6 +7,7 @@
 //! pretraining ([`crate::pretrain`]) uses.
 
 pub mod attention;
+pub mod attention_past;
 pub mod block;
 pub mod checkpoint;
 pub mod config;

@@ -1,0 +1,374 @@
+//! Attention to a shared past on the CPU, fused: N sequences that each attend to the same
+//! P past positions (the text encoder's prompt prefix, computed once) and to their own S
+//! positions, and its VJP, one (sequence, head) per parallel task.
+//!
+//! Unlike [`super::attention`], this kernel keeps the candle composition's numbers bit for
+//! bit (test `fused_past_attention_equals_the_composition_bit_for_bit` in
+//! [`super::block`]): each task lays its operands out as the composition's contiguous
+//! head-major tensors, makes the same `gemm` calls on them, scales and masks in the same
+//! order, and uses candle's own row max and row sum and the standard library's `exp`, as
+//! `softmax_last_dim` does; the past's cotangents are summed over the sequences in their
+//! order, as `sum_keepdim(0)` does. What it leaves out is the composition's overhead:
+//! head split/merge copies, the past broadcast to every sequence, ~20 tensor operations
+//! each handed to the thread pool, and a threaded `gemm` call per tiny per-head matrix.
+
+use anyhow::{bail, Result};
+use candle_core::cpu::kernels::VecOps;
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use super::attention::{small_gemm, AttentionShape, F32View, SharedOut};
+
+/// The scale of the scores as the composition rounds it: 1/√hd in f64, then to f32.
+fn score_scale(head_dim: usize) -> f32 {
+    (1.0 / (head_dim as f64).sqrt()) as f32
+}
+
+/// One head's operands, laid out as the composition's contiguous tensors: queries
+/// `[S, hd]`, keys and values `[P+S, hd]` with the past first.
+struct HeadOperands {
+    q: Vec<f32>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
+impl HeadOperands {
+    /// Gathers sequence `seq`, head `h` from the q/k/v rows `x: [N·S, 3D]` and the past
+    /// `pk`, `pv: [H, P, hd]`.
+    fn gather(
+        x: &[f32],
+        pk: &[f32],
+        pv: &[f32],
+        shape: AttentionShape,
+        past: usize,
+        seq: usize,
+        h: usize,
+    ) -> Self {
+        let AttentionShape { s, width, .. } = shape;
+        let hd = width / shape.heads;
+        let t = past + s;
+        let mut q = vec![0f32; s * hd];
+        let mut keys = vec![0f32; t * hd];
+        let mut values = vec![0f32; t * hd];
+        let head_past = h * past * hd..(h + 1) * past * hd;
+        keys[..past * hd].copy_from_slice(&pk[head_past.clone()]);
+        values[..past * hd].copy_from_slice(&pv[head_past]);
+        for i in 0..s {
+            let row = &x[(seq * s + i) * 3 * width..][..3 * width];
+            q[i * hd..(i + 1) * hd].copy_from_slice(&row[h * hd..][..hd]);
+            keys[(past + i) * hd..][..hd].copy_from_slice(&row[width + h * hd..][..hd]);
+            values[(past + i) * hd..][..hd].copy_from_slice(&row[2 * width + h * hd..][..hd]);
+        }
+        HeadOperands { q, keys, values }
+    }
+}
+
+/// Checks the shapes shared by forward and backward; returns P.
+fn check(qkv: &Tensor, past_k: &Tensor, past_v: &Tensor, shape: AttentionShape) -> Result<usize> {
+    let AttentionShape {
+        n, s, heads, width, ..
+    } = shape;
+    let hd = width / heads;
+    let past = past_k.dim(2)?;
+    if qkv.dims() != [n * s, 3 * width] {
+        bail!(
+            "attention with a past: q/k/v rows {:?}, expected [{}, {}]",
+            qkv.dims(),
+            n * s,
+            3 * width
+        );
+    }
+    for (what, t) in [("keys", past_k), ("values", past_v)] {
+        if t.dims() != [1, heads, past, hd] {
+            bail!(
+                "attention with a past: past {what} {:?}, expected [1, {heads}, {past}, {hd}]",
+                t.dims()
+            );
+        }
+    }
+    Ok(past)
+}
+
+/// Forward: `qkv: [N·S, 3D]` attending to `past_k`, `past_v: [1, H, P, hd]` → output rows
+/// `[N·S, D]` and, when `keep_probs`, the probabilities `[N, H, S, P+S]`. With `causal`,
+/// own position i sees the past and own positions ≤ i.
+pub fn forward(
+    qkv: &Tensor,
+    past_k: &Tensor,
+    past_v: &Tensor,
+    shape: AttentionShape,
+    keep_probs: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let past = check(qkv, past_k, past_v, shape)?;
+    let AttentionShape {
+        n,
+        s,
+        heads,
+        width,
+        causal,
+    } = shape;
+    let hd = width / heads;
+    let t = past + s;
+    let scale = score_scale(hd);
+    let mut out = vec![0f32; n * s * width];
+    let mut probs = vec![0f32; if keep_probs { n * heads * s * t } else { 0 }];
+    let (o_ptr, p_ptr) = (SharedOut(out.as_mut_ptr()), SharedOut(probs.as_mut_ptr()));
+    let (xv, kv, vv) = (F32View::of(qkv)?, F32View::of(past_k)?, F32View::of(past_v)?);
+    let (x, pk, pv) = (xv.data(), kv.data(), vv.data());
+    (0..n * heads).into_par_iter().for_each(|task| {
+        let (seq, h) = (task / heads, task % heads);
+        let ops = HeadOperands::gather(x, pk, pv, shape, past, seq, h);
+        let mut scratch = Vec::new();
+        let p: &mut [f32] = if keep_probs {
+            // SAFETY: task `task` owns probability block `task` (s·t cells).
+            unsafe { std::slice::from_raw_parts_mut(p_ptr.at(task * s * t), s * t) }
+        } else {
+            scratch.resize(s * t, 0f32);
+            &mut scratch
+        };
+        let mut o = vec![0f32; s * hd];
+        // SAFETY: every operand is a contiguous buffer of this task with the extents
+        // given; q kᵀ reads the keys transposed (row stride 1, column stride hd).
+        unsafe {
+            small_gemm(
+                (s, t, hd),
+                (p.as_mut_ptr(), t as isize, 1),
+                (ops.q.as_ptr(), hd as isize, 1),
+                (ops.keys.as_ptr(), 1, hd as isize),
+                1.0,
+                false,
+            );
+        }
+        for (i, row) in p.chunks_mut(t).enumerate() {
+            // `scores * scale` (candle's affine: v · mul + add), then the mask's + 0 / + −∞.
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = *v * scale + 0.0;
+                if causal {
+                    *v += if j <= past + i { 0.0 } else { f32::NEG_INFINITY };
+                }
+            }
+            softmax_row(row);
+        }
+        // SAFETY: as above.
+        unsafe {
+            small_gemm(
+                (s, hd, t),
+                (o.as_mut_ptr(), hd as isize, 1),
+                (p.as_ptr(), t as isize, 1),
+                (ops.values.as_ptr(), hd as isize, 1),
+                1.0,
+                false,
+            );
+        }
+        for (i, o_row) in o.chunks(hd).enumerate() {
+            // SAFETY: the output cells of this sequence's rows in this head's columns
+            // belong to this task alone.
+            unsafe {
+                let dst = o_ptr.at((seq * s + i) * width + h * hd);
+                std::ptr::copy_nonoverlapping(o_row.as_ptr(), dst, hd);
+            }
+        }
+    });
+    let out = Tensor::from_vec(out, (n * s, width), &Device::Cpu)?;
+    let probs = keep_probs
+        .then(|| Tensor::from_vec(probs, (n, heads, s, t), &Device::Cpu))
+        .transpose()?;
+    Ok((out, probs))
+}
+
+/// candle's `softmax_last_dim` on one row: candle's row max, `exp(v − max)`, candle's
+/// row sum, then division.
+fn softmax_row(row: &mut [f32]) {
+    let mut max = f32::NEG_INFINITY;
+    // SAFETY: `row` holds `row.len()` > 0 cells.
+    unsafe { f32::vec_reduce_max(row.as_ptr(), &mut max, row.len()) };
+    row.iter_mut().for_each(|v| *v = (*v - max).exp());
+    let mut sum = 0f32;
+    // SAFETY: as above.
+    unsafe { f32::vec_reduce_sum(row.as_ptr(), &mut sum, row.len()) };
+    row.iter_mut().for_each(|v| *v /= sum);
+}
+
+/// Cotangents produced by [`backward`].
+pub struct PastGrad {
+    /// W.r.t. the q/k/v rows, `[K, N·S, 3D]`.
+    pub d_qkv: Tensor,
+    /// W.r.t. the past keys as rows `[K, P, D]`, summed over the N sequences.
+    pub d_past_k: Tensor,
+    /// W.r.t. the past values as rows `[K, P, D]`, summed over the N sequences.
+    pub d_past_v: Tensor,
+}
+
+/// VJP for K cotangents `d_out: [K, N·S, D]` of [`forward`]'s output, given its
+/// probabilities. `d_own_kv` (rows `[K, N·S, D]` each) is added to the cotangents of
+/// this call's own keys and values, as the composition adds it.
+pub fn backward(
+    qkv: &Tensor,
+    past_k: &Tensor,
+    past_v: &Tensor,
+    probs: &Tensor,
+    d_out: &Tensor,
+    d_own_kv: Option<(&Tensor, &Tensor)>,
+    shape: AttentionShape,
+) -> Result<PastGrad> {
+    let past = check(qkv, past_k, past_v, shape)?;
+    let AttentionShape {
+        n, s, heads, width, ..
+    } = shape;
+    let hd = width / heads;
+    let t = past + s;
+    let kk = d_out.dim(0)?;
+    if d_out.dims() != [kk, n * s, width] || probs.dims() != [n, heads, s, t] {
+        bail!(
+            "attention with a past, backward: cotangent {:?} and probabilities {:?} for {n} × {s} rows, {heads} heads, {past} past positions",
+            d_out.dims(),
+            probs.dims()
+        );
+    }
+    if let Some((ek, ev)) = d_own_kv {
+        if ek.dims() != d_out.dims() || ev.dims() != d_out.dims() {
+            bail!(
+                "attention with a past, backward: own key/value cotangents {:?} / {:?}, expected {:?}",
+                ek.dims(),
+                ev.dims(),
+                d_out.dims()
+            );
+        }
+    }
+    let scale = score_scale(hd);
+    let mut d_qkv = vec![0f32; kk * n * s * 3 * width];
+    // Per (cotangent, sequence, head) past cotangents `[P, hd]` for keys and values,
+    // summed over sequences below.
+    let mut past_parts = vec![0f32; 2 * kk * n * heads * past * hd];
+    let (d_ptr, pp_ptr) = (SharedOut(d_qkv.as_mut_ptr()), SharedOut(past_parts.as_mut_ptr()));
+    let (xv, kv, vv) = (F32View::of(qkv)?, F32View::of(past_k)?, F32View::of(past_v)?);
+    let (pr_v, dy_v) = (F32View::of(probs)?, F32View::of(d_out)?);
+    let own = match d_own_kv {
+        Some((ek, ev)) => Some((F32View::of(ek)?, F32View::of(ev)?)),
+        None => None,
+    };
+    let (x, pk, pv, pr, dy) = (xv.data(), kv.data(), vv.data(), pr_v.data(), dy_v.data());
+    let own = own.as_ref().map(|(a, b)| (a.data(), b.data()));
+    (0..kk * n * heads).into_par_iter().for_each(|task| {
+        let (ki, rest) = (task / (n * heads), task % (n * heads));
+        let (seq, h) = (rest / heads, rest % heads);
+        let ops = HeadOperands::gather(x, pk, pv, shape, past, seq, h);
+        let p = &pr[rest * s * t..(rest + 1) * s * t];
+        let mut g = vec![0f32; s * hd];
+        for i in 0..s {
+            let row = (ki * n + seq) * s + i;
+            g[i * hd..(i + 1) * hd].copy_from_slice(&dy[row * width + h * hd..][..hd]);
+        }
+        let mut ds = vec![0f32; s * t];
+        let mut d_values = vec![0f32; t * hd];
+        let mut dq = vec![0f32; s * hd];
+        let mut d_keys = vec![0f32; t * hd];
+        // SAFETY: every operand is a contiguous buffer of this task with the extents
+        // given; transposed operands are read with swapped strides.
+        unsafe {
+            // dP = dO Vᵀ ; dV = Pᵀ dO
+            small_gemm(
+                (s, t, hd),
+                (ds.as_mut_ptr(), t as isize, 1),
+                (g.as_ptr(), hd as isize, 1),
+                (ops.values.as_ptr(), 1, hd as isize),
+                1.0,
+                false,
+            );
+            small_gemm(
+                (t, hd, s),
+                (d_values.as_mut_ptr(), hd as isize, 1),
+                (p.as_ptr(), 1, t as isize),
+                (g.as_ptr(), hd as isize, 1),
+                1.0,
+                false,
+            );
+        }
+        // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then `* scale` as candle's affine.
+        let mut prod = vec![0f32; t];
+        for (dr, pr_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
+            prod.iter_mut()
+                .zip(dr.iter().zip(pr_row))
+                .for_each(|(o, (&a, &b))| *o = a * b);
+            let mut row_dot = 0f32;
+            // SAFETY: `prod` holds t cells.
+            unsafe { f32::vec_reduce_sum(prod.as_ptr(), &mut row_dot, t) };
+            for (d, &pv) in dr.iter_mut().zip(pr_row) {
+                *d = pv * (*d - row_dot);
+                *d = *d * scale + 0.0;
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            // dQ = dS K ; dK = dSᵀ Q
+            small_gemm(
+                (s, hd, t),
+                (dq.as_mut_ptr(), hd as isize, 1),
+                (ds.as_ptr(), t as isize, 1),
+                (ops.keys.as_ptr(), hd as isize, 1),
+                1.0,
+                false,
+            );
+            small_gemm(
+                (t, hd, s),
+                (d_keys.as_mut_ptr(), hd as isize, 1),
+                (ds.as_ptr(), 1, t as isize),
+                (ops.q.as_ptr(), hd as isize, 1),
+                1.0,
+                false,
+            );
+        }
+        for i in 0..s {
+            let row = (ki * n + seq) * s + i;
+            let (own_k, own_v) = (
+                &d_keys[(past + i) * hd..][..hd],
+                &d_values[(past + i) * hd..][..hd],
+            );
+            // SAFETY: this task alone writes this row's cells in this head's q, k and v
+            // columns of cotangent ki.
+            unsafe {
+                let base = d_ptr.at(row * 3 * width + h * hd);
+                for c in 0..hd {
+                    *base.add(c) = dq[i * hd + c];
+                    let (mut k, mut v) = (own_k[c], own_v[c]);
+                    if let Some((ek, ev)) = own {
+                        k += ek[row * width + h * hd + c];
+                        v += ev[row * width + h * hd + c];
+                    }
+                    *base.add(width + c) = k;
+                    *base.add(2 * width + c) = v;
+                }
+            }
+        }
+        let part = past * hd;
+        // SAFETY: block `task` of each half of `past_parts` belongs to this task alone.
+        unsafe {
+            std::ptr::copy_nonoverlapping(d_keys.as_ptr(), pp_ptr.at(task * part), part);
+            std::ptr::copy_nonoverlapping(d_values.as_ptr(), pp_ptr.at((kk * n * heads + task) * part), part);
+        }
+    });
+    // Sum over the N sequences in their order from 0, as `sum_keepdim(0)` does, into rows.
+    let sum_past = |half: usize| -> Result<Tensor> {
+        let mut rows = vec![0f32; kk * past * width];
+        for ki in 0..kk {
+            for h in 0..heads {
+                for pi in 0..past {
+                    for c in 0..hd {
+                        let mut acc = 0f32;
+                        for seq in 0..n {
+                            let task = (ki * n + seq) * heads + h;
+                            acc += past_parts[(half * kk * n * heads + task) * past * hd + pi * hd + c];
+                        }
+                        rows[(ki * past + pi) * width + h * hd + c] = acc;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(rows, (kk, past, width), &Device::Cpu)?)
+    };
+    Ok(PastGrad {
+        d_qkv: Tensor::from_vec(d_qkv, (kk, n * s, 3 * width), &Device::Cpu)?,
+        d_past_k: sum_past(0)?,
+        d_past_v: sum_past(1)?,
+    })
+}

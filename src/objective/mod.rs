@@ -5,6 +5,7 @@
 //! computed with the authors' reference code (`tests/fixtures/*_cases.json`).
 
 pub mod ce;
+pub mod expf;
 pub mod logit_adjust;
 pub mod purify;
 pub mod stage2;

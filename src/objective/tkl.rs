@@ -116,29 +116,57 @@ fn tkl_tensor(f: &Tensor, z: &Tensor) -> Result<Tkl> {
 mod host {
     use rayon::prelude::*;
 
+    use super::super::expf::exp_in_place;
     use super::*;
+
+    /// Scratch rows of one row's length.
+    struct Scratch {
+        buf: Vec<f32>,
+        exps: Vec<f32>,
+        log_t: Vec<f32>,
+        log_s: Vec<f32>,
+    }
+
+    impl Scratch {
+        fn new(c: usize) -> Self {
+            Scratch {
+                buf: vec![0f32; c],
+                exps: vec![0f32; c],
+                log_t: vec![0f32; c],
+                log_s: vec![0f32; c],
+            }
+        }
+    }
+
+    /// `exps` = exp of `xs`, element by element, with libm's bits ([`exp_in_place`]).
+    fn exp_of(xs: &[f32], exps: &mut [f32]) {
+        exps.copy_from_slice(xs);
+        exp_in_place(exps);
+    }
 
     /// log-softmax of `x / tau` into `out`, rounded as `candle_nn::ops::log_softmax`:
     /// (x/τ − max) − ln Σ exp(x/τ − max). The bisection's decisions depend on the last
     /// bits of the entropy, so the order of operations matters.
-    fn log_softmax(x: &[f32], tau: f32, out: &mut [f32]) {
+    fn log_softmax(x: &[f32], tau: f32, out: &mut [f32], exps: &mut [f32]) {
         out.iter_mut().zip(x).for_each(|(o, &v)| *o = v / tau);
         let m = out.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
         out.iter_mut().for_each(|o| *o -= m);
-        let ln_sum = out.iter().map(|&d| d.exp()).sum::<f32>().ln();
+        exp_of(out, exps);
+        let ln_sum = exps.iter().copied().sum::<f32>().ln();
         out.iter_mut().for_each(|o| *o -= ln_sum);
     }
 
-    fn entropy(x: &[f32], tau: f32, buf: &mut [f32]) -> f32 {
-        log_softmax(x, tau, buf);
-        -buf.iter().map(|&l| l.exp() * l).sum::<f32>()
+    fn entropy(x: &[f32], tau: f32, buf: &mut [f32], exps: &mut [f32]) -> f32 {
+        log_softmax(x, tau, buf, exps);
+        exp_of(buf, exps);
+        -exps.iter().zip(&*buf).map(|(&e, &l)| e * l).sum::<f32>()
     }
 
-    fn solve(x: &[f32], target: f32, buf: &mut [f32]) -> f32 {
+    fn solve(x: &[f32], target: f32, buf: &mut [f32], exps: &mut [f32]) -> f32 {
         let (mut lo, mut hi) = (TAU_LOW as f32, TAU_HIGH as f32);
         for _ in 0..BISECTION_STEPS {
             let mid = (lo + hi) / 2.0;
-            if entropy(x, mid, buf) > target {
+            if entropy(x, mid, buf, exps) > target {
                 hi = mid;
             } else {
                 lo = mid;
@@ -148,24 +176,30 @@ mod host {
     }
 
     /// One row's h*, τ_z, τ_f and KL, its loss gradient written into `grad` (already
-    /// divided by the batch size `b`); `bufs` are three scratch rows of its length.
-    fn row(fr: &[f32], zr: &[f32], b: usize, grad: &mut [f32], bufs: &mut [Vec<f32>; 3]) -> [f32; 4] {
-        let [buf, log_t, log_s] = bufs;
+    /// divided by the batch size `b`).
+    fn row(fr: &[f32], zr: &[f32], b: usize, grad: &mut [f32], s: &mut Scratch) -> [f32; 4] {
+        let Scratch {
+            buf,
+            exps,
+            log_t,
+            log_s,
+        } = s;
         let floor = PROB_FLOOR as f32;
-        let h = (entropy(fr, 1.0, buf) + entropy(zr, 1.0, buf)) / 2.0;
-        let (tz, tf) = (solve(zr, h, buf), solve(fr, h, buf));
-        log_softmax(zr, tz, log_t);
-        log_softmax(fr, tf, log_s);
+        let h = (entropy(fr, 1.0, buf, exps) + entropy(zr, 1.0, buf, exps)) / 2.0;
+        let (tz, tf) = (solve(zr, h, buf, exps), solve(fr, h, buf, exps));
+        log_softmax(zr, tz, log_t, exps);
+        log_softmax(fr, tf, log_s, exps);
+        let (p_t, p_s) = (buf, exps);
+        exp_of(log_t, p_t);
+        exp_of(log_s, p_s);
         let (mut k, mut mass) = (0f32, 0f32);
-        for j in 0..fr.len() {
-            let (pt, ps) = (log_t[j].exp(), log_s[j].exp());
+        for (&pt, &ps) in p_t.iter().zip(p_s.iter()) {
             k += pt * (pt.max(floor).ln() - ps.max(floor).ln());
             if ps >= floor {
                 mass += pt;
             }
         }
-        for (j, g) in grad.iter_mut().enumerate() {
-            let (pt, ps) = (log_t[j].exp(), log_s[j].exp());
+        for ((g, &pt), &ps) in grad.iter_mut().zip(p_t.iter()).zip(p_s.iter()) {
             let live = if ps >= floor { pt } else { 0.0 };
             *g = (ps * mass - live) / (tf * b as f32);
         }
@@ -185,8 +219,8 @@ mod host {
             .enumerate()
             .with_min_len(8)
             .map_init(
-                || [vec![0f32; c], vec![0f32; c], vec![0f32; c]],
-                |bufs, (i, g)| row(&fv[i * c..(i + 1) * c], &zv[i * c..(i + 1) * c], b, g, bufs),
+                || Scratch::new(c),
+                |scratch, (i, g)| row(&fv[i * c..(i + 1) * c], &zv[i * c..(i + 1) * c], b, g, scratch),
             )
             .collect();
         let column = |n: usize| rows.iter().map(|r| r[n]).collect::<Vec<f32>>();

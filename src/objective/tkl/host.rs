@@ -1,0 +1,345 @@
+//! TKL on the CPU in plain loops, in f32: a `[32, C]` batch is far too small to amortize
+//! ~300 tensor operations, and an evaluation's thousands of rows are mostly the two
+//! 20-step temperature bisections per row.
+//!
+//! The bisections run [`LANES`] rows at once, interleaved (element j of lane l at
+//! `j·LANES + l`): every per-row reduction (max, Σ exp, Σ p·log p) stays one sequential
+//! loop per lane, in the row-wise order, so each row gets exactly the bits of the
+//! row-wise formulas (test `lanes_give_the_row_wise_bits`), while the lanes fill the
+//! vector registers that a single row's serial sums leave idle. The bisection's decisions
+//! depend on the last bits of the entropies, which is why the order is kept.
+
+use rayon::prelude::*;
+
+use super::super::expf::exp_in_place;
+use super::*;
+use crate::clip::kernels::wide_simd;
+
+/// Rows per interleaved group.
+const LANES: usize = 8;
+
+/// One lane's value per lane.
+type Lanes = [f32; LANES];
+
+/// `Iterator::sum` for f32 folds from −0.0 (so that a sum of −0.0 terms stays −0.0);
+/// the lane sums start from the same value.
+const SUM_START: f32 = -0.0;
+
+/// `exps` = exp of `xs`, element by element, with libm's bits ([`exp_in_place`]).
+fn exp_of(xs: &[f32], exps: &mut [f32]) {
+    exps.copy_from_slice(xs);
+    exp_in_place(exps);
+}
+
+/// log-softmax of `x / tau` into `out`, rounded as `candle_nn::ops::log_softmax`:
+/// (x/τ − max) − ln Σ exp(x/τ − max).
+fn log_softmax(x: &[f32], tau: f32, out: &mut [f32], exps: &mut [f32]) {
+    out.iter_mut().zip(x).for_each(|(o, &v)| *o = v / tau);
+    let m = out.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    out.iter_mut().for_each(|o| *o -= m);
+    exp_of(out, exps);
+    let ln_sum = exps.iter().copied().sum::<f32>().ln();
+    out.iter_mut().for_each(|o| *o -= ln_sum);
+}
+
+/// [`log_softmax`] of [`LANES`] interleaved rows, each with its own τ.
+#[inline(always)]
+fn lanes_log_softmax(x: &[f32], tau: &Lanes, out: &mut [f32], exps: &mut [f32]) {
+    for (o, v) in out.chunks_exact_mut(LANES).zip(x.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            o[l] = v[l] / tau[l];
+        }
+    }
+    let mut m = [f32::NEG_INFINITY; LANES];
+    for o in out.chunks_exact(LANES) {
+        for l in 0..LANES {
+            m[l] = m[l].max(o[l]);
+        }
+    }
+    for o in out.chunks_exact_mut(LANES) {
+        for l in 0..LANES {
+            o[l] -= m[l];
+        }
+    }
+    exp_of(out, exps);
+    let mut sum = [SUM_START; LANES];
+    for e in exps.chunks_exact(LANES) {
+        for l in 0..LANES {
+            sum[l] += e[l];
+        }
+    }
+    let ln_sum = sum.map(f32::ln);
+    for o in out.chunks_exact_mut(LANES) {
+        for l in 0..LANES {
+            o[l] -= ln_sum[l];
+        }
+    }
+}
+
+/// Entropy of softmax(x/τ) per lane: −Σ p·log p, in the row-wise order.
+#[inline(always)]
+fn lanes_entropy(x: &[f32], tau: &Lanes, buf: &mut [f32], exps: &mut [f32]) -> Lanes {
+    lanes_log_softmax(x, tau, buf, exps);
+    exp_of(buf, exps);
+    let mut sum = [SUM_START; LANES];
+    for (e, lp) in exps.chunks_exact(LANES).zip(buf.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            sum[l] += e[l] * lp[l];
+        }
+    }
+    sum.map(|s| -s)
+}
+
+/// Per lane, τ with H(softmax(x/τ)) ≈ target: 20 bisection steps on [0.05, 20].
+#[inline(always)]
+fn lanes_solve(x: &[f32], target: &Lanes, buf: &mut [f32], exps: &mut [f32]) -> Lanes {
+    let (mut lo, mut hi) = ([TAU_LOW as f32; LANES], [TAU_HIGH as f32; LANES]);
+    for _ in 0..BISECTION_STEPS {
+        let mut mid = [0f32; LANES];
+        for l in 0..LANES {
+            mid[l] = (lo[l] + hi[l]) / 2.0;
+        }
+        let h = lanes_entropy(x, &mid, buf, exps);
+        for l in 0..LANES {
+            if h[l] > target[l] {
+                hi[l] = mid[l];
+            } else {
+                lo[l] = mid[l];
+            }
+        }
+    }
+    std::array::from_fn(|l| (lo[l] + hi[l]) / 2.0)
+}
+
+/// Scratch of one task: interleaved inputs and work rows for [`LANES`] rows, and the
+/// row-wise rows of the KL step.
+struct Scratch {
+    f: Vec<f32>,
+    z: Vec<f32>,
+    buf: Vec<f32>,
+    exps: Vec<f32>,
+    log_t: Vec<f32>,
+    log_s: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(c: usize) -> Self {
+        let lanes = || vec![0f32; c * LANES];
+        Scratch {
+            f: lanes(),
+            z: lanes(),
+            buf: lanes(),
+            exps: lanes(),
+            log_t: vec![0f32; c],
+            log_s: vec![0f32; c],
+        }
+    }
+}
+
+wide_simd! {
+    /// h*, τ_z and τ_f of the [`LANES`] interleaved rows in `s.f`, `s.z`.
+    fn solve_lanes(s: &mut Scratch, out: &mut [[f32; 3]; LANES]) {
+        let one = [1.0f32; LANES];
+        let hf = lanes_entropy(&s.f, &one, &mut s.buf, &mut s.exps);
+        let hz = lanes_entropy(&s.z, &one, &mut s.buf, &mut s.exps);
+        let h: Lanes = std::array::from_fn(|l| (hf[l] + hz[l]) / 2.0);
+        let tz = lanes_solve(&s.z, &h, &mut s.buf, &mut s.exps);
+        let tf = lanes_solve(&s.f, &h, &mut s.buf, &mut s.exps);
+        for l in 0..LANES {
+            out[l] = [h[l], tz[l], tf[l]];
+        }
+    }
+}
+
+/// One row's KL at the solved temperatures, its loss gradient written into `grad`
+/// (already divided by the batch size `b`); returns [h*, τ_z, τ_f, KL].
+fn kl_row(
+    fr: &[f32],
+    zr: &[f32],
+    b: usize,
+    [h, tz, tf]: [f32; 3],
+    grad: &mut [f32],
+    s: &mut Scratch,
+) -> [f32; 4] {
+    let c = fr.len();
+    let (log_t, log_s) = (&mut s.log_t, &mut s.log_s);
+    let (p_t, p_s) = (&mut s.buf[..c], &mut s.exps[..c]);
+    let floor = PROB_FLOOR as f32;
+    log_softmax(zr, tz, log_t, p_s);
+    log_softmax(fr, tf, log_s, p_s);
+    exp_of(log_t, p_t);
+    exp_of(log_s, p_s);
+    let (mut k, mut mass) = (0f32, 0f32);
+    for (&pt, &ps) in p_t.iter().zip(p_s.iter()) {
+        k += pt * (pt.max(floor).ln() - ps.max(floor).ln());
+        if ps >= floor {
+            mass += pt;
+        }
+    }
+    for ((g, &pt), &ps) in grad.iter_mut().zip(p_t.iter()).zip(p_s.iter()) {
+        let live = if ps >= floor { pt } else { 0.0 };
+        *g = (ps * mass - live) / (tf * b as f32);
+    }
+    [h, tz, tf, k]
+}
+
+/// [`LANES`] rows from `first` (`grad` holds theirs): a short last group repeats its
+/// last row in the spare lanes, whose results are dropped.
+fn rows_group(
+    fv: &[f32],
+    zv: &[f32],
+    b: usize,
+    c: usize,
+    first: usize,
+    grad: &mut [f32],
+    s: &mut Scratch,
+) -> Vec<[f32; 4]> {
+    let rows = grad.len() / c;
+    for l in 0..LANES {
+        let r = first + l.min(rows - 1);
+        for j in 0..c {
+            s.f[j * LANES + l] = fv[r * c + j];
+            s.z[j * LANES + l] = zv[r * c + j];
+        }
+    }
+    let mut solved = [[0f32; 3]; LANES];
+    solve_lanes(s, &mut solved);
+    grad.chunks_exact_mut(c)
+        .enumerate()
+        .map(|(l, g)| {
+            let r = first + l;
+            kl_row(
+                &fv[r * c..(r + 1) * c],
+                &zv[r * c..(r + 1) * c],
+                b,
+                solved[l],
+                g,
+                s,
+            )
+        })
+        .collect()
+}
+
+/// Groups of rows are independent, so they run in parallel: the same bits on any number
+/// of threads.
+pub(super) fn tkl(f: &Tensor, z: &Tensor) -> Result<Tkl> {
+    let (b, c) = f.dims2()?;
+    let fv: Vec<f32> = f.flatten_all()?.to_vec1()?;
+    let zv: Vec<f32> = z.flatten_all()?.to_vec1()?;
+    let mut grad = vec![0f32; b * c];
+    let rows: Vec<[f32; 4]> = if c == 0 {
+        Vec::new()
+    } else {
+        grad.par_chunks_mut(LANES * c)
+            .enumerate()
+            .map_init(
+                || Scratch::new(c),
+                |s, (i, g)| rows_group(&fv, &zv, b, c, i * LANES, g, s),
+            )
+            .flatten_iter()
+            .collect()
+    };
+    let column = |n: usize| rows.iter().map(|r| r[n]).collect::<Vec<f32>>();
+    let (h_star, tau_z, tau_f, kl) = (column(0), column(1), column(2), column(3));
+    let dev = f.device();
+    let kl = Tensor::from_vec(kl, b, dev)?;
+    Ok(Tkl {
+        loss: LossGrad {
+            loss: kl.mean_all()?.to_scalar::<f32>()?,
+            grad: Tensor::from_vec(grad, (b, c), dev)?,
+        },
+        h_star: Tensor::from_vec(h_star, b, dev)?,
+        tau_z: Tensor::from_vec(tau_z, b, dev)?,
+        tau_f: Tensor::from_vec(tau_f, b, dev)?,
+        kl_per_sample: kl,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The row-wise formulas the lanes replace, kept as the reference.
+    fn entropy(x: &[f32], tau: f32, buf: &mut [f32], exps: &mut [f32]) -> f32 {
+        log_softmax(x, tau, buf, exps);
+        exp_of(buf, exps);
+        -exps.iter().zip(&*buf).map(|(&e, &l)| e * l).sum::<f32>()
+    }
+
+    fn solve(x: &[f32], target: f32, buf: &mut [f32], exps: &mut [f32]) -> f32 {
+        let (mut lo, mut hi) = (TAU_LOW as f32, TAU_HIGH as f32);
+        for _ in 0..BISECTION_STEPS {
+            let mid = (lo + hi) / 2.0;
+            if entropy(x, mid, buf, exps) > target {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        (lo + hi) / 2.0
+    }
+
+    #[test]
+    fn float_sums_start_from_negative_zero() {
+        assert!([-0.0f32].iter().sum::<f32>().is_sign_negative());
+        assert!(SUM_START.is_sign_negative());
+    }
+
+    /// Every row's h*, τ_z, τ_f, KL and gradient have the row-wise formulas' bits, for
+    /// row counts that fill the last group, leave it short, or make a single short group,
+    /// with logits from sharp to flat (including exact ties and −0.0).
+    #[test]
+    fn lanes_give_the_row_wise_bits() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for (b, c) in [(16, 100), (13, 10), (3, 7), (1, 2)] {
+            let mut fv: Vec<f32> = (0..b * c).map(|_| (next() - 0.5) * 60.0).collect();
+            let zv: Vec<f32> = (0..b * c)
+                .map(|i| (next() - 0.5) * (5.0 + 10.0 * (i % 7) as f32))
+                .collect();
+            fv[0] = -0.0;
+            if c > 2 {
+                fv[1] = fv[2];
+            }
+            let f = Tensor::from_vec(fv.clone(), (b, c), &candle_core::Device::Cpu).unwrap();
+            let z = Tensor::from_vec(zv.clone(), (b, c), &candle_core::Device::Cpu).unwrap();
+            let got = tkl(&f, &z).unwrap();
+            let col = |t: &Tensor| -> Vec<u32> {
+                let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+                v.into_iter().map(f32::to_bits).collect()
+            };
+            let (mut buf, mut exps) = (vec![0f32; c], vec![0f32; c]);
+            let mut s = Scratch::new(c);
+            let mut want_grad = vec![0f32; b * c];
+            let mut want = Vec::new();
+            for r in 0..b {
+                let (fr, zr) = (&fv[r * c..(r + 1) * c], &zv[r * c..(r + 1) * c]);
+                let h = (entropy(fr, 1.0, &mut buf, &mut exps) + entropy(zr, 1.0, &mut buf, &mut exps)) / 2.0;
+                let (tz, tf) = (
+                    solve(zr, h, &mut buf, &mut exps),
+                    solve(fr, h, &mut buf, &mut exps),
+                );
+                want.push(kl_row(
+                    fr,
+                    zr,
+                    b,
+                    [h, tz, tf],
+                    &mut want_grad[r * c..(r + 1) * c],
+                    &mut s,
+                ));
+            }
+            let bits = |n: usize| want.iter().map(|r| r[n].to_bits()).collect::<Vec<u32>>();
+            assert_eq!(col(&got.h_star), bits(0), "h*, {b}×{c}");
+            assert_eq!(col(&got.tau_z), bits(1), "τ_z, {b}×{c}");
+            assert_eq!(col(&got.tau_f), bits(2), "τ_f, {b}×{c}");
+            assert_eq!(col(&got.kl_per_sample), bits(3), "KL, {b}×{c}");
+            let want_grad: Vec<u32> = want_grad.iter().map(|g| g.to_bits()).collect();
+            assert_eq!(col(&got.loss.grad), want_grad, "gradient, {b}×{c}");
+        }
+    }
+}

@@ -61,6 +61,27 @@ impl SharedOut {
     }
 }
 
+/// Task `task`'s block of `len` probabilities: its cells of the kept buffer when `kept`
+/// is given, else `scratch`.
+///
+/// # Safety
+/// With `kept`, cells `task · len .. (task + 1) · len` lie inside its buffer and belong to
+/// the calling task alone.
+pub(super) unsafe fn probs_block(
+    kept: Option<SharedOut>,
+    task: usize,
+    len: usize,
+    scratch: &mut Vec<f32>,
+) -> &mut [f32] {
+    match kept {
+        Some(buf) => std::slice::from_raw_parts_mut(buf.at(task * len), len),
+        None => {
+            scratch.resize(len, 0f32);
+            scratch
+        }
+    }
+}
+
 /// `dst[m×n] (= or +=) beta · lhs[m×k] · rhs[k×n]`, all strided, single-threaded.
 ///
 /// # Safety
@@ -183,13 +204,8 @@ pub fn forward(qkv: &Tensor, shape: AttentionShape, keep_probs: bool) -> Result<
         let k = x[row0 + width + h * hd..].as_ptr();
         let v = x[row0 + 2 * width + h * hd..].as_ptr();
         let mut scratch = Vec::new();
-        let p: &mut [f32] = if keep_probs {
-            // SAFETY: task `task` owns probability block `task` (s·s cells).
-            unsafe { std::slice::from_raw_parts_mut(p_ptr.at(task * s * s), s * s) }
-        } else {
-            scratch.resize(s * s, 0f32);
-            &mut scratch
-        };
+        // SAFETY: task `task` owns probability block `task` (s·s cells).
+        let p = unsafe { probs_block(keep_probs.then_some(p_ptr), task, s * s, &mut scratch) };
         let ld = (3 * width) as isize;
         // SAFETY: q, k, v address S rows of stride 3D and hd columns inside `x`; the
         // output cells (rows of this sequence, columns of this head) belong to this

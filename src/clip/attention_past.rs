@@ -17,7 +17,7 @@ use candle_core::cpu::kernels::VecOps;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::attention::{small_gemm, AttentionShape, F32View, SharedOut};
+use super::attention::{probs_block, small_gemm, AttentionShape, F32View, SharedOut};
 
 /// The scale of the scores as the composition rounds it: 1/√hd in f64, then to f32.
 fn score_scale(head_dim: usize) -> f32 {
@@ -119,13 +119,8 @@ pub fn forward(
         let (seq, h) = (task / heads, task % heads);
         let ops = HeadOperands::gather(x, pk, pv, shape, past, seq, h);
         let mut scratch = Vec::new();
-        let p: &mut [f32] = if keep_probs {
-            // SAFETY: task `task` owns probability block `task` (s·t cells).
-            unsafe { std::slice::from_raw_parts_mut(p_ptr.at(task * s * t), s * t) }
-        } else {
-            scratch.resize(s * t, 0f32);
-            &mut scratch
-        };
+        // SAFETY: task `task` owns probability block `task` (s·t cells).
+        let p = unsafe { probs_block(keep_probs.then_some(p_ptr), task, s * t, &mut scratch) };
         let mut o = vec![0f32; s * hd];
         // SAFETY: every operand is a contiguous buffer of this task with the extents
         // given; q kᵀ reads the keys transposed (row stride 1, column stride hd).
@@ -249,102 +244,110 @@ pub fn backward(
     };
     let (x, pk, pv, pr, dy) = (xv.data(), kv.data(), vv.data(), pr_v.data(), dy_v.data());
     let own = own.as_ref().map(|(a, b)| (a.data(), b.data()));
-    (0..kk * n * heads).into_par_iter().for_each(|task| {
-        let (ki, rest) = (task / (n * heads), task % (n * heads));
+    // One task per (sequence, head): its operands are gathered once for all cotangents.
+    (0..n * heads).into_par_iter().for_each(|rest| {
         let (seq, h) = (rest / heads, rest % heads);
         let ops = HeadOperands::gather(x, pk, pv, shape, past, seq, h);
         let p = &pr[rest * s * t..(rest + 1) * s * t];
-        let mut g = vec![0f32; s * hd];
-        for i in 0..s {
-            let row = (ki * n + seq) * s + i;
-            g[i * hd..(i + 1) * hd].copy_from_slice(&dy[row * width + h * hd..][..hd]);
-        }
-        let mut ds = vec![0f32; s * t];
-        let mut d_values = vec![0f32; t * hd];
-        let mut dq = vec![0f32; s * hd];
-        let mut d_keys = vec![0f32; t * hd];
-        // SAFETY: every operand is a contiguous buffer of this task with the extents
-        // given; transposed operands are read with swapped strides.
-        unsafe {
-            // dP = dO Vᵀ ; dV = Pᵀ dO
-            small_gemm(
-                (s, t, hd),
-                (ds.as_mut_ptr(), t as isize, 1),
-                (g.as_ptr(), hd as isize, 1),
-                (ops.values.as_ptr(), 1, hd as isize),
-                1.0,
-                false,
-            );
-            small_gemm(
-                (t, hd, s),
-                (d_values.as_mut_ptr(), hd as isize, 1),
-                (p.as_ptr(), 1, t as isize),
-                (g.as_ptr(), hd as isize, 1),
-                1.0,
-                false,
-            );
-        }
-        // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then `* scale` as candle's affine.
-        let mut prod = vec![0f32; t];
-        for (dr, pr_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
-            prod.iter_mut()
-                .zip(dr.iter().zip(pr_row))
-                .for_each(|(o, (&a, &b))| *o = a * b);
-            let mut row_dot = 0f32;
-            // SAFETY: `prod` holds t cells.
-            unsafe { f32::vec_reduce_sum(prod.as_ptr(), &mut row_dot, t) };
-            for (d, &pv) in dr.iter_mut().zip(pr_row) {
-                *d = pv * (*d - row_dot);
-                *d = *d * scale + 0.0;
+        for ki in 0..kk {
+            let task = ki * n * heads + rest;
+            let mut g = vec![0f32; s * hd];
+            for i in 0..s {
+                let row = (ki * n + seq) * s + i;
+                g[i * hd..(i + 1) * hd].copy_from_slice(&dy[row * width + h * hd..][..hd]);
             }
-        }
-        // SAFETY: as above.
-        unsafe {
-            // dQ = dS K ; dK = dSᵀ Q
-            small_gemm(
-                (s, hd, t),
-                (dq.as_mut_ptr(), hd as isize, 1),
-                (ds.as_ptr(), t as isize, 1),
-                (ops.keys.as_ptr(), hd as isize, 1),
-                1.0,
-                false,
-            );
-            small_gemm(
-                (t, hd, s),
-                (d_keys.as_mut_ptr(), hd as isize, 1),
-                (ds.as_ptr(), 1, t as isize),
-                (ops.q.as_ptr(), hd as isize, 1),
-                1.0,
-                false,
-            );
-        }
-        for i in 0..s {
-            let row = (ki * n + seq) * s + i;
-            let (own_k, own_v) = (
-                &d_keys[(past + i) * hd..][..hd],
-                &d_values[(past + i) * hd..][..hd],
-            );
-            // SAFETY: this task alone writes this row's cells in this head's q, k and v
-            // columns of cotangent ki.
+            let mut ds = vec![0f32; s * t];
+            let mut d_values = vec![0f32; t * hd];
+            let mut dq = vec![0f32; s * hd];
+            let mut d_keys = vec![0f32; t * hd];
+            // SAFETY: every operand is a contiguous buffer of this task with the extents
+            // given; transposed operands are read with swapped strides.
             unsafe {
-                let base = d_ptr.at(row * 3 * width + h * hd);
-                for c in 0..hd {
-                    *base.add(c) = dq[i * hd + c];
-                    let (mut k, mut v) = (own_k[c], own_v[c]);
-                    if let Some((ek, ev)) = own {
-                        k += ek[row * width + h * hd + c];
-                        v += ev[row * width + h * hd + c];
-                    }
-                    *base.add(width + c) = k;
-                    *base.add(2 * width + c) = v;
+                // dP = dO Vᵀ ; dV = Pᵀ dO
+                small_gemm(
+                    (s, t, hd),
+                    (ds.as_mut_ptr(), t as isize, 1),
+                    (g.as_ptr(), hd as isize, 1),
+                    (ops.values.as_ptr(), 1, hd as isize),
+                    1.0,
+                    false,
+                );
+                small_gemm(
+                    (t, hd, s),
+                    (d_values.as_mut_ptr(), hd as isize, 1),
+                    (p.as_ptr(), 1, t as isize),
+                    (g.as_ptr(), hd as isize, 1),
+                    1.0,
+                    false,
+                );
+            }
+            // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then `* scale` as candle's affine.
+            let mut prod = vec![0f32; t];
+            for (dr, pr_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                prod.iter_mut()
+                    .zip(dr.iter().zip(pr_row))
+                    .for_each(|(o, (&a, &b))| *o = a * b);
+                let mut row_dot = 0f32;
+                // SAFETY: `prod` holds t cells.
+                unsafe { f32::vec_reduce_sum(prod.as_ptr(), &mut row_dot, t) };
+                for (d, &pv) in dr.iter_mut().zip(pr_row) {
+                    *d = pv * (*d - row_dot);
+                    *d = *d * scale + 0.0;
                 }
             }
-        }
-        let part = past * hd;
-        // SAFETY: block `task` of each half of `past_parts` belongs to this task alone.
-        unsafe {
-            std::ptr::copy_nonoverlapping(d_keys.as_ptr(), pp_ptr.at(task * part), part);
-            std::ptr::copy_nonoverlapping(d_values.as_ptr(), pp_ptr.at((kk * n * heads + task) * part), part);
+            // SAFETY: as above.
+            unsafe {
+                // dQ = dS K ; dK = dSᵀ Q
+                small_gemm(
+                    (s, hd, t),
+                    (dq.as_mut_ptr(), hd as isize, 1),
+                    (ds.as_ptr(), t as isize, 1),
+                    (ops.keys.as_ptr(), hd as isize, 1),
+                    1.0,
+                    false,
+                );
+                small_gemm(
+                    (t, hd, s),
+                    (d_keys.as_mut_ptr(), hd as isize, 1),
+                    (ds.as_ptr(), 1, t as isize),
+                    (ops.q.as_ptr(), hd as isize, 1),
+                    1.0,
+                    false,
+                );
+            }
+            for i in 0..s {
+                let row = (ki * n + seq) * s + i;
+                let (own_k, own_v) = (
+                    &d_keys[(past + i) * hd..][..hd],
+                    &d_values[(past + i) * hd..][..hd],
+                );
+                // SAFETY: this task alone writes this row's cells in this head's q, k and v
+                // columns of cotangent ki.
+                unsafe {
+                    let base = d_ptr.at(row * 3 * width + h * hd);
+                    for c in 0..hd {
+                        *base.add(c) = dq[i * hd + c];
+                        let (mut k, mut v) = (own_k[c], own_v[c]);
+                        if let Some((ek, ev)) = own {
+                            k += ek[row * width + h * hd + c];
+                            v += ev[row * width + h * hd + c];
+                        }
+                        *base.add(width + c) = k;
+                        *base.add(2 * width + c) = v;
+                    }
+                }
+            }
+            let part = past * hd;
+            // SAFETY: block `task` of each half of `past_parts` is this (cotangent,
+            // sequence, head)'s alone.
+            unsafe {
+                std::ptr::copy_nonoverlapping(d_keys.as_ptr(), pp_ptr.at(task * part), part);
+                std::ptr::copy_nonoverlapping(
+                    d_values.as_ptr(),
+                    pp_ptr.at((kk * n * heads + task) * part),
+                    part,
+                );
+            }
         }
     });
     // Sum over the N sequences in their order from 0, as `sum_keepdim(0)` does, into rows.

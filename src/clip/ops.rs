@@ -307,6 +307,11 @@ pub(crate) mod testutil {
             .collect()
     }
 
+    /// Max |a − b| relative to max |b| (or to 1 when b is smaller).
+    pub fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
+        max_abs_diff(a, b) / max_abs_diff(b, &b.zeros_like().unwrap()).max(1.0)
+    }
+
     /// Max |a − b|.
     pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())

@@ -258,6 +258,7 @@ pub(super) fn tkl(f: &Tensor, z: &Tensor) -> Result<Tkl> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clip::ops::testutil::bits as bits_of;
 
     /// The row-wise formulas the lanes replace, kept as the reference.
     fn entropy(x: &[f32], tau: f32, buf: &mut [f32], exps: &mut [f32]) -> f32 {
@@ -309,10 +310,6 @@ mod tests {
             let f = Tensor::from_vec(fv.clone(), (b, c), &candle_core::Device::Cpu).unwrap();
             let z = Tensor::from_vec(zv.clone(), (b, c), &candle_core::Device::Cpu).unwrap();
             let got = tkl(&f, &z).unwrap();
-            let col = |t: &Tensor| -> Vec<u32> {
-                let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-                v.into_iter().map(f32::to_bits).collect()
-            };
             let (mut buf, mut exps) = (vec![0f32; c], vec![0f32; c]);
             let mut s = Scratch::new(c);
             let mut want_grad = vec![0f32; b * c];
@@ -333,13 +330,13 @@ mod tests {
                     &mut s,
                 ));
             }
-            let bits = |n: usize| want.iter().map(|r| r[n].to_bits()).collect::<Vec<u32>>();
-            assert_eq!(col(&got.h_star), bits(0), "h*, {b}×{c}");
-            assert_eq!(col(&got.tau_z), bits(1), "τ_z, {b}×{c}");
-            assert_eq!(col(&got.tau_f), bits(2), "τ_f, {b}×{c}");
-            assert_eq!(col(&got.kl_per_sample), bits(3), "KL, {b}×{c}");
+            let want_col = |n: usize| want.iter().map(|r| r[n].to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits_of(&got.h_star), want_col(0), "h*, {b}×{c}");
+            assert_eq!(bits_of(&got.tau_z), want_col(1), "τ_z, {b}×{c}");
+            assert_eq!(bits_of(&got.tau_f), want_col(2), "τ_f, {b}×{c}");
+            assert_eq!(bits_of(&got.kl_per_sample), want_col(3), "KL, {b}×{c}");
             let want_grad: Vec<u32> = want_grad.iter().map(|g| g.to_bits()).collect();
-            assert_eq!(col(&got.loss.grad), want_grad, "gradient, {b}×{c}");
+            assert_eq!(bits_of(&got.loss.grad), want_grad, "gradient, {b}×{c}");
         }
     }
 }

@@ -21,7 +21,7 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn args(out: &Path, cache: &Path, algorithm: &str) -> Vec<String> {
+fn args(out: &Path, cache: &Path, algorithm: &str, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [
         "run",
         "--dataset",
@@ -48,6 +48,7 @@ fn args(out: &Path, cache: &Path, algorithm: &str) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
     a.extend(["--out".into(), out.display().to_string()]);
     a.extend(["--cache-dir".into(), cache.display().to_string()]);
     a
@@ -228,8 +229,16 @@ fn killed_runs_resume_to_bit_identical_results() {
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = Lcg(0x5EED);
     let (mut point_kills, mut random_kills, mut labels_seen) = (0, 0, BTreeMap::<String, usize>::new());
-    for algorithm in ["fedpurel", "promptfolio+fedgrab"] {
-        let tag = algorithm.replace('+', "-");
+    // With the momentum carried from client to client, FedPuReL's rounds overlap
+    // (`fed::overlap`): round t + 1's local training runs beside round t's personalization,
+    // evaluation and checkpoint, so kills land in both at once.
+    let variants: [(&str, &[&str]); 3] = [
+        ("fedpurel", &[]),
+        ("promptfolio+fedgrab", &[]),
+        ("fedpurel", &["--carry-momentum"]),
+    ];
+    for (algorithm, extra) in variants {
+        let tag = format!("{}{}", algorithm.replace('+', "-"), extra.concat());
         // The uninterrupted run, listing its fault points.
         let reference = tmp.path().join(format!("ref-{tag}"));
         let trace = tmp.path().join(format!("trace-{tag}"));
@@ -237,6 +246,7 @@ fn killed_runs_resume_to_bit_identical_results() {
             &reference,
             &tmp.path().join(format!("cache-ref-{tag}")),
             algorithm,
+            extra,
         );
         let out = command(&a, &[("FEDPUREL_FAULT_TRACE", trace.display().to_string())])
             .output()
@@ -266,12 +276,13 @@ fn killed_runs_resume_to_bit_identical_results() {
                 &killed,
                 &tmp.path().join(format!("cache-point-{tag}-{n}")),
                 algorithm,
+                extra,
             );
             kill_at_point(&a, n);
             check_equal(
                 &reference,
                 &killed,
-                &format!("{algorithm}, killed at point {n} ({})", points[n - 1]),
+                &format!("{tag}, killed at point {n} ({})", points[n - 1]),
             );
             let _ = std::fs::remove_dir_all(&killed);
             point_kills += 1;
@@ -282,9 +293,10 @@ fn killed_runs_resume_to_bit_identical_results() {
                 &killed,
                 &tmp.path().join(format!("cache-random-{tag}-{i}")),
                 algorithm,
+                extra,
             );
             random_kills += kill_at_random(&a, &mut rng, 4);
-            check_equal(&reference, &killed, &format!("{algorithm}, random kills"));
+            check_equal(&reference, &killed, &format!("{tag}, random kills"));
             let _ = std::fs::remove_dir_all(&killed);
         }
     }

@@ -11,8 +11,11 @@ use super::{timed, BenchResult};
 use crate::fed::record::RoundRecord;
 
 /// Phase rows of one round record, names prefixed with `prefix`; `scale` multiplies the
-/// stage times (a run with capped local steps, extrapolated to full epochs).
-pub fn round_rows(prefix: &str, r: &RoundRecord, scale: f64) -> Vec<BenchResult> {
+/// stage times (a run with capped local steps, extrapolated to full epochs). The round's
+/// `total` is `wall` when given (the wall time since the previous round ended: with
+/// overlapped rounds the phases run partly at once, `fed::overlap`), else the sum of the
+/// phases.
+pub fn round_rows(prefix: &str, r: &RoundRecord, scale: f64, wall: Option<f64>) -> Vec<BenchResult> {
     let note = |n: usize| {
         if scale != 1.0 {
             format!(
@@ -38,12 +41,16 @@ pub fn round_rows(prefix: &str, r: &RoundRecord, scale: f64) -> Vec<BenchResult>
         ("gm-eval", r.gm_seconds, "global test set".into()),
         ("pm-eval", r.pm_seconds, "every client's test set".into()),
     ];
-    let total: f64 = rows.iter().map(|(_, s, _)| s).sum();
+    let phases: f64 = rows.iter().map(|(_, s, _)| s).sum();
     let mut out: Vec<BenchResult> = rows
         .into_iter()
         .map(|(name, s, d)| timed(format!("{prefix}/round{}/{name}", r.round), s, d))
         .collect();
-    out.push(timed(format!("{prefix}/round{}/total", r.round), total, note(n)));
+    let (total, how) = match wall {
+        Some(w) => (w, format!("{}; wall time since the last round ended", note(n))),
+        None => (phases, note(n)),
+    };
+    out.push(timed(format!("{prefix}/round{}/total", r.round), total, how));
     out
 }
 
@@ -97,17 +104,66 @@ pub fn read_reference(path: &Path) -> Result<ReferenceTimings> {
     Ok(ReferenceTimings { setup, rounds })
 }
 
-/// Projected wall time of an R-round run: setup + round 0 + (R − 1) × the mean of the
-/// later rounds (round 0 trains every client; later rounds a sample).
-pub fn project(setup: f64, round_seconds: &[f64], rounds: usize) -> f64 {
-    let first = round_seconds.first().copied().unwrap_or(0.0);
-    let later = &round_seconds[1.min(round_seconds.len())..];
+/// Wall time of an R-round run from `setup` and the measured rounds' times, with how it
+/// was obtained. All R rounds measured: their sum. Else, one after the other: setup +
+/// round 0 + (R − 1) × the mean of the later rounds (round 0 trains every client; later
+/// rounds a sample). With overlapped rounds (`fed::overlap`) each round's time is the wall
+/// time between round ends: round t's personalization and evaluation beside round t + 1's
+/// local training, except the last round's, which overlapped nothing; so the measured
+/// rounds count once and the missing ones at the mean of rounds 1 … N − 2, which needs
+/// N ≥ 3 rounds; with fewer, each missing round costs its local training and the rest
+/// one after the other (`phase_sums`: the sum of each round's phases), an upper bound.
+pub fn project(
+    setup: f64,
+    round_seconds: &[f64],
+    phase_sums: &[f64],
+    rounds: usize,
+    overlapped: bool,
+) -> (f64, String) {
+    let n = round_seconds.len();
+    if n >= rounds {
+        let total = setup + round_seconds[..rounds].iter().sum::<f64>();
+        return (total, format!("measured: setup + all {rounds} rounds"));
+    }
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    let missing = (rounds - n) as f64;
+    let measured = setup + round_seconds.iter().sum::<f64>();
+    if !overlapped {
+        let first = round_seconds.first().copied().unwrap_or(0.0);
+        let later = &round_seconds[1.min(n)..];
+        let steady = if later.is_empty() { first } else { mean(later) };
+        return (
+            setup + first + steady * rounds.saturating_sub(1) as f64,
+            format!(
+                "setup + round 0 + {} × mean of later rounds",
+                rounds.saturating_sub(1)
+            ),
+        );
+    }
+    if n >= 3 {
+        return (
+            measured + missing * mean(&round_seconds[1..n - 1]),
+            format!(
+                "setup + {n} measured rounds + {} × mean of rounds 1–{} (overlapped with the next)",
+                rounds - n,
+                n - 2
+            ),
+        );
+    }
+    let later = &phase_sums[1.min(phase_sums.len())..];
     let steady = if later.is_empty() {
-        first
+        phase_sums.first().copied().unwrap_or(0.0)
     } else {
-        later.iter().sum::<f64>() / later.len() as f64
+        mean(later)
     };
-    setup + first + steady * rounds.saturating_sub(1) as f64
+    (
+        measured + missing * steady,
+        format!(
+            "setup + {n} measured rounds + {} × the later rounds' phases one after the other \
+             (an upper bound: run ≥ 3 rounds to measure the overlap)",
+            rounds - n
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -116,11 +172,27 @@ mod tests {
 
     #[test]
     fn projection_uses_round_zero_once_and_the_steady_mean_after() {
+        let p = |s, r: &[f64], n, o| project(s, r, &[], n, o).0;
         assert_eq!(
-            project(10.0, &[100.0, 70.0, 80.0], 100),
+            p(10.0, &[100.0, 70.0, 80.0], 100, false),
             10.0 + 100.0 + 75.0 * 99.0
         );
-        assert_eq!(project(0.0, &[5.0], 3), 15.0);
+        assert_eq!(p(0.0, &[5.0], 3, false), 15.0);
+        // Every round measured: their sum, overlapped or not.
+        assert_eq!(p(1.0, &[5.0, 2.0, 3.0], 3, true), 11.0);
+        // Overlapped: the last round overlapped nothing and counts once; the missing
+        // rounds cost the mean of the middle ones.
+        assert_eq!(
+            p(10.0, &[100.0, 70.0, 80.0, 40.0], 100, true),
+            10.0 + 290.0 + 96.0 * 75.0
+        );
+    }
+
+    #[test]
+    fn two_overlapped_rounds_project_from_their_phases_one_after_the_other() {
+        let (t, how) = project(10.0, &[100.0, 30.0], &[120.0, 60.0], 100, true);
+        assert_eq!(t, 10.0 + 130.0 + 98.0 * 60.0);
+        assert!(how.contains("upper bound"), "{how}");
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub struct RoundWorkload {
     /// through the live pixel path, as `run --stem-cache-mib 0`).
     #[arg(long, default_value_t = crate::fed::federation::DEFAULT_STEM_CACHE_MIB)]
     pub stem_cache_mib: usize,
-    /// Train each round's clients one after another (as `run --one-client-at-a-time`).
+    /// Train each round's clients, and the rounds, one after another (as `run
+    /// --one-client-at-a-time`).
     #[arg(long)]
     pub one_client_at_a_time: bool,
 }
@@ -272,29 +273,51 @@ pub fn round_workload(w: &RoundWorkload, device: &str) -> Result<Vec<BenchResult
             }));
         }
         let mut state = fed.initial_state()?;
+        // Capped rounds are extrapolated phase by phase, so their phases must not share
+        // the cores with the next round's (`fed::overlap`); full rounds may overlap and
+        // are timed by the wall clock between their ends.
+        let overlapped = !capped && fed.rounds_overlap(algo.as_ref(), 0);
         let mut totals = Vec::new();
+        let mut phase_sums = Vec::new();
         let mut records = Vec::new();
-        for t in 0..w.rounds {
-            mem::reset_peak();
-            let rec = fed.run_round(&mut state, algo.as_ref(), &|_| {})?;
-            let scale = if capped {
-                let clients = full.clients(t)?;
-                let all: usize = clients
-                    .iter()
-                    .map(|&k| {
-                        full.batches(t, k, 1, &loaded.partition.clients[k].train)
-                            .map(|b| b.len())
-                    })
-                    .sum::<Result<usize>>()?;
-                all as f64 / rec.stage1.steps.max(1) as f64
-            } else {
-                1.0
-            };
-            let r = round_rows(&prefix, &rec, scale);
-            totals.push(r.last().map_or(0.0, |x| x.seconds));
-            rows.extend(r);
-            records.push(serde_json::json!({"record": rec, "peak_mib": mem::peak_mib()}));
-        }
+        let mut last_end = Instant::now();
+        mem::reset_peak();
+        fed.run_rounds(
+            &mut state,
+            algo.as_ref(),
+            w.rounds,
+            !capped,
+            &|_, _| {},
+            &mut |rec, _| {
+                let t = rec.round;
+                let wall = last_end.elapsed().as_secs_f64();
+                last_end = Instant::now();
+                let scale = if capped {
+                    let clients = full.clients(t)?;
+                    let all: usize = clients
+                        .iter()
+                        .map(|&k| {
+                            full.batches(t, k, 1, &loaded.partition.clients[k].train)
+                                .map(|b| b.len())
+                        })
+                        .sum::<Result<usize>>()?;
+                    all as f64 / rec.stage1.steps.max(1) as f64
+                } else {
+                    1.0
+                };
+                phase_sums.push(
+                    round_rows(&prefix, &rec, scale, None)
+                        .last()
+                        .map_or(0.0, |x| x.seconds),
+                );
+                let r = round_rows(&prefix, &rec, scale, (!capped).then_some(wall));
+                totals.push(r.last().map_or(0.0, |x| x.seconds));
+                rows.extend(r);
+                records.push(serde_json::json!({"record": rec, "peak_mib": mem::peak_mib()}));
+                mem::reset_peak();
+                Ok(())
+            },
+        )?;
         if let Some(path) = &w.record {
             let raw = serde_json::json!({
                 "peft": peft,
@@ -310,16 +333,12 @@ pub fn round_workload(w: &RoundWorkload, device: &str) -> Result<Vec<BenchResult
             });
             crate::report::atomic::write(path, serde_json::to_string_pretty(&raw)?.as_bytes())?;
         }
-        let ours = project(setup, &totals, 100);
-        rows.push(timed(
-            format!("{prefix}/projected-100-rounds"),
-            ours,
-            "setup + round 0 + 99 × mean of later rounds",
-        ));
+        let (ours, how) = project(setup, &totals, &phase_sums, 100, overlapped);
+        rows.push(timed(format!("{prefix}/projected-100-rounds"), ours, how));
         if let Some(path) = &w.reference {
             let reference = read_reference(path)?;
             let ref_totals: Vec<f64> = reference.rounds.iter().map(|r| r.1).collect();
-            let theirs = project(reference.setup, &ref_totals, 100);
+            let (theirs, _) = project(reference.setup, &ref_totals, &[], 100, false);
             for (t, ReferenceRound(n, secs, _)) in reference.rounds.iter().enumerate() {
                 let ratio = totals
                     .get(t)

@@ -114,9 +114,11 @@ pub struct RunArgs {
     /// not fit runs live. Speed and memory only: the numbers are the same.
     #[arg(long, default_value_t = crate::fed::federation::DEFAULT_STEM_CACHE_MIB)]
     pub stem_cache_mib: usize,
-    /// Train a round's clients one after another. By default, on banked features (prompt,
-    /// adapter) the clients of a round train at once on the cores when nothing carries
-    /// from one to the next; this flag saves that memory. The numbers are the same.
+    /// Train a round's clients, and the rounds, one after another. By default, on banked
+    /// features (prompt, adapter) the clients of a round train at once on the cores when
+    /// nothing carries from one to the next, and when something does (`--carry-momentum`)
+    /// FedPuReL's next round trains beside this round's personalization and evaluation;
+    /// this flag saves that memory. The numbers are the same.
     #[arg(long)]
     pub one_client_at_a_time: bool,
     /// The algorithms' own settings (one flag per registered setting).

@@ -170,6 +170,16 @@ pub trait Algorithm: Send + Sync {
     /// also update the client's private state in `state`.
     fn train_local(&self, cx: &ClientCx, params: &mut ParamSet, state: &mut FedState) -> Result<Accum>;
 
+    /// Whether [`train_local`](Self::train_local) may read what
+    /// [`personalize`](Self::personalize) writes: a client's private parameters or
+    /// per-client state. Say false only for a method whose local training reads just the
+    /// global model, the carried momentum and the server state: then the next round's
+    /// local training may run beside this round's personalization and evaluation
+    /// (`super::overlap`). Default: true (never overlap).
+    fn local_training_reads_private_state(&self) -> bool {
+        true
+    }
+
     /// Whether [`after_aggregation`](Self::after_aggregation) keeps server state that the
     /// clients' local training reads (Fed-GraB's class prior). Such a method cannot run
     /// under an outside orchestrator that only averages parameters (`crate::bridge`).

@@ -7,7 +7,9 @@
 //! dependent, and then they run one after another: the stage-1 momentum carried from one
 //! client to the next (`carry_momentum`, the reference code's mode; its stage 2 has no
 //! momentum, so it still runs at once), and a client sampled twice in one round (a
-//! replayed schedule may list one).
+//! replayed schedule may list one). Such a chain holds one core; the next round's local
+//! training then overlaps this round's personalization and evaluation instead
+//! (`super::overlap`).
 //!
 //! Only rounds on banked features on the CPU run clients at once (prompt, adapter): their
 //! steps are small enough that one client cannot keep the cores busy, while a LoRA step's
@@ -70,7 +72,7 @@ impl FedState {
 }
 
 /// Whether `a` and `b` hold the very same tensors (not copies) under the same names.
-fn same_tensors(a: &ParamSet, b: &ParamSet) -> bool {
+pub(super) fn same_tensors(a: &ParamSet, b: &ParamSet) -> bool {
     a.tensors.len() == b.tensors.len()
         && a.tensors
             .iter()
@@ -96,19 +98,19 @@ impl Federation<'_> {
             && rayon::current_num_threads() > 1
     }
 
-    /// `work(state, k)` for each of `clients` in `stage`, in that order, or at once on client views
-    /// of `state` when [`clients_at_once`](Self::clients_at_once) allows; the results in
-    /// the order of `clients`. On an error, the first failing client's (in that order).
+    /// `work(state, k)` for each of `clients`, in that order, or, with `at_once` (which
+    /// [`clients_at_once`](Self::clients_at_once) must allow), at once on client views of
+    /// `state`; the results in the order of `clients`. On an error, the first failing client's (in that order).
     /// Parallel work inside a client stays on the client's own one-thread pool.
     pub(super) fn for_each_client<T: Send>(
         &self,
         state: &mut FedState,
         clients: &[usize],
-        stage: u8,
+        at_once: bool,
         algo: &dyn Algorithm,
         work: impl Fn(&mut FedState, usize) -> Result<T> + Sync,
     ) -> Result<Vec<T>> {
-        if !self.clients_at_once(clients, stage) {
+        if !at_once {
             return clients.iter().map(|&k| work(state, k)).collect();
         }
         // One single-threaded pool per core: a client's small matrix products gain little

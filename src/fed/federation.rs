@@ -87,7 +87,8 @@ pub struct TrainSettings {
     #[serde(default = "default_stem_cache_mib", skip_serializing)]
     pub stem_cache_mib: usize,
     /// Train a round's clients one after another even where they could run at once
-    /// ([`super::at_once`]): less memory, no other difference. Changes no number, so it
+    /// ([`super::at_once`]), and the rounds too ([`super::overlap`]): less memory, no
+    /// other difference. Changes no number, so it
     /// is not part of a run's recorded configuration.
     #[serde(default, skip_serializing)]
     pub one_client_at_a_time: bool,

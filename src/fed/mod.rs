@@ -9,6 +9,7 @@ mod at_once;
 pub mod client;
 pub mod federation;
 pub mod local;
+mod overlap;
 mod private_logits;
 pub mod record;
 pub mod registry;

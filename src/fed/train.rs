@@ -15,8 +15,22 @@ use candle_core::Tensor;
 
 use super::algorithm::{Algorithm, ClientCx, GmRule, PmRule};
 use super::federation::{FedState, Federation};
-use super::record::{Accum, ClientEvaluation, ClientScore, Evaluation, RoundRecord};
+use super::record::{Accum, ClientEvaluation, ClientScore, Evaluation, RoundRecord, StageStats};
 use crate::peft::params::ParamSet;
+
+/// What the first half of a round ([`Federation::local_round`]) hands the second
+/// ([`Federation::finish_round`]).
+#[derive(Debug, Clone)]
+pub struct LocalRound {
+    /// Round index.
+    pub round: usize,
+    /// Clients trained, in training order.
+    pub clients: Vec<usize>,
+    /// Stage 1's statistics.
+    pub stage1: StageStats,
+    /// Seconds of the server step.
+    pub aggregate_seconds: f64,
+}
 
 impl Federation<'_> {
     /// Runs round `t = state.rounds_done` of `algo` and returns its record; `phase` is
@@ -30,7 +44,22 @@ impl Federation<'_> {
         algo: &dyn Algorithm,
         phase: &dyn Fn(&str),
     ) -> Result<RoundRecord> {
-        let t = state.rounds_done;
+        let local = self.local_round(state, algo, state.rounds_done, phase)?;
+        self.finish_round(state, algo, local, true, phase)
+    }
+
+    /// The first half of round `t`: local training of the sampled clients (stage 1), the
+    /// clients at once where they are independent (`super::at_once`), the size-weighted
+    /// average into `state.global` and the algorithm's server step. Reads and writes the
+    /// global model, the carried momentum and the server state; `state.rounds_done` is
+    /// left for [`finish_round`](Self::finish_round).
+    pub fn local_round(
+        &self,
+        state: &mut FedState,
+        algo: &dyn Algorithm,
+        t: usize,
+        phase: &dyn Fn(&str),
+    ) -> Result<LocalRound> {
         let clients = if algo.trains() {
             self.schedule.clients(t)?
         } else {
@@ -42,21 +71,20 @@ impl Federation<'_> {
                 self.clients()
             );
         }
-        // Local training (stage 1), the clients at once where they are independent
-        // (`super::at_once`).
         phase(&format!("local training ({} clients)", clients.len()));
         let t1 = Instant::now();
         let mut acc1 = Accum::default();
         let mut locals = Vec::with_capacity(clients.len());
         let weights: Vec<f64> = clients.iter().map(|&k| self.client_weight(k)).collect();
-        let trained = self.for_each_client(state, &clients, 1, algo, |state, k| {
+        let at_once = self.clients_at_once(&clients, 1);
+        let trained = self.for_each_client(state, &clients, at_once, algo, |state, k| {
             self.train_client(state, algo, t, k)
         })?;
         for (params, acc) in trained {
             acc1.merge(&acc);
             locals.push(params);
         }
-        let stage1_stats = acc1.finish(t1.elapsed().as_secs_f64());
+        let stage1 = acc1.finish(t1.elapsed().as_secs_f64());
         phase("aggregation");
         let ta = Instant::now();
         if weights.iter().sum::<f64>() > 0.0 {
@@ -65,22 +93,48 @@ impl Federation<'_> {
         }
         algo.after_aggregation(self, t, state)?;
         crate::faults::point("aggregation");
-        let aggregate_seconds = ta.elapsed().as_secs_f64();
-        // Personalization (stage 2).
+        Ok(LocalRound {
+            round: t,
+            clients,
+            stage1,
+            aggregate_seconds: ta.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The second half of the round `local` began: personalization of its clients
+    /// (stage 2) against the new global model, then GM and PM evaluation; sets
+    /// `state.rounds_done` past it and returns the round's record. Reads the global model
+    /// and the server state, writes only the clients' own slots. `clients_at_once: false`
+    /// personalizes the clients one after another even where they could run at once
+    /// (`super::at_once`), e.g. while the next round's local training holds a core.
+    pub fn finish_round(
+        &self,
+        state: &mut FedState,
+        algo: &dyn Algorithm,
+        local: LocalRound,
+        clients_at_once: bool,
+        phase: &dyn Fn(&str),
+    ) -> Result<RoundRecord> {
+        let LocalRound {
+            round: t,
+            clients,
+            stage1,
+            aggregate_seconds,
+        } = local;
         phase("personalization");
         let t2 = Instant::now();
         let mut acc2 = Accum::default();
         if !clients.is_empty() {
             let global_text = self.personalization_text(state)?;
-            let personalized = self.for_each_client(state, &clients, 2, algo, |state, k| {
+            let at_once = clients_at_once && self.clients_at_once(&clients, 2);
+            let personalized = self.for_each_client(state, &clients, at_once, algo, |state, k| {
                 self.personalize_client(state, algo, t, k, &global_text)
             })?;
             for acc in &personalized {
                 acc2.merge(acc);
             }
         }
-        let stage2_stats = acc2.finish(t2.elapsed().as_secs_f64());
-        // Evaluation.
+        let stage2 = acc2.finish(t2.elapsed().as_secs_f64());
         phase("GM and PM evaluation");
         let te = Instant::now();
         let (gm, pm, [gm_seconds, pm_seconds]) = self.evaluate_timed(state, algo)?;
@@ -88,8 +142,8 @@ impl Federation<'_> {
         Ok(RoundRecord {
             round: t,
             clients,
-            stage1: stage1_stats,
-            stage2: stage2_stats,
+            stage1,
+            stage2,
             gm,
             pm,
             eval_seconds: te.elapsed().as_secs_f64(),

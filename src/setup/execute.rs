@@ -1,6 +1,7 @@
 //! One run from its configuration to its summary, in its run directory: load, build the
 //! federation, resume from the last checkpoint if there is one, train round after round
-//! (metrics and checkpoint written after each), summarize.
+//! (metrics and checkpoint written after each; consecutive rounds may overlap,
+//! `fed::overlap`), summarize.
 
 use anyhow::Result;
 
@@ -65,22 +66,28 @@ pub fn execute(cfg: RunConfig, progress: &dyn Progress) -> Result<(Summary, Mode
         rounds_done: state.rounds_done,
         rounds: cfg.train.rounds,
     });
-    while state.rounds_done < cfg.train.rounds {
-        let round = state.rounds_done;
-        let rec = fed.run_round(&mut state, algo.as_ref(), &|phase| {
-            progress.report(Event::Phase { round, phase })
-        })?;
-        let (gm_all, pm_all) = (rec.gm.accuracy.all, rec.pm.accuracy.all);
-        records.push(rec);
-        dir.write_records(&records)?;
-        crate::faults::point("metrics-written");
-        dir.save_state(&state)?;
-        progress.report(Event::RoundDone {
-            round,
-            gm_all,
-            pm_all,
-        });
-    }
+    // Consecutive rounds may overlap (`fed::overlap`); `done` still sees them in order,
+    // each with the state a run without overlap has after it.
+    fed.run_rounds(
+        &mut state,
+        algo.as_ref(),
+        cfg.train.rounds,
+        true,
+        &|round, phase| progress.report(Event::Phase { round, phase }),
+        &mut |rec, state| {
+            let (round, gm_all, pm_all) = (rec.round, rec.gm.accuracy.all, rec.pm.accuracy.all);
+            records.push(rec);
+            dir.write_records(&records)?;
+            crate::faults::point("metrics-written");
+            dir.save_state(state)?;
+            progress.report(Event::RoundDone {
+                round,
+                gm_all,
+                pm_all,
+            });
+            Ok(())
+        },
+    )?;
     progress.report(Event::Finished);
     crate::faults::point("training-done");
     let summary = dir.write_summary(&identity(&loaded, algo.as_ref()), &records, &zeroshot)?;

@@ -56,7 +56,9 @@ pub enum Event<'a> {
 
 /// Receives a run's [`Event`]s.
 pub trait Progress: Sync {
-    /// Called for every event, in order, from the thread that runs the run.
+    /// Called for every event, in order; from the thread that runs the run, except that
+    /// while rounds overlap (`crate::fed::overlap`) the phases of round t + 1's local
+    /// training are reported from another thread, between round t's phases.
     fn report(&self, event: Event<'_>);
 }
 

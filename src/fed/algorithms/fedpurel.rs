@@ -203,6 +203,12 @@ impl Algorithm for FedPuReL {
         Ok(acc)
     }
 
+    /// Stage 1 starts from the global model (and the carried momentum); the private
+    /// branch only enters in stage 2, for every ablation.
+    fn local_training_reads_private_state(&self) -> bool {
+        false
+    }
+
     fn personalize(&self, cx: &ClientCx, state: &mut FedState) -> Result<Accum> {
         let fed = cx.fed;
         let s = fed.settings();

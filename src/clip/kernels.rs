@@ -38,9 +38,10 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + fast_exp(-x))
 }
 
-/// Defines a slice kernel that runs compiled for AVX2 when the CPU has it: the same
-/// arithmetic in wider registers. No FMA is enabled, so every element gets the same bits
-/// as in the baseline (SSE2) build; only the lane count changes.
+/// Defines a slice kernel that runs compiled for AVX-512 or AVX2 when the CPU has it: the
+/// same arithmetic in wider registers. Rust never fuses a multiply and an add on its own
+/// (only `mul_add` does), so every element gets the same bits as in the baseline (SSE2)
+/// build; only the lane count changes (test `wide_kernels_give_the_baseline_bits`).
 macro_rules! wide_simd {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
@@ -49,9 +50,17 @@ macro_rules! wide_simd {
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    body($($arg),*)
+                }
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2($($arg: $ty),*) {
                     body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F, checked just above.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU supports AVX2, checked just above.
@@ -438,6 +447,17 @@ mod tests {
         let plain: Vec<f32> = x
             .iter()
             .map(|&v| v * (1.0 / (1.0 + fast_exp(-(GELU_ALPHA * v)))))
+            .collect();
+        assert_eq!(fast, plain);
+        let dy: Vec<f32> = rand_tensor(&[5000], 13, 1.0).to_vec1().unwrap();
+        gelu_backward_chunk(&mut fast, &dy, &x);
+        let plain: Vec<f32> = x
+            .iter()
+            .zip(&dy)
+            .map(|(&v, &g)| {
+                let s = 1.0 / (1.0 + fast_exp(-(GELU_ALPHA * v)));
+                g * (s + GELU_ALPHA * v * s * (1.0 - s))
+            })
             .collect();
         assert_eq!(fast, plain);
     }

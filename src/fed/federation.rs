@@ -256,6 +256,9 @@ pub struct Federation<'a> {
     phase_splits: Option<PhaseSplits>,
     /// Each client's last private-branch test logits (LoRA on the image tower).
     pub(super) private_logits: PrivateLogits,
+    /// Each client's last private-branch text features (every PM evaluation needs every
+    /// client's; only the round's sampled clients changed theirs).
+    pub(super) private_texts: PrivateLogits,
 }
 
 impl<'a> Federation<'a> {
@@ -323,6 +326,7 @@ impl<'a> Federation<'a> {
             stems: StemBank::default(),
             phase_splits: None,
             private_logits: PrivateLogits::new(clients),
+            private_texts: PrivateLogits::new(clients),
         };
         if fed.peft.needs_pixels() {
             let sources = StemSources {

@@ -13,7 +13,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 #[cfg(unix)]
 use libc::{ENOSPC, EROFS};
@@ -56,15 +56,21 @@ fn plan() -> Option<&'static Plan> {
 }
 
 /// Marks a point of the run called `label` (e.g. `checkpoint:client-file`).
+/// Points may be passed from two threads at once (overlapped rounds, `crate::fed::overlap`):
+/// the count and the trace line are taken together, so line N of a trace is point N, and
+/// each line is written whole.
 pub fn point(label: &str) {
     let Some(plan) = plan() else { return };
-    static PASSED: AtomicUsize = AtomicUsize::new(0);
-    let n = PASSED.fetch_add(1, Ordering::SeqCst) + 1;
+    static PASSED: Mutex<usize> = Mutex::new(0);
+    let mut passed = PASSED.lock().unwrap_or_else(|e| e.into_inner());
+    *passed += 1;
+    let n = *passed;
     if let Some(path) = &plan.trace {
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = writeln!(f, "{label}");
+            let _ = f.write_all(format!("{label}\n").as_bytes());
         }
     }
+    drop(passed);
     if plan.kill_at == Some(n) {
         kill_self();
     }

@@ -223,6 +223,21 @@ fn kill_at_random(a: &[String], rng: &mut Lcg, max_kills: usize) -> usize {
     kills
 }
 
+/// Every fault point a run passes (`src/faults.rs`).
+const LABELS: [&str; 11] = [
+    "setup-done",
+    "local-step",
+    "aggregation",
+    "personalization-step",
+    "evaluation:gm-done",
+    "metrics-written",
+    "checkpoint:file-written",
+    "checkpoint:folder-renamed",
+    "checkpoint:committed",
+    "atomic-write:before-rename",
+    "training-done",
+];
+
 #[test]
 fn killed_runs_resume_to_bit_identical_results() {
     let soak = std::env::var("FEDPUREL_KILL_SOAK").is_ok_and(|v| v != "0");
@@ -257,6 +272,10 @@ fn killed_runs_resume_to_bit_identical_results() {
             .lines()
             .map(String::from)
             .collect();
+        // Whole lines only, also when two threads pass points at once (overlapped rounds).
+        if let Some(bad) = points.iter().find(|l| !LABELS.contains(&l.as_str())) {
+            panic!("{tag}: the trace has the line {bad:?}, not a fault point's label");
+        }
         let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, l) in points.iter().enumerate() {
             by_label.entry(l).or_default().push(i + 1);
@@ -305,19 +324,7 @@ fn killed_runs_resume_to_bit_identical_results() {
         labels_seen.len(),
         labels_seen.keys().collect::<Vec<_>>()
     );
-    for label in [
-        "setup-done",
-        "local-step",
-        "aggregation",
-        "personalization-step",
-        "evaluation:gm-done",
-        "metrics-written",
-        "checkpoint:file-written",
-        "checkpoint:folder-renamed",
-        "checkpoint:committed",
-        "atomic-write:before-rename",
-        "training-done",
-    ] {
+    for label in LABELS {
         assert!(labels_seen.contains_key(label), "no run passed the point {label}");
     }
     assert!(

@@ -1,6 +1,6 @@
 //! Tasks on threads of their own, each thread with its own rayon pool: the cells of a
-//! `compare` grid ([`crate::cli::compare`]) and the clients of a round that train at once
-//! (`crate::fed::at_once`).
+//! `compare` grid ([`crate::cli::compare`]), the clients of a round that train at once
+//! (`crate::fed::at_once`) and the two halves of overlapped rounds (`crate::fed::overlap`).
 //!
 //! Own pools, not tasks of the shared one: a run blocks its thread on the batch loader's
 //! channel while the loader decodes through the global pool, so runs occupying every
@@ -66,6 +66,32 @@ pub fn on_own_pools<T: Send>(
     Ok(out)
 }
 
+/// Runs `a` and `b` at once, each on a thread of its own with a one-thread rayon pool of
+/// its own (8 MiB stacks), and returns both results; a panic in either is resumed here.
+/// Neither runs the other's parallel work, and the global pool stays free for what they
+/// wait on (a batch loader decodes through it).
+pub fn beside<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> Result<(A, B)> {
+    let pool = || {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .stack_size(8 << 20)
+            .build()
+            .context("cannot start a thread pool")
+    };
+    let (pool_a, pool_b) = (pool()?, pool()?);
+    Ok(std::thread::scope(|scope| {
+        let b = scope.spawn(move || pool_b.install(b));
+        let ra = pool_a.install(a);
+        match b.join() {
+            Ok(rb) => (ra, rb),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,6 +121,23 @@ mod tests {
         );
         let all = on_own_pools(5, 3, 1, &|n| Ok(n * 10)).unwrap();
         assert_eq!(all, [0, 10, 20, 30, 40]);
+    }
+
+    #[test]
+    fn beside_runs_both_on_pools_of_their_own_and_leaves_the_global_pool_free() {
+        let global = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let (a, b) = global
+            .install(|| {
+                beside(
+                    || (rayon::current_num_threads(), rayon::current_thread_index()),
+                    // Work queued on the global pool from outside it (as a batch loader's
+                    // thread does) still runs while both sides wait.
+                    || std::thread::scope(|s| s.spawn(|| global.install(|| 7)).join().unwrap()),
+                )
+            })
+            .unwrap();
+        assert_eq!(a, (1, Some(0)));
+        assert_eq!(b, 7);
     }
 
     #[test]

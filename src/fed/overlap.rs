@@ -7,10 +7,11 @@
 //! global model that round t's aggregation made, the carried momentum and the server state;
 //! round t's personalization and evaluation read those too and write only the clients'
 //! private slots. So when the algorithm's local training reads nothing personalization
-//! writes ([`Algorithm::local_training_reads_private_state`]), the two halves run at once
-//! as the two sides of a `rayon::join` on the shared pool: each side runs its own parallel
-//! loops while the other is busy and takes over the idle core's share when the other is
-//! done, and no more threads run than the pool has. Every batch, step and draw is keyed by
+//! writes ([`Algorithm::local_training_reads_private_state`]), the two halves run at once,
+//! each on a thread with a one-thread pool of its own (`crate::pools::beside`): neither
+//! runs the other's parallel work, and the shared pool stays free for a batch loader that
+//! decodes live images through it while a side waits for it (on the shared pool's own
+//! workers, such a wait never ends). Every batch, step and draw is keyed by
 //! (round, client, stage, step), never by what ran before, so each side computes exactly
 //! what it would have alone; checks after each round make sure that neither side wrote what
 //! the other reads.
@@ -130,10 +131,10 @@ impl Federation<'_> {
                 state.momentum.clone(),
                 state.server_extra.clone(),
             );
-            let (rec, next_local) = rayon::join(
+            let (rec, next_local) = crate::pools::beside(
                 || self.finish_round(state, algo, local, false, &|p| phase(t, p)),
                 || self.local_round(&mut next, algo, t + 1, &|p| phase(t + 1, p)),
-            );
+            )?;
             let rec = rec?;
             if !(same_tensors(&state.global, &global)
                 && same_optional(&state.momentum, &momentum)

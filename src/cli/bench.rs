@@ -305,12 +305,9 @@ pub fn round_workload(w: &RoundWorkload, device: &str) -> Result<Vec<BenchResult
                 } else {
                     1.0
                 };
-                phase_sums.push(
-                    round_rows(&prefix, &rec, scale, None)
-                        .last()
-                        .map_or(0.0, |x| x.seconds),
-                );
                 let r = round_rows(&prefix, &rec, scale, (!capped).then_some(wall));
+                // Every row but the last (the round's total) is a phase.
+                phase_sums.push(r[..r.len() - 1].iter().map(|x| x.seconds).sum::<f64>());
                 totals.push(r.last().map_or(0.0, |x| x.seconds));
                 rows.extend(r);
                 records.push(serde_json::json!({"record": rec, "peak_mib": mem::peak_mib()}));

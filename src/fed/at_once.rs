@@ -53,11 +53,7 @@ impl FedState {
             && others_empty(&view.client_extra)
             && view.rounds_done == self.rounds_done
             && same_tensors(&view.global, &self.global)
-            && match (&view.server_extra, &self.server_extra) {
-                (None, None) => true,
-                (Some(a), Some(b)) => same_tensors(a, b),
-                _ => false,
-            };
+            && same_optional(&view.server_extra, &self.server_extra);
         if !untouched {
             bail!(
                 "{algo}: client {k}'s local hooks changed state beyond the client's own slots \
@@ -68,6 +64,15 @@ impl FedState {
         self.private[k] = view.private[k].take();
         self.client_extra[k] = view.client_extra[k].take();
         Ok(())
+    }
+}
+
+/// Whether `a` and `b` are both absent or hold the very same tensors.
+pub(super) fn same_optional(a: &Option<ParamSet>, b: &Option<ParamSet>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => same_tensors(a, b),
+        _ => false,
     }
 }
 

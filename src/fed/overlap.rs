@@ -23,11 +23,10 @@
 use anyhow::{bail, Result};
 
 use super::algorithm::Algorithm;
-use super::at_once::same_tensors;
+use super::at_once::{same_optional, same_tensors};
 use super::federation::{FedState, Federation};
 use super::record::RoundRecord;
 use super::train::LocalRound;
-use crate::peft::params::ParamSet;
 
 impl FedState {
     /// What local training reads and writes of this state: the global model, the
@@ -62,15 +61,6 @@ impl FedState {
         self.momentum = trained.momentum;
         self.server_extra = trained.server_extra;
         Ok(())
-    }
-}
-
-/// Whether `a` and `b` are both absent or hold the very same tensors.
-fn same_optional(a: &Option<ParamSet>, b: &Option<ParamSet>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => same_tensors(a, b),
-        _ => false,
     }
 }
 
@@ -161,6 +151,7 @@ mod tests {
     use crate::fed::algorithm::{Accum, ClientCx, PmRule};
     use crate::fed::algorithms::fedpurel::FedPuReL;
     use crate::fed::record::without_timings;
+    use crate::peft::params::ParamSet;
     use crate::setup::presets::preset;
     use crate::setup::{federation, load, Loaded, Quiet};
 

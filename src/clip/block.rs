@@ -12,6 +12,8 @@
 //! past keys/values, to per-cotangent LoRA gradients and — when the tape was kept with
 //! [`TapeMode::Weights`] — to the gradients of all the block's weights (summed over K).
 
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, D};
 
@@ -22,6 +24,7 @@ use super::ops::{
     causal_mask, matmul, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormGrad,
     LayerNormTape, Linear, LinearGrad, TapeMode,
 };
+use super::packing::Packing;
 use super::params::{BlockLayer, Part, Tower, Wb};
 
 /// A low-rank adapter `Δy = scale · B (A · drop(x))` on one projection.
@@ -97,6 +100,8 @@ pub struct Shape {
 /// What [`Block::backward`] needs from the forward.
 pub struct BlockTape {
     shape: Shape,
+    /// The rows were packed ([`Block::forward_packed`]).
+    packing: Option<Arc<Packing>>,
     past_len: usize,
     /// Kept with [`TapeMode::Weights`]: the backward also returns weight gradients.
     weights: bool,
@@ -139,11 +144,12 @@ enum AttentionTape {
 
 /// Output of [`Block::forward`].
 pub struct BlockOutput {
-    /// Output rows `[N·S, D]`.
+    /// Output rows `[N·S, D]` (packed rows after [`Block::forward_packed`]).
     pub y: Tensor,
     /// The tape, when requested.
     pub tape: Option<BlockTape>,
-    /// This call's q/k/v rows `[N·S, 3D]` (its own keys and values, on demand).
+    /// This call's q/k/v rows in the padded layout `[N·S, 3D]` (its own keys and values,
+    /// on demand; zero at the padding of a packed call).
     qkv: Tensor,
     shape: Shape,
     heads: usize,
@@ -326,8 +332,49 @@ impl Block {
         lora: Option<&BlockLora>,
         mode: TapeMode,
     ) -> Result<BlockOutput> {
+        self.forward_rows(x, shape, None, past, lora, mode)
+    }
+
+    /// [`forward_with`](Self::forward_with), causal, on packed rows `x: [R, D]`
+    /// (`packing`'s layout): LayerNorms, projections and MLP run on the R rows only,
+    /// attention on the padded layout with zero rows at the padding, which no real
+    /// position sees under the causal mask. Output rows and the backward's cotangents
+    /// are packed too.
+    pub fn forward_packed(
+        &self,
+        x: &Tensor,
+        packing: &Arc<Packing>,
+        past: Option<&KeyValues>,
+        lora: Option<&BlockLora>,
+        mode: TapeMode,
+    ) -> Result<BlockOutput> {
+        let shape = Shape {
+            n: packing.sequences(),
+            s: packing.padded_len(),
+            causal: true,
+        };
+        self.forward_rows(x, shape, Some(packing), past, lora, mode)
+    }
+
+    fn forward_rows(
+        &self,
+        x: &Tensor,
+        shape: Shape,
+        packing: Option<&Arc<Packing>>,
+        past: Option<&KeyValues>,
+        lora: Option<&BlockLora>,
+        mode: TapeMode,
+    ) -> Result<BlockOutput> {
         let Shape { n, s, .. } = shape;
         let d = self.width;
+        let rows = packing.map_or(n * s, |p| p.rows());
+        if x.dims() != [rows, d] {
+            bail!(
+                "block forward: input {:?}, expected [{rows}, {d}] ({n} sequences of {s} positions{})",
+                x.dims(),
+                if packing.is_some() { ", packed" } else { "" }
+            );
+        }
         let keep_tape = mode.keeps_tape();
         let weights = mode.weights();
         let lora_qkv = lora.is_some_and(|l| l.q.is_some() || l.k.is_some() || l.v.is_some());
@@ -349,12 +396,16 @@ impl Block {
                         lora_down[i] = Some(down);
                         delta
                     }
-                    None => Tensor::zeros((n * s, d), qkv.dtype(), qkv.device())?,
+                    None => Tensor::zeros((rows, d), qkv.dtype(), qkv.device())?,
                 });
             }
             qkv = (qkv + Tensor::cat(&deltas, 1)?)?;
         }
         let past_len = past.map_or(Ok(0), |p| p.k.dim(2))?;
+        let qkv = match packing {
+            Some(p) => p.pad(&qkv)?,
+            None => qkv,
+        };
         let (o, attn_tape) = match past {
             None if attention::applies(&[&qkv]) => {
                 let (o, probs) = attention::forward(&qkv, self.attention_shape(shape), keep_tape)?;
@@ -379,6 +430,10 @@ impl Block {
                 (o, keep_tape.then_some(tape))
             }
         };
+        let o = match packing {
+            Some(p) => p.pack(&o)?,
+            None => o,
+        };
         let mut attn = self.out.forward(&o)?;
         if let Some(ad) = lora.and_then(|l| l.o.as_ref()) {
             let (delta, down) = lora_forward(ad, &o)?;
@@ -399,6 +454,7 @@ impl Block {
         let tape = match (ln1_tape, ln2_tape, attn_tape) {
             (Some(ln1), Some(ln2), Some(attn)) => Some(BlockTape {
                 shape,
+                packing: packing.cloned(),
                 past_len,
                 weights,
                 ln1,
@@ -490,9 +546,10 @@ impl Block {
     ) -> Result<BlockGrad> {
         let Shape { n, s, .. } = tape.shape;
         let (kk, m, d) = dy.dims3()?;
-        if m != n * s || d != self.width {
+        let rows = tape.packing.as_ref().map_or(n * s, |p| p.rows());
+        if m != rows || d != self.width {
             bail!(
-                "block backward: cotangent shape {:?} does not match the forward ({n}×{s} rows of {})",
+                "block backward: cotangent shape {:?} does not match the forward ({rows} rows of {})",
                 dy.dims(),
                 self.width
             );
@@ -533,6 +590,19 @@ impl Block {
             d_o = (d_o + dx_extra)?;
             grads.o = Some(g);
         }
+        // Attention ran on the padded layout: pad its cotangents, pack its results.
+        let padded = |t: &Tensor| -> Result<Tensor> {
+            match &tape.packing {
+                Some(p) => p.pad(t),
+                None => Ok(t.clone()),
+            }
+        };
+        let d_o = padded(&d_o)?;
+        let d_own_kv = match d_own_kv {
+            Some((ek, ev)) => Some((padded(ek)?, padded(ev)?)),
+            None => None,
+        };
+        let d_own_kv = d_own_kv.as_ref().map(|(k, v)| (k, v));
         let (d_qkv, d_past) = match &tape.attn {
             AttentionTape::Fused { qkv, probs } => {
                 let mut d_qkv =
@@ -568,6 +638,10 @@ impl Block {
                 };
                 (Tensor::cat(&[&dq, &dk, &dv], 2)?, d_past)
             }
+        };
+        let d_qkv = match &tape.packing {
+            Some(p) => p.pack(&d_qkv)?,
+            None => d_qkv,
         };
         let g_qkv = tape
             .weights

@@ -17,6 +17,7 @@ pub mod kernels;
 pub mod matmul;
 pub mod model;
 pub mod ops;
+pub mod packing;
 pub mod params;
 pub mod preprocess;
 pub mod random;

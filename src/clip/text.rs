@@ -8,20 +8,29 @@
 //!   plus shared context vectors), those positions are computed once per layer and every
 //!   sequence attends to their keys/values.
 //!
-//! Both give the plain 77-position numbers (tests below and in `tests/`).
+//! Both give the plain 77-position numbers (tests below and in `tests/`). After the
+//! prefix, sequences end at different EOTs; where it keeps the bits
+//! ([`TextEncoder::packs_exactly`]), their positions up to the EOT run packed, row after
+//! row without padding ([`super::packing`]): a third shortcut, equal to the padded layout
+//! bit for bit.
 //!
 //! With [`TapeMode::Weights`] the backward ([`TextEncoder::backward_full`]) also returns
 //! the gradients of every weight of the tower; the token-embedding gradient is a
 //! scatter-add of the input cotangents over the token ids
 //! ([`TextEncoder::token_embedding_grad`]).
 
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
 
+use super::attention;
 use super::block::{Block, BlockLora, BlockLoraGrad, BlockOutput, BlockTape, BlockWeightGrad, Shape};
 use super::checkpoint::WeightSource;
 use super::config::TextConfig;
+use super::matmul::rows_compute_alike;
 use super::ops::{sum_cotangents, LayerNorm, LayerNormGrad, LayerNormTape, TapeMode};
+use super::packing::Packing;
 use super::params::{Part, Tower, Wb};
 
 /// How much of the sequence to compute.
@@ -62,6 +71,8 @@ pub struct TextTape {
     n: usize,
     prefix_len: usize,
     body_len: usize,
+    /// The body's rows were packed: no padding after each sequence's EOT.
+    packing: Option<Arc<Packing>>,
     layers: Vec<(Option<BlockTape>, BlockTape)>,
     eot_rows: Vec<u32>,
     final_norm: LayerNormTape,
@@ -75,9 +86,14 @@ impl TextTape {
         self.prefix_len
     }
 
-    /// Positions computed per sequence after the prefix.
+    /// Positions computed per sequence after the prefix (the longest sequence's).
     pub fn body_len(&self) -> usize {
         self.body_len
+    }
+
+    /// True when the body ran packed (each sequence only up to its EOT).
+    pub fn is_packed(&self) -> bool {
+        self.packing.is_some()
     }
 }
 
@@ -225,6 +241,19 @@ impl TextEncoder {
         lora: Option<&[BlockLora]>,
         mode: TapeMode,
     ) -> Result<(Tensor, Option<TextTape>)> {
+        self.forward_rows(batch, path, lora, mode, true)
+    }
+
+    /// Packs the sequences after the prefix (see [`packs_exactly`](Self::packs_exactly))
+    /// when `may_pack`; tests compare both layouts bit for bit.
+    fn forward_rows(
+        &self,
+        batch: &PromptBatch,
+        path: TextPath,
+        lora: Option<&[BlockLora]>,
+        mode: TapeMode,
+        may_pack: bool,
+    ) -> Result<(Tensor, Option<TextTape>)> {
         let keep_tape = mode.keeps_tape();
         let (n, s_full, d) = batch.embeddings.dims3()?;
         if n != batch.eot.len() || n == 0 {
@@ -275,11 +304,24 @@ impl TextEncoder {
         }
         let pos = self.positional.narrow(0, 0, s)?;
         let body_len = s - p;
+        let packing = if may_pack && path != TextPath::Plain && lora.is_none() && !mode.weights() {
+            let lens: Vec<usize> = batch.eot.iter().map(|&e| e + 1 - p).collect();
+            let packing = Packing::new(&lens, batch.embeddings.device())?;
+            let exact = !packing.is_dense()
+                && attention::applies(&[&batch.embeddings])
+                && self.packs_exactly(packing.rows());
+            exact.then(|| Arc::new(packing))
+        } else {
+            None
+        };
         let mut body = batch
             .embeddings
             .narrow(1, p, body_len)?
             .broadcast_add(&pos.narrow(0, p, body_len)?)?
             .reshape((n * body_len, d))?;
+        if let Some(pk) = &packing {
+            body = pk.pack(&body)?;
+        }
         let mut prefix = if p > 0 {
             Some(
                 batch
@@ -309,17 +351,20 @@ impl TextEncoder {
                 None => None,
             };
             let pre_kv = pre_out.as_ref().map(BlockOutput::kv).transpose()?;
-            let out = blk.forward_with(
-                &body,
-                Shape {
-                    n,
-                    s: body_len,
-                    causal: true,
-                },
-                pre_kv.as_ref(),
-                l,
-                mode,
-            )?;
+            let out = match &packing {
+                Some(pk) => blk.forward_packed(&body, pk, pre_kv.as_ref(), l, mode)?,
+                None => blk.forward_with(
+                    &body,
+                    Shape {
+                        n,
+                        s: body_len,
+                        causal: true,
+                    },
+                    pre_kv.as_ref(),
+                    l,
+                    mode,
+                )?,
+            };
             body = out.y;
             let pre_tape = pre_out.map(|o| {
                 prefix = Some(o.y);
@@ -329,12 +374,18 @@ impl TextEncoder {
                 layers.push((pre_tape.flatten(), out.tape.expect("tape requested")));
             }
         }
-        let eot_rows: Vec<u32> = batch
+        let eot_rows = batch
             .eot
             .iter()
             .enumerate()
-            .map(|(i, &e)| (i * body_len + e - p) as u32)
-            .collect();
+            .map(|(i, &e)| {
+                let row = match &packing {
+                    Some(pk) => pk.row_of(i, e - p)?,
+                    None => i * body_len + e - p,
+                };
+                Ok(row as u32)
+            })
+            .collect::<Result<Vec<u32>>>()?;
         let idx = Tensor::from_vec(eot_rows.clone(), n, body.device())?;
         let pooled = body.index_select(&idx, 0)?;
         let (normed, ln_tape) = if keep_tape {
@@ -348,6 +399,7 @@ impl TextEncoder {
             n,
             prefix_len: p,
             body_len,
+            packing,
             layers,
             eot_rows,
             final_norm,
@@ -394,7 +446,7 @@ impl TextEncoder {
             )),
             None => None,
         };
-        let rows = n * tape.body_len;
+        let rows = tape.packing.as_ref().map_or(n * tape.body_len, |pk| pk.rows());
         let idx = Tensor::from_vec(tape.eot_rows.clone(), n, d_features.device())?;
         let zeros = Tensor::zeros((kk, rows, d), d_features.dtype(), d_features.device())?;
         let mut d_body = zeros.index_add(&idx, &d_pooled, 1)?;
@@ -431,6 +483,10 @@ impl TextEncoder {
         }
         lora_grads.reverse();
         block_grads.reverse();
+        if let Some(pk) = &tape.packing {
+            // The padding's cotangents are zero, as the padded path computes them.
+            d_body = pk.pad(&d_body)?;
+        }
         let grad = TextGrad {
             prefix: d_prefix,
             body: d_body.reshape((kk, n, tape.body_len, d))?,
@@ -455,6 +511,20 @@ impl TextEncoder {
             lora: lora_grads,
             weights,
         })
+    }
+
+    /// True when the row-wise parts of a block give every row the same bits for any row
+    /// count from `rows` up, forward and backward (f32 on the CPU, where gemm picks its
+    /// kernel and k-blocking by size: [`rows_compute_alike`]). Then the body's sequences
+    /// can run packed — only their positions up to the EOT — with the padded layout's
+    /// very numbers: attention pads around itself, and under the causal mask the padding
+    /// after an EOT reaches no real position and gets zero cotangents.
+    fn packs_exactly(&self, rows: usize) -> bool {
+        let d = self.config.width;
+        let hidden = self.config.mlp_width;
+        // Forward `(out, in)` of q/k/v, out, fc1, fc2; the input VJPs add `(D, 3D)`.
+        let products = [(3 * d, d), (d, d), (hidden, d), (d, hidden), (d, 3 * d)];
+        products.iter().all(|&(n, k)| rows_compute_alike(n, k, rows))
     }
 
     /// The positional-embedding gradient `[context, D]`: embeddings and positions enter as
@@ -540,7 +610,7 @@ mod tests {
     use super::*;
     use crate::clip::model::tests::{expected, fixture_dir, reference_tokens};
     use crate::clip::model::{Clip, LoadOptions};
-    use crate::clip::ops::testutil::{dot, fd_directional, max_abs_diff, rand_tensor};
+    use crate::clip::ops::testutil::{bits, dot, fd_directional, max_abs_diff, rand_tensor};
     use crate::clip::ops::TapeMode;
 
     /// CoOp-style prompts: the CIFAR-100 reference prompts with positions 1..=4 replaced
@@ -598,6 +668,83 @@ mod tests {
             "CIFAR-100 prompts end early: {}",
             tape.body_len()
         );
+    }
+
+    /// Packing the body (each class's suffix only up to its EOT) gives the padded
+    /// layout's numbers exactly: features bit for bit, every input cotangent equal
+    /// (padding included, whose cotangents are zero either way), with and without a
+    /// shared prefix, for one and two cotangents.
+    #[test]
+    fn packed_body_gives_the_padded_numbers() {
+        let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let ctx = rand_tensor(&[4, 64], 11, 0.05);
+        let (batch, p) = prompt_batch(&clip, &ctx);
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for path in [TextPath::SharedPrefix(p), TextPath::Truncated] {
+            for k in [1, 2] {
+                let d_feat = rand_tensor(&[k, batch.len(), 96], 12 + k as u64, 1.0);
+                let run = |may_pack| {
+                    let (f, tape) = clip
+                        .text
+                        .forward_rows(&batch, path, None, TapeMode::frozen(true), may_pack)
+                        .unwrap();
+                    let tape = tape.unwrap();
+                    let (g, _) = clip.text.backward(&tape, &d_feat, None).unwrap();
+                    (f, g, tape.is_packed())
+                };
+                let (f_pad, g_pad, packed) = run(false);
+                assert!(!packed);
+                let (f, g, packed) = run(true);
+                assert!(packed, "{path:?}: CIFAR-100's suffixes differ in length");
+                assert_eq!(bits(&f), bits(&f_pad), "{path:?}, K = {k}: features");
+                assert_eq!(values(&g.body), values(&g_pad.body), "{path:?}, K = {k}: body");
+                assert_eq!(g.body_start, g_pad.body_start);
+                match (&g.prefix, &g_pad.prefix) {
+                    (Some(a), Some(b)) => assert_eq!(bits(a), bits(b), "{path:?}, K = {k}: prefix"),
+                    (None, None) => {}
+                    _ => panic!("{path:?}: one path has a prefix cotangent"),
+                }
+            }
+        }
+        // Without a tape (evaluation) too.
+        let (f, _) = clip
+            .text
+            .forward(&batch, TextPath::SharedPrefix(p), None, false)
+            .unwrap();
+        let (f_pad, _) = clip
+            .text
+            .forward_rows(&batch, TextPath::SharedPrefix(p), None, TapeMode::None, false)
+            .unwrap();
+        assert_eq!(bits(&f), bits(&f_pad));
+    }
+
+    /// Weight tapes, LoRA and the plain path keep the padded layout (their sums over rows
+    /// would change order); equal suffixes have nothing to pack.
+    #[test]
+    fn packing_applies_only_where_it_is_exact() {
+        let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let ctx = rand_tensor(&[4, 64], 11, 0.05);
+        let (batch, p) = prompt_batch(&clip, &ctx);
+        let packed = |b: &PromptBatch, path, mode| {
+            let (_, tape) = clip.text.forward_with(b, path, None, mode).unwrap();
+            tape.unwrap().is_packed()
+        };
+        assert!(packed(&batch, TextPath::SharedPrefix(p), TapeMode::frozen(true)));
+        assert!(!packed(&batch, TextPath::SharedPrefix(p), TapeMode::Weights));
+        assert!(!packed(&batch, TextPath::Plain, TapeMode::frozen(true)));
+        let lora: Vec<BlockLora> = (0..clip.text.blocks.len())
+            .map(|_| BlockLora::default())
+            .collect();
+        let (_, tape) = clip
+            .text
+            .forward(&batch, TextPath::SharedPrefix(p), Some(&lora), true)
+            .unwrap();
+        assert!(!tape.unwrap().is_packed());
+        let same = PromptBatch {
+            embeddings: batch.embeddings.narrow(0, 0, 3).unwrap(),
+            eot: vec![batch.eot[0]; 3],
+        };
+        assert!(!packed(&same, TextPath::SharedPrefix(p), TapeMode::frozen(true)));
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub struct PromptLearner {
     pub n_ctx: usize,
     /// One set of context vectors per class instead of one shared set.
     pub class_specific: bool,
-    /// Token embeddings of "X … X {class}." `[C, S, D]`, positions 1..=n_ctx to be replaced.
+    /// Token embeddings of "X … X {class}." `[C, S, D]` up to the longest EOT (S = its
+    /// position + 1), positions 1..=n_ctx to be replaced.
     token_embeddings: Tensor,
     /// EOT position per class.
     eot: Vec<usize>,
@@ -56,7 +57,10 @@ impl PromptLearner {
                 bail!("prompt `{p}` was truncated into its context");
             }
         }
-        let ids: Vec<Vec<u32>> = toks.iter().map(|t| t.ids.clone()).collect();
+        // Positions after the longest EOT reach no feature (the causal mask), and the
+        // learner's paths never compute them: keep up to the longest EOT only.
+        let len = toks.iter().map(|t| t.eot + 1).max().unwrap_or(0);
+        let ids: Vec<Vec<u32>> = toks.iter().map(|t| t.ids[..len].to_vec()).collect();
         Ok(PromptLearner {
             n_ctx,
             class_specific,

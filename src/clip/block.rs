@@ -125,8 +125,8 @@ enum AttentionTape {
     /// The fused CPU kernel ([`super::attention`]): the q/k/v rows `[N·S, 3D]` and the
     /// probabilities `[N, H, S, S]`.
     Fused { qkv: Tensor, probs: Tensor },
-    /// The fused CPU kernel with a shared past ([`super::attention_past`]): the q/k/v rows,
-    /// the past, and the probabilities `[N, H, S, P+S]`.
+    /// The fused CPU kernel with a shared past ([`super::attention_past`]): the q/k/v rows
+    /// (packed when the block ran packed), the past, and the probabilities `[N, H, S, P+S]`.
     FusedPast {
         qkv: Tensor,
         past: KeyValues,
@@ -148,10 +148,11 @@ pub struct BlockOutput {
     pub y: Tensor,
     /// The tape, when requested.
     pub tape: Option<BlockTape>,
-    /// This call's q/k/v rows in the padded layout `[N·S, 3D]` (its own keys and values,
-    /// on demand; zero at the padding of a packed call).
+    /// This call's q/k/v rows `[N·S, 3D]` (its own keys and values, on demand).
     qkv: Tensor,
     shape: Shape,
+    /// The rows were packed, so they do not form `[N, S]` sequences.
+    packed: bool,
     heads: usize,
 }
 
@@ -159,6 +160,9 @@ impl BlockOutput {
     /// This call's own keys/values `[N, H, S, hd]` (to serve as a past elsewhere).
     pub fn kv(&self) -> Result<KeyValues> {
         let Shape { n, s, .. } = self.shape;
+        if self.packed {
+            bail!("a block run on packed rows has no [N, S] keys and values to serve as a past");
+        }
         let d = self.qkv.dim(1)? / 3;
         let split = |i: usize| -> Result<Tensor> {
             Ok(self
@@ -336,8 +340,8 @@ impl Block {
     }
 
     /// [`forward_with`](Self::forward_with), causal, on packed rows `x: [R, D]`
-    /// (`packing`'s layout): LayerNorms, projections and MLP run on the R rows only,
-    /// attention on the padded layout with zero rows at the padding, which no real
+    /// (`packing`'s layout): LayerNorms, projections and MLP run on the R rows only;
+    /// attention sees each sequence padded to the longest with zero rows, which no real
     /// position sees under the causal mask. Output rows and the backward's cotangents
     /// are packed too.
     pub fn forward_packed(
@@ -402,37 +406,46 @@ impl Block {
             qkv = (qkv + Tensor::cat(&deltas, 1)?)?;
         }
         let past_len = past.map_or(Ok(0), |p| p.k.dim(2))?;
-        let qkv = match packing {
-            Some(p) => p.pad(&qkv)?,
-            None => qkv,
-        };
-        let (o, attn_tape) = match past {
-            None if attention::applies(&[&qkv]) => {
-                let (o, probs) = attention::forward(&qkv, self.attention_shape(shape), keep_tape)?;
-                let tape = probs.map(|probs| AttentionTape::Fused {
-                    qkv: qkv.clone(),
-                    probs,
-                });
-                (o, tape)
+        // The kernel with a past reads packed rows itself; the others take the padded
+        // layout, padded and packed around them.
+        let pad = |t: Tensor| -> Result<Tensor> {
+            match packing {
+                Some(p) => p.pad(&t),
+                None => Ok(t),
             }
+        };
+        let pack = |t: Tensor| -> Result<Tensor> {
+            match packing {
+                Some(p) => p.pack(&t),
+                None => Ok(t),
+            }
+        };
+        let (qkv, o, attn_tape) = match past {
             Some(pkv) if attention::applies(&[&qkv, &pkv.k, &pkv.v]) => {
                 let shape = self.attention_shape(shape);
-                let (o, probs) = attention_past::forward(&qkv, &pkv.k, &pkv.v, shape, keep_tape)?;
+                let (o, probs) =
+                    attention_past::forward(&qkv, &pkv.k, &pkv.v, shape, packing.map(|p| &**p), keep_tape)?;
                 let tape = probs.map(|probs| AttentionTape::FusedPast {
                     qkv: qkv.clone(),
                     past: pkv.clone(),
                     probs,
                 });
-                (o, tape)
+                (qkv, o, tape)
+            }
+            None if attention::applies(&[&qkv]) => {
+                let qkv = pad(qkv)?;
+                let (o, probs) = attention::forward(&qkv, self.attention_shape(shape), keep_tape)?;
+                let tape = probs.map(|probs| AttentionTape::Fused {
+                    qkv: qkv.clone(),
+                    probs,
+                });
+                (qkv, pack(o)?, tape)
             }
             _ => {
+                let qkv = pad(qkv)?;
                 let (o, tape) = self.attention_composed(&qkv, shape, past)?;
-                (o, keep_tape.then_some(tape))
+                (qkv, pack(o)?, keep_tape.then_some(tape))
             }
-        };
-        let o = match packing {
-            Some(p) => p.pack(&o)?,
-            None => o,
         };
         let mut attn = self.out.forward(&o)?;
         if let Some(ad) = lora.and_then(|l| l.o.as_ref()) {
@@ -474,6 +487,7 @@ impl Block {
             tape,
             qkv,
             shape,
+            packed: packing.is_some(),
             heads: self.heads,
         })
     }
@@ -590,29 +604,22 @@ impl Block {
             d_o = (d_o + dx_extra)?;
             grads.o = Some(g);
         }
-        // Attention ran on the padded layout: pad its cotangents, pack its results.
-        let padded = |t: &Tensor| -> Result<Tensor> {
-            match &tape.packing {
+        // As in the forward: the kernel with a past takes packed rows, the others the
+        // padded layout (cotangents padded, results packed).
+        let packing = tape.packing.as_deref();
+        let pad = |t: &Tensor| -> Result<Tensor> {
+            match packing {
                 Some(p) => p.pad(t),
                 None => Ok(t.clone()),
             }
         };
-        let d_o = padded(&d_o)?;
-        let d_own_kv = match d_own_kv {
-            Some((ek, ev)) => Some((padded(ek)?, padded(ev)?)),
-            None => None,
-        };
-        let d_own_kv = d_own_kv.as_ref().map(|(k, v)| (k, v));
-        let (d_qkv, d_past) = match &tape.attn {
-            AttentionTape::Fused { qkv, probs } => {
-                let mut d_qkv =
-                    attention::backward(qkv, probs, &d_o.contiguous()?, self.attention_shape(tape.shape))?;
-                if let Some((ek, ev)) = d_own_kv {
-                    let zeros = ek.zeros_like()?;
-                    d_qkv = (d_qkv + Tensor::cat(&[&zeros, ek, ev], 2)?)?;
-                }
-                (d_qkv, None)
+        let pack = |t: Tensor| -> Result<Tensor> {
+            match packing {
+                Some(p) => p.pack(&t),
+                None => Ok(t),
             }
+        };
+        let (d_qkv, d_past) = match &tape.attn {
             AttentionTape::FusedPast { qkv, past, probs } => {
                 let own = match d_own_kv {
                     Some((ek, ev)) => Some((ek.contiguous()?, ev.contiguous()?)),
@@ -626,22 +633,30 @@ impl Block {
                     &d_o.contiguous()?,
                     own.as_ref().map(|(k, v)| (k, v)),
                     self.attention_shape(tape.shape),
+                    packing,
                 )?;
                 (g.d_qkv, Some((g.d_past_k, g.d_past_v)))
             }
+            AttentionTape::Fused { qkv, probs } => {
+                let d_o = pad(&d_o)?.contiguous()?;
+                let mut d_qkv = attention::backward(qkv, probs, &d_o, self.attention_shape(tape.shape))?;
+                if let Some((ek, ev)) = d_own_kv {
+                    let (ek, ev) = (pad(ek)?, pad(ev)?);
+                    let zeros = ek.zeros_like()?;
+                    d_qkv = (d_qkv + Tensor::cat(&[&zeros, &ek, &ev], 2)?)?;
+                }
+                (pack(d_qkv)?, None)
+            }
             AttentionTape::Split { .. } => {
+                let d_o = pad(&d_o)?;
                 let (dq, dk, dv, d_past) =
                     self.attention_backward(&tape.attn, tape.shape, tape.past_len, &d_o, kk)?;
                 let (dk, dv) = match d_own_kv {
-                    Some((ek, ev)) => ((dk + ek)?, (dv + ev)?),
+                    Some((ek, ev)) => ((dk + pad(ek)?)?, (dv + pad(ev)?)?),
                     None => (dk, dv),
                 };
-                (Tensor::cat(&[&dq, &dk, &dv], 2)?, d_past)
+                (pack(Tensor::cat(&[&dq, &dk, &dv], 2)?)?, d_past)
             }
-        };
-        let d_qkv = match &tape.packing {
-            Some(p) => p.pack(&d_qkv)?,
-            None => d_qkv,
         };
         let g_qkv = tape
             .weights
@@ -1000,7 +1015,7 @@ mod tests {
                 };
                 let (o_ref, tape) = blk.attention_composed(&qkv, shape, Some(&past)).unwrap();
                 let ash = blk.attention_shape(shape);
-                let (o, probs) = attention_past::forward(&qkv, &past.k, &past.v, ash, true).unwrap();
+                let (o, probs) = attention_past::forward(&qkv, &past.k, &past.v, ash, None, true).unwrap();
                 let probs = probs.unwrap();
                 let AttentionTape::Split { probs: probs_ref, .. } = &tape else {
                     panic!("the composition keeps the split tape")
@@ -1011,7 +1026,8 @@ mod tests {
                     "output, {n}×{s}+{p}, {h} heads, causal {causal}"
                 );
                 assert_eq!(bits(&probs), bits(probs_ref), "probabilities, causal {causal}");
-                let (o_plain, none) = attention_past::forward(&qkv, &past.k, &past.v, ash, false).unwrap();
+                let (o_plain, none) =
+                    attention_past::forward(&qkv, &past.k, &past.v, ash, None, false).unwrap();
                 assert!(none.is_none());
                 assert_eq!(
                     bits(&o_plain),
@@ -1033,7 +1049,8 @@ mod tests {
                     let d_qkv_ref = Tensor::cat(&[&dq, &dk, &dv], 2).unwrap();
                     let (dpk_ref, dpv_ref) = d_past.unwrap();
                     let own = with_own.then_some((&ek, &ev));
-                    let g = attention_past::backward(&qkv, &past.k, &past.v, &probs, &d_o, own, ash).unwrap();
+                    let g = attention_past::backward(&qkv, &past.k, &past.v, &probs, &d_o, own, ash, None)
+                        .unwrap();
                     let what = format!("{n}×{s}+{p}, {h} heads, causal {causal}, own {with_own}");
                     assert_eq!(bits(&g.d_qkv), bits(&d_qkv_ref), "q/k/v cotangents, {what}");
                     assert_eq!(bits(&g.d_past_k), bits(&dpk_ref), "past key cotangents, {what}");

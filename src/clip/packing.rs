@@ -83,12 +83,11 @@ impl Packing {
         self.rows() == self.sequences() * self.padded_len
     }
 
-    /// The packed row of position `pos` of sequence `seq`.
-    pub fn row_of(&self, seq: usize, pos: usize) -> Result<usize> {
+    /// The packed row of position `pos` of sequence `seq`; none past its length.
+    pub fn row(&self, seq: usize, pos: usize) -> Option<usize> {
         match self.lens.get(seq) {
-            Some(&len) if pos < len => Ok(self.starts[seq] + pos),
-            Some(&len) => bail!("packing: position {pos} of sequence {seq}, which has {len}"),
-            None => bail!("packing: sequence {seq} of {}", self.lens.len()),
+            Some(&len) if pos < len => Some(self.starts[seq] + pos),
+            _ => None,
         }
     }
 
@@ -167,9 +166,9 @@ mod tests {
         let p = Packing::new(&[2, 3, 1], &Device::Cpu).unwrap();
         assert_eq!((p.sequences(), p.rows(), p.padded_len()), (3, 6, 3));
         assert!(!p.is_dense());
-        assert_eq!(p.row_of(1, 2).unwrap(), 4);
-        assert_eq!(p.row_of(2, 0).unwrap(), 5);
-        assert!(p.row_of(2, 1).is_err() && p.row_of(3, 0).is_err());
+        assert_eq!(p.row(1, 2), Some(4));
+        assert_eq!(p.row(2, 0), Some(5));
+        assert!(p.row(2, 1).is_none() && p.row(3, 0).is_none());
         let padded = Tensor::arange(0f32, 18.0, &Device::Cpu)
             .unwrap()
             .reshape((9, 2))

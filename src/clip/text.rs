@@ -374,18 +374,18 @@ impl TextEncoder {
                 layers.push((pre_tape.flatten(), out.tape.expect("tape requested")));
             }
         }
-        let eot_rows = batch
+        let eot_rows: Vec<u32> = batch
             .eot
             .iter()
             .enumerate()
             .map(|(i, &e)| {
                 let row = match &packing {
-                    Some(pk) => pk.row_of(i, e - p)?,
+                    Some(pk) => pk.row(i, e - p).expect("a sequence's length reaches its EOT"),
                     None => i * body_len + e - p,
                 };
-                Ok(row as u32)
+                row as u32
             })
-            .collect::<Result<Vec<u32>>>()?;
+            .collect();
         let idx = Tensor::from_vec(eot_rows.clone(), n, body.device())?;
         let pooled = body.index_select(&idx, 0)?;
         let (normed, ln_tape) = if keep_tape {

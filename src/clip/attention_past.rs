@@ -99,6 +99,9 @@ fn check<'a>(
     let AttentionShape {
         n, s, heads, width, ..
     } = shape;
+    if heads == 0 || width % heads != 0 {
+        bail!("attention with a past: width {width} does not split into {heads} heads");
+    }
     let hd = width / heads;
     let past = past_k.dim(2)?;
     if let Some(p) = packing {
@@ -293,10 +296,15 @@ pub fn backward(
         }
     }
     let scale = score_scale(hd);
-    let mut d_qkv = vec![0f32; kk * r * 3 * width];
+    // Both buffers start unfilled, not zeroed (the past's parts are megabytes for a few
+    // microseconds of work per task): the tasks below write every cell, and only then do
+    // the vectors take their lengths.
+    let d_qkv_len = kk * r * 3 * width;
+    let mut d_qkv: Vec<f32> = Vec::with_capacity(d_qkv_len);
     // Per (cotangent, sequence, head) past cotangents `[P, hd]` for keys and values,
     // summed over sequences below.
-    let mut past_parts = vec![0f32; 2 * kk * n * heads * past * hd];
+    let parts_len = 2 * kk * n * heads * past * hd;
+    let mut past_parts: Vec<f32> = Vec::with_capacity(parts_len);
     let (d_ptr, pp_ptr) = (SharedOut(d_qkv.as_mut_ptr()), SharedOut(past_parts.as_mut_ptr()));
     let (xv, kv, vv) = (F32View::of(qkv)?, F32View::of(past_k)?, F32View::of(past_v)?);
     let (pr_v, dy_v) = (F32View::of(probs)?, F32View::of(d_out)?);
@@ -418,6 +426,13 @@ pub fn backward(
             }
         }
     });
+    // SAFETY: every task wrote each of its rows' q, k and v cells of its head for every
+    // cotangent — all cells, as the rows are covered by the sequences and the width by
+    // the heads (checked) — and its two past blocks for every cotangent.
+    unsafe {
+        d_qkv.set_len(d_qkv_len);
+        past_parts.set_len(parts_len);
+    }
     // Sum over the N sequences in their order from 0, as `sum_keepdim(0)` does (each
     // cell's terms in that order from +0), into rows.
     let part = past * hd;

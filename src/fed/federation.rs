@@ -37,7 +37,7 @@ use crate::data::loader::{BatchLoader, LoaderConfig};
 use crate::data::transforms::{Mode, Transform};
 use crate::data::Partition;
 use crate::metrics::{balancedness, group_accuracy, personalized_accuracy, Confusion};
-use crate::objective::tkl::{kl, tkl};
+use crate::objective::tkl::{kl_loss, tkl_per_sample};
 use crate::peft::model::{Inputs, Peft};
 use crate::peft::params::ParamSet;
 use crate::rng;
@@ -721,9 +721,9 @@ impl<'a> Federation<'a> {
             let start = s * self.settings.eval_batch.max(1);
             let l = logits.i(start..start + chunk.len())?;
             let z = self.zero_shot_logits(&self.test_rows(chunk)?)?;
-            let k: Vec<f32> = tkl(&l, &z)?.kl_per_sample.to_vec1()?;
+            let k: Vec<f32> = tkl_per_sample(&l, &z)?.to_vec1()?;
             sum += k.iter().map(|&v| v as f64).sum::<f64>();
-            plain += kl(&l, &z)?.loss as f64 * chunk.len() as f64;
+            plain += kl_loss(&l, &z)? as f64 * chunk.len() as f64;
         }
         let n = idx.len().max(1) as f64;
         Ok((conf, sum / n, plain / n))

@@ -151,14 +151,14 @@ wide_simd! {
     }
 }
 
-/// One row's KL at the solved temperatures, its loss gradient written into `grad`
-/// (already divided by the batch size `b`); returns [h*, τ_z, τ_f, KL].
+/// One row's KL at the solved temperatures, its loss gradient written into `grad` when
+/// given (already divided by the batch size `b`); returns [h*, τ_z, τ_f, KL].
 fn kl_row(
     fr: &[f32],
     zr: &[f32],
     b: usize,
     [h, tz, tf]: [f32; 3],
-    grad: &mut [f32],
+    grad: Option<&mut [f32]>,
     s: &mut Scratch,
 ) -> [f32; 4] {
     let c = fr.len();
@@ -176,25 +176,26 @@ fn kl_row(
             mass += pt;
         }
     }
-    for ((g, &pt), &ps) in grad.iter_mut().zip(p_t.iter()).zip(p_s.iter()) {
+    for ((g, &pt), &ps) in grad.into_iter().flatten().zip(p_t.iter()).zip(p_s.iter()) {
         let live = if ps >= floor { pt } else { 0.0 };
         *g = (ps * mass - live) / (tf * b as f32);
     }
     [h, tz, tf, k]
 }
 
-/// [`LANES`] rows from `first` (`grad` holds theirs): a short last group repeats its
-/// last row in the spare lanes, whose results are dropped.
+/// [`LANES`] rows from `first` (`grad`, when given, holds theirs): a short last group
+/// repeats its last row in the spare lanes, whose results are dropped.
+#[allow(clippy::too_many_arguments)]
 fn rows_group(
     fv: &[f32],
     zv: &[f32],
     b: usize,
     c: usize,
     first: usize,
-    grad: &mut [f32],
+    mut grad: Option<&mut [f32]>,
     s: &mut Scratch,
 ) -> Vec<[f32; 4]> {
-    let rows = grad.len() / c;
+    let rows = LANES.min(b - first);
     for l in 0..LANES {
         let r = first + l.min(rows - 1);
         for j in 0..c {
@@ -204,10 +205,10 @@ fn rows_group(
     }
     let mut solved = [[0f32; 3]; LANES];
     solve_lanes(s, &mut solved);
-    grad.chunks_exact_mut(c)
-        .enumerate()
-        .map(|(l, g)| {
+    (0..rows)
+        .map(|l| {
             let r = first + l;
+            let g = grad.as_deref_mut().map(|g| &mut g[l * c..(l + 1) * c]);
             kl_row(
                 &fv[r * c..(r + 1) * c],
                 &zv[r * c..(r + 1) * c],
@@ -220,25 +221,56 @@ fn rows_group(
         .collect()
 }
 
-/// Groups of rows are independent, so they run in parallel: the same bits on any number
-/// of threads.
+/// [h*, τ_z, τ_f, KL] per row, and the loss gradient when `want_grad`. Groups of rows
+/// are independent, so they run in parallel: the same bits on any number of threads.
+fn solve_rows(fv: &[f32], zv: &[f32], b: usize, c: usize, want_grad: bool) -> (Vec<[f32; 4]>, Vec<f32>) {
+    if c == 0 || b == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    if !want_grad {
+        let rows = (0..b.div_ceil(LANES))
+            .into_par_iter()
+            .map_init(
+                || Scratch::new(c),
+                |s, i| rows_group(fv, zv, b, c, i * LANES, None, s),
+            )
+            .flatten_iter()
+            .collect();
+        return (rows, Vec::new());
+    }
+    let mut grad = vec![0f32; b * c];
+    let rows = grad
+        .par_chunks_mut(LANES * c)
+        .enumerate()
+        .map_init(
+            || Scratch::new(c),
+            |s, (i, g)| rows_group(fv, zv, b, c, i * LANES, Some(g), s),
+        )
+        .flatten_iter()
+        .collect();
+    (rows, grad)
+}
+
+/// KL per sample only (evaluation): [`tkl`]'s `kl_per_sample` bits without the gradient.
+pub(super) fn kl_per_sample(f: &Tensor, z: &Tensor) -> Result<Tensor> {
+    let (b, c) = f.dims2()?;
+    let fv: Vec<f32> = f.flatten_all()?.to_vec1()?;
+    let zv: Vec<f32> = z.flatten_all()?.to_vec1()?;
+    let (rows, _) = solve_rows(&fv, &zv, b, c, false);
+    Ok(Tensor::from_vec(
+        rows.iter().map(|r| r[3]).collect::<Vec<f32>>(),
+        b,
+        f.device(),
+    )?)
+}
+
+/// The CPU path of [`super::tkl`].
 pub(super) fn tkl(f: &Tensor, z: &Tensor) -> Result<Tkl> {
     let (b, c) = f.dims2()?;
     let fv: Vec<f32> = f.flatten_all()?.to_vec1()?;
     let zv: Vec<f32> = z.flatten_all()?.to_vec1()?;
-    let mut grad = vec![0f32; b * c];
-    let rows: Vec<[f32; 4]> = if c == 0 {
-        Vec::new()
-    } else {
-        grad.par_chunks_mut(LANES * c)
-            .enumerate()
-            .map_init(
-                || Scratch::new(c),
-                |s, (i, g)| rows_group(&fv, &zv, b, c, i * LANES, g, s),
-            )
-            .flatten_iter()
-            .collect()
-    };
+    let (rows, mut grad) = solve_rows(&fv, &zv, b, c, true);
+    grad.resize(b * c, 0.0);
     let column = |n: usize| rows.iter().map(|r| r[n]).collect::<Vec<f32>>();
     let (h_star, tau_z, tau_f, kl) = (column(0), column(1), column(2), column(3));
     let dev = f.device();
@@ -326,7 +358,7 @@ mod tests {
                     zr,
                     b,
                     [h, tz, tf],
-                    &mut want_grad[r * c..(r + 1) * c],
+                    Some(&mut want_grad[r * c..(r + 1) * c]),
                     &mut s,
                 ));
             }
@@ -337,6 +369,8 @@ mod tests {
             assert_eq!(bits_of(&got.kl_per_sample), want_col(3), "KL, {b}×{c}");
             let want_grad: Vec<u32> = want_grad.iter().map(|g| g.to_bits()).collect();
             assert_eq!(bits_of(&got.loss.grad), want_grad, "gradient, {b}×{c}");
+            let alone = kl_per_sample(&f, &z).unwrap();
+            assert_eq!(bits_of(&alone), want_col(3), "KL without the gradient, {b}×{c}");
         }
     }
 }

@@ -57,16 +57,22 @@ pub struct Tkl {
     pub kl_per_sample: Tensor,
 }
 
-/// KL(softmax(z/τ_z) ‖ softmax(f/τ_f)) per sample with fixed temperatures, and the
-/// gradient of the batch mean w.r.t. f (exact for the clamped logarithm: entries with
-/// p_s < 1e-12 pass no gradient).
-fn kl_with_temperatures(f: &Tensor, z: &Tensor, tau_f: &Tensor, tau_z: &Tensor) -> Result<(Tensor, Tensor)> {
-    let b = f.dim(0)?;
+/// KL(softmax(z/τ_z) ‖ softmax(f/τ_f)) per sample with fixed temperatures, and the two
+/// distributions (target, student).
+fn kl_value(f: &Tensor, z: &Tensor, tau_f: &Tensor, tau_z: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let p_t = candle_nn::ops::softmax_last_dim(&z.broadcast_div(&tau_z.unsqueeze(1)?)?)?;
     let p_s = candle_nn::ops::softmax_last_dim(&f.broadcast_div(&tau_f.unsqueeze(1)?)?)?;
     let log_t = p_t.clamp(PROB_FLOOR, f64::INFINITY)?.log()?;
     let log_s = p_s.clamp(PROB_FLOOR, f64::INFINITY)?.log()?;
     let kl = (&p_t * (log_t - log_s)?)?.sum(D::Minus1)?;
+    Ok((kl, p_t, p_s))
+}
+
+/// [`kl_value`] and the gradient of the batch mean w.r.t. f (exact for the clamped
+/// logarithm: entries with p_s < 1e-12 pass no gradient).
+fn kl_with_temperatures(f: &Tensor, z: &Tensor, tau_f: &Tensor, tau_z: &Tensor) -> Result<(Tensor, Tensor)> {
+    let b = f.dim(0)?;
+    let (kl, p_t, p_s) = kl_value(f, z, tau_f, tau_z)?;
     let live = p_s.ge(PROB_FLOOR)?.to_dtype(DType::F32)?;
     let p_t_live = (&p_t * &live)?;
     let mass = p_t_live.sum_keepdim(D::Minus1)?;
@@ -114,6 +120,23 @@ fn tkl_tensor(f: &Tensor, z: &Tensor) -> Result<Tkl> {
 
 /// The CPU path of [`tkl`]: the same formulas in f32, rows interleaved.
 mod host;
+
+/// [`tkl`]'s KL per sample alone, bit for bit, without the gradient (evaluation).
+pub fn tkl_per_sample(f: &Tensor, z: &Tensor) -> Result<Tensor> {
+    let (f, z) = check(f, z)?;
+    if f.device().is_cpu() {
+        return host::kl_per_sample(&f, &z);
+    }
+    Ok(tkl_tensor(&f, &z)?.kl_per_sample)
+}
+
+/// [`kl`]'s loss alone, bit for bit, without the gradient (evaluation).
+pub fn kl_loss(f: &Tensor, z: &Tensor) -> Result<f32> {
+    let (f, z) = check(f, z)?;
+    let one = Tensor::ones(f.dim(0)?, DType::F32, f.device())?;
+    let (kl, _, _) = kl_value(&f, &z, &one, &one)?;
+    Ok(kl.mean_all()?.to_scalar::<f32>()?)
+}
 
 /// Plain KL(softmax(z) ‖ softmax(f)) at τ = 1 (the "KL instead of TKL" ablation).
 pub fn kl(f: &Tensor, z: &Tensor) -> Result<LossGrad> {
@@ -233,6 +256,23 @@ mod tests {
                 assert!(d <= tol, "[{b}, {c}] ×{scale}: differs by {d}");
             }
         }
+    }
+
+    /// The evaluation's gradient-free forms give the training forms' bits.
+    #[test]
+    fn values_without_gradients_keep_the_bits() {
+        use crate::clip::ops::testutil::{bits, rand_tensor};
+        let f = rand_tensor(&[19, 100], 1, 8.0);
+        let z = rand_tensor(&[19, 100], 2, 20.0);
+        assert_eq!(
+            bits(&tkl_per_sample(&f, &z).unwrap()),
+            bits(&tkl(&f, &z).unwrap().kl_per_sample)
+        );
+        assert_eq!(
+            kl_loss(&f, &z).unwrap().to_bits(),
+            kl(&f, &z).unwrap().loss.to_bits()
+        );
+        assert!(kl_loss(&f, &rand_tensor(&[19, 99], 3, 1.0)).is_err());
     }
 
     #[test]

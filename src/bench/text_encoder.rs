@@ -139,13 +139,34 @@ fn block_backward_flops(width: usize, mlp: usize, tokens: f64, keys: f64, k: usi
     k as f64 * (2.0 * tokens * (4.0 * d * d + 2.0 * d * m) + 2.0 * 2.0 * 2.0 * tokens * keys * d)
 }
 
-/// Forward and backward FLOPs of one pass of the text tower on a path.
-fn path_flops(cfg: &ClipConfig, n: usize, prefix: usize, seq: usize, k: usize) -> (f64, f64) {
+/// The projections' and MLP's share of [`block_flops`] / [`block_backward_flops`] per
+/// token (forward; the backward repeats it per cotangent).
+fn projection_flops_per_token(width: usize, mlp: usize) -> f64 {
+    let (d, m) = (width as f64, mlp as f64);
+    2.0 * (4.0 * d * d + 2.0 * d * m)
+}
+
+/// Forward and backward FLOPs of one pass of the text tower on a path, as computed: the
+/// body's projections and MLP on `packed_tokens` rows when it ran packed (attention
+/// still spans each sequence padded to the longest).
+fn path_flops(
+    cfg: &ClipConfig,
+    n: usize,
+    prefix: usize,
+    seq: usize,
+    k: usize,
+    packed_tokens: Option<usize>,
+) -> (f64, f64) {
     let t = &cfg.text;
     let layers = t.layers as f64;
     let body_tokens = (n * (seq - prefix)) as f64;
     let mut fwd = block_flops(t.width, t.mlp_width, body_tokens, seq as f64);
     let mut bwd = block_backward_flops(t.width, t.mlp_width, body_tokens, seq as f64, k);
+    if let Some(packed) = packed_tokens {
+        let saved = (body_tokens - packed as f64) * projection_flops_per_token(t.width, t.mlp_width);
+        fwd -= saved;
+        bwd -= k as f64 * saved;
+    }
     if prefix > 0 {
         fwd += block_flops(t.width, t.mlp_width, prefix as f64, prefix as f64);
         bwd += block_backward_flops(t.width, t.mlp_width, prefix as f64, prefix as f64, k);
@@ -216,8 +237,17 @@ pub fn run(
             device.synchronize()?;
             Ok(f)
         })?;
-        let (fwd, bwd) = path_flops(&cfg, n, pre, seq, k);
-        let detail = format!("{n} classes × {} positions (prefix {pre}), {k} cotangents", seq);
+        // The packed body runs each class only up to its EOT.
+        let (_, tape) = enc.forward(&batch, path, None, true)?;
+        let packed = tape
+            .is_some_and(|t| t.is_packed())
+            .then(|| eot.iter().map(|&e| e + 1 - pre).sum::<usize>());
+        let (fwd, bwd) = path_flops(&cfg, n, pre, seq, k, packed);
+        let rows = match packed {
+            Some(r) => format!(", body packed into {r} rows"),
+            None => String::new(),
+        };
+        let detail = format!("{n} classes × {seq} positions (prefix {pre}{rows}), {k} cotangents");
         results.push(BenchResult::new(
             format!("text-encoder/{label}/forward"),
             fo,

@@ -133,8 +133,19 @@ pub fn tkl_per_sample(f: &Tensor, z: &Tensor) -> Result<Tensor> {
 /// [`kl`]'s loss alone, bit for bit, without the gradient (evaluation).
 pub fn kl_loss(f: &Tensor, z: &Tensor) -> Result<f32> {
     let (f, z) = check(f, z)?;
+    let (b, c) = f.dims2()?;
+    if f.device().is_cpu() && b > 0 && c > 0 {
+        let fv: Vec<f32> = f.flatten_all()?.to_vec1()?;
+        let zv: Vec<f32> = z.flatten_all()?.to_vec1()?;
+        return Ok(host::kl_loss(&fv, &zv, b, c));
+    }
+    kl_loss_tensor(&f, &z)
+}
+
+/// [`kl_loss`] as tensor operations (any device): [`kl`]'s value part.
+fn kl_loss_tensor(f: &Tensor, z: &Tensor) -> Result<f32> {
     let one = Tensor::ones(f.dim(0)?, DType::F32, f.device())?;
-    let (kl, _, _) = kl_value(&f, &z, &one, &one)?;
+    let (kl, _, _) = kl_value(f, z, &one, &one)?;
     Ok(kl.mean_all()?.to_scalar::<f32>()?)
 }
 
@@ -273,6 +284,23 @@ mod tests {
             kl(&f, &z).unwrap().loss.to_bits()
         );
         assert!(kl_loss(&f, &rand_tensor(&[19, 99], 3, 1.0)).is_err());
+        // The one-pass CPU form against the tensor operations, with logits from flat to
+        // so sharp that probabilities fall below the 1e-12 floor, and ragged widths.
+        let cases = [
+            (1, 1, 1.0, 1.0),
+            (3, 7, 5.0, 90.0),
+            (33, 100, 40.0, 8.0),
+            (8, 1000, 2.0, 200.0),
+        ];
+        for (i, (b, c, fs, zs)) in cases.into_iter().enumerate() {
+            let f = rand_tensor(&[b, c], 10 + i as u64, fs);
+            let z = rand_tensor(&[b, c], 20 + i as u64, zs);
+            assert_eq!(
+                kl_loss(&f, &z).unwrap().to_bits(),
+                kl_loss_tensor(&f, &z).unwrap().to_bits(),
+                "[{b}, {c}] ×{fs}/{zs}"
+            );
+        }
     }
 
     #[test]

@@ -105,6 +105,9 @@ fn check<'a>(
     let hd = width / heads;
     let past = past_k.dim(2)?;
     if let Some(p) = packing {
+        if !shape.causal {
+            bail!("attention with a past: packed rows need the causal mask");
+        }
         if (p.sequences(), p.padded_len()) != (n, s) {
             bail!(
                 "attention with a past: packing of {} sequences of up to {}, expected {n} of {s}",
@@ -146,9 +149,6 @@ pub fn forward(
     packing: Option<&Packing>,
     keep_probs: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    if packing.is_some() && !shape.causal {
-        bail!("attention with a past: packed rows need the causal mask");
-    }
     let (past, rows) = check(qkv, past_k, past_v, shape, packing)?;
     let AttentionShape {
         n,
@@ -474,7 +474,7 @@ mod tests {
     fn packed_rows_give_the_padded_numbers() {
         let (lens, p, d, h) = ([3, 5, 1, 4], 6, 64, 2);
         let (n, s) = (lens.len(), 5);
-        let packing = Packing::new(&lens, &Device::Cpu).unwrap();
+        let packing = Packing::new(&lens).unwrap();
         let r = packing.rows();
         let shape = AttentionShape {
             n,
@@ -525,7 +525,7 @@ mod tests {
             ..shape
         };
         assert!(forward(&qkv, &pk, &pv, full, Some(&packing), false).is_err());
-        let wrong = Packing::new(&[3, 5, 1], &Device::Cpu).unwrap();
+        let wrong = Packing::new(&[3, 5, 1]).unwrap();
         assert!(forward(&qkv, &pk, &pv, shape, Some(&wrong), false).is_err());
     }
 }

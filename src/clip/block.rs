@@ -24,8 +24,15 @@ use super::ops::{
     causal_mask, matmul, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormGrad,
     LayerNormTape, Linear, LinearGrad, TapeMode,
 };
-use super::packing::Packing;
+use super::packing::{packed, padded, Packing};
 use super::params::{BlockLayer, Part, Tower, Wb};
+
+/// `(out, in)` of a block's four row-wise products — q/k/v, out, fc1, fc2 — at width `d`
+/// and MLP width `hidden`: the shapes that decide whether a row keeps its bits at other
+/// row counts ([`super::matmul::rows_compute_alike`]).
+pub fn row_products(d: usize, hidden: usize) -> [(usize, usize); 4] {
+    [(3 * d, d), (d, d), (hidden, d), (d, hidden)]
+}
 
 /// A low-rank adapter `Δy = scale · B (A · drop(x))` on one projection.
 #[derive(Debug, Clone)]
@@ -408,23 +415,11 @@ impl Block {
         let past_len = past.map_or(Ok(0), |p| p.k.dim(2))?;
         // The kernel with a past reads packed rows itself; the others take the padded
         // layout, padded and packed around them.
-        let pad = |t: Tensor| -> Result<Tensor> {
-            match packing {
-                Some(p) => p.pad(&t),
-                None => Ok(t),
-            }
-        };
-        let pack = |t: Tensor| -> Result<Tensor> {
-            match packing {
-                Some(p) => p.pack(&t),
-                None => Ok(t),
-            }
-        };
+        let layout = packing.map(|p| &**p);
         let (qkv, o, attn_tape) = match past {
             Some(pkv) if attention::applies(&[&qkv, &pkv.k, &pkv.v]) => {
                 let shape = self.attention_shape(shape);
-                let (o, probs) =
-                    attention_past::forward(&qkv, &pkv.k, &pkv.v, shape, packing.map(|p| &**p), keep_tape)?;
+                let (o, probs) = attention_past::forward(&qkv, &pkv.k, &pkv.v, shape, layout, keep_tape)?;
                 let tape = probs.map(|probs| AttentionTape::FusedPast {
                     qkv: qkv.clone(),
                     past: pkv.clone(),
@@ -433,18 +428,18 @@ impl Block {
                 (qkv, o, tape)
             }
             None if attention::applies(&[&qkv]) => {
-                let qkv = pad(qkv)?;
+                let qkv = padded(layout, &qkv)?;
                 let (o, probs) = attention::forward(&qkv, self.attention_shape(shape), keep_tape)?;
                 let tape = probs.map(|probs| AttentionTape::Fused {
                     qkv: qkv.clone(),
                     probs,
                 });
-                (qkv, pack(o)?, tape)
+                (qkv, packed(layout, &o)?, tape)
             }
             _ => {
-                let qkv = pad(qkv)?;
+                let qkv = padded(layout, &qkv)?;
                 let (o, tape) = self.attention_composed(&qkv, shape, past)?;
-                (qkv, pack(o)?, keep_tape.then_some(tape))
+                (qkv, packed(layout, &o)?, keep_tape.then_some(tape))
             }
         };
         let mut attn = self.out.forward(&o)?;
@@ -607,18 +602,7 @@ impl Block {
         // As in the forward: the kernel with a past takes packed rows, the others the
         // padded layout (cotangents padded, results packed).
         let packing = tape.packing.as_deref();
-        let pad = |t: &Tensor| -> Result<Tensor> {
-            match packing {
-                Some(p) => p.pad(t),
-                None => Ok(t.clone()),
-            }
-        };
-        let pack = |t: Tensor| -> Result<Tensor> {
-            match packing {
-                Some(p) => p.pack(&t),
-                None => Ok(t),
-            }
-        };
+        let pad = |t: &Tensor| padded(packing, t);
         let (d_qkv, d_past) = match &tape.attn {
             AttentionTape::FusedPast { qkv, past, probs } => {
                 let own = match d_own_kv {
@@ -645,7 +629,7 @@ impl Block {
                     let zeros = ek.zeros_like()?;
                     d_qkv = (d_qkv + Tensor::cat(&[&zeros, &ek, &ev], 2)?)?;
                 }
-                (pack(d_qkv)?, None)
+                (packed(packing, &d_qkv)?, None)
             }
             AttentionTape::Split { .. } => {
                 let d_o = pad(&d_o)?;
@@ -655,7 +639,7 @@ impl Block {
                     Some((ek, ev)) => ((dk + pad(ek)?)?, (dv + pad(ev)?)?),
                     None => (dk, dv),
                 };
-                (pack(Tensor::cat(&[&dq, &dk, &dv], 2)?)?, d_past)
+                (packed(packing, &Tensor::cat(&[&dq, &dk, &dv], 2)?)?, d_past)
             }
         };
         let g_qkv = tape

@@ -5,11 +5,13 @@
 //! Everything in a residual block except attention works row by row, so a batch of
 //! prompts whose suffixes have different lengths can run those parts on the packed rows
 //! only — CIFAR-100's class suffixes are 3 to 5 positions, so 319 rows instead of 500 —
-//! and pad just around attention, whose causal mask keeps the padding out of every real
-//! row. [`crate::clip::text`] decides when that gives the padded path's very numbers.
+//! while attention sees each sequence padded with zero rows, which its causal mask keeps
+//! out of every real row (the kernel with a past reads packed rows itself; the others are
+//! padded and packed around, [`padded`] and [`packed`]). [`crate::clip::text`] decides
+//! when that gives the padded path's very numbers.
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::attention::{self, F32View};
 
@@ -25,14 +27,11 @@ pub struct Packing {
     /// For each padded row, its packed row, or the packed row count (a zero row
     /// appended by [`pad`](Self::pad)) for padding.
     from_packed: Vec<u32>,
-    /// The two maps as index tensors on the device, for tensors off the CPU.
-    to_padded_index: Tensor,
-    from_packed_index: Tensor,
 }
 
 impl Packing {
     /// The packing of sequences of `lens` positions, padded to the longest.
-    pub fn new(lens: &[usize], device: &Device) -> Result<Self> {
+    pub fn new(lens: &[usize]) -> Result<Self> {
         if lens.is_empty() {
             bail!("packing: no sequences");
         }
@@ -56,8 +55,6 @@ impl Packing {
             lens: lens.to_vec(),
             starts,
             padded_len,
-            to_padded_index: Tensor::from_slice(&to_padded, rows, device)?,
-            from_packed_index: Tensor::from_slice(&from_packed, from_packed.len(), device)?,
             to_padded,
             from_packed,
         })
@@ -99,7 +96,8 @@ impl Packing {
         if let Some(out) = copy_rows(&padded, &self.to_padded, self.padded_len * self.sequences())? {
             return Ok(out);
         }
-        Ok(padded.index_select(&self.to_padded_index, dim)?)
+        let index = Tensor::from_slice(&self.to_padded, self.to_padded.len(), padded.device())?;
+        Ok(padded.index_select(&index, dim)?)
     }
 
     /// Packed rows → the padded layout with zero rows at the padding: `[.., R, W]` →
@@ -114,7 +112,8 @@ impl Packing {
         zero_shape[dim] = 1;
         let zero = Tensor::zeros(zero_shape, packed.dtype(), packed.device())?;
         let with_zero = Tensor::cat(&[packed, &zero], dim)?;
-        Ok(with_zero.index_select(&self.from_packed_index, dim)?)
+        let index = Tensor::from_slice(&self.from_packed, self.from_packed.len(), packed.device())?;
+        Ok(with_zero.index_select(&index, dim)?)
     }
 
     fn row_dim(&self, t: &Tensor, rows: usize, what: &str) -> Result<usize> {
@@ -126,6 +125,22 @@ impl Packing {
             );
         }
         Ok(rank - 2)
+    }
+}
+
+/// `t` in the padded layout: [`Packing::pad`] with a packing, `t` itself without.
+pub fn padded(packing: Option<&Packing>, t: &Tensor) -> Result<Tensor> {
+    match packing {
+        Some(p) => p.pad(t),
+        None => Ok(t.clone()),
+    }
+}
+
+/// `t` in the packed layout: [`Packing::pack`] with a packing, `t` itself without.
+pub fn packed(packing: Option<&Packing>, t: &Tensor) -> Result<Tensor> {
+    match packing {
+        Some(p) => p.pack(t),
+        None => Ok(t.clone()),
     }
 }
 
@@ -160,10 +175,11 @@ fn copy_rows(src: &Tensor, map: &[u32], src_rows: usize) -> Result<Option<Tensor
 mod tests {
     use super::*;
     use crate::clip::ops::testutil::{bits, rand_tensor};
+    use candle_core::Device;
 
     #[test]
     fn pack_and_pad_move_rows_between_the_layouts() {
-        let p = Packing::new(&[2, 3, 1], &Device::Cpu).unwrap();
+        let p = Packing::new(&[2, 3, 1]).unwrap();
         assert_eq!((p.sequences(), p.rows(), p.padded_len()), (3, 6, 3));
         assert!(!p.is_dense());
         assert_eq!(p.row(1, 2), Some(4));
@@ -194,13 +210,13 @@ mod tests {
 
     #[test]
     fn batched_tensors_keep_their_leading_dimension() {
-        let p = Packing::new(&[1, 3], &Device::Cpu).unwrap();
+        let p = Packing::new(&[1, 3]).unwrap();
         let t = rand_tensor(&[2, 6, 5], 1, 1.0);
         let packed = p.pack(&t).unwrap();
         assert_eq!(packed.dims(), &[2, 4, 5]);
         let again = p.pack(&p.pad(&packed).unwrap()).unwrap();
         assert_eq!(bits(&again), bits(&packed));
-        assert!(Packing::new(&[3, 3], &Device::Cpu).unwrap().is_dense());
+        assert!(Packing::new(&[3, 3]).unwrap().is_dense());
         // Other dtypes (and devices) go through index_select: the same rows.
         let wide = t.to_dtype(candle_core::DType::F64).unwrap();
         let via_select = p.pad(&p.pack(&wide).unwrap()).unwrap();
@@ -231,10 +247,10 @@ mod tests {
 
     #[test]
     fn bad_layouts_are_errors() {
-        assert!(Packing::new(&[], &Device::Cpu).is_err());
-        let e = Packing::new(&[2, 0], &Device::Cpu).unwrap_err().to_string();
+        assert!(Packing::new(&[]).is_err());
+        let e = Packing::new(&[2, 0]).unwrap_err().to_string();
         assert!(e.contains("sequence 1"), "{e}");
-        let p = Packing::new(&[2, 1], &Device::Cpu).unwrap();
+        let p = Packing::new(&[2, 1]).unwrap();
         let e = p.pack(&rand_tensor(&[3, 4], 2, 1.0)).unwrap_err().to_string();
         assert!(e.contains("4 rows"), "{e}");
         assert!(p.pad(&rand_tensor(&[4], 2, 1.0)).is_err());

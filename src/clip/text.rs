@@ -25,7 +25,9 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
 
 use super::attention;
-use super::block::{Block, BlockLora, BlockLoraGrad, BlockOutput, BlockTape, BlockWeightGrad, Shape};
+use super::block::{
+    row_products, Block, BlockLora, BlockLoraGrad, BlockOutput, BlockTape, BlockWeightGrad, Shape,
+};
 use super::checkpoint::WeightSource;
 use super::config::TextConfig;
 use super::matmul::rows_compute_alike;
@@ -306,7 +308,7 @@ impl TextEncoder {
         let body_len = s - p;
         let packing = if may_pack && path != TextPath::Plain && lora.is_none() && !mode.weights() {
             let lens: Vec<usize> = batch.eot.iter().map(|&e| e + 1 - p).collect();
-            let packing = Packing::new(&lens, batch.embeddings.device())?;
+            let packing = Packing::new(&lens)?;
             let exact = !packing.is_dense()
                 && attention::applies(&[&batch.embeddings])
                 && self.packs_exactly(packing.rows());
@@ -522,9 +524,12 @@ impl TextEncoder {
     fn packs_exactly(&self, rows: usize) -> bool {
         let d = self.config.width;
         let hidden = self.config.mlp_width;
-        // Forward `(out, in)` of q/k/v, out, fc1, fc2; the input VJPs add `(D, 3D)`.
-        let products = [(3 * d, d), (d, d), (hidden, d), (d, hidden), (d, 3 * d)];
-        products.iter().all(|&(n, k)| rows_compute_alike(n, k, rows))
+        // The forward's products; the input VJPs add `(D, 3D)` (the others' transposes
+        // are among them).
+        row_products(d, hidden)
+            .iter()
+            .chain(&[(d, 3 * d)])
+            .all(|&(n, k)| rows_compute_alike(n, k, rows))
     }
 
     /// The positional-embedding gradient `[context, D]`: embeddings and positions enter as

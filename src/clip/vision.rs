@@ -8,7 +8,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-use super::block::{Block, BlockLora, BlockLoraGrad, BlockTape, BlockWeightGrad, Shape};
+use super::block::{row_products, Block, BlockLora, BlockLoraGrad, BlockTape, BlockWeightGrad, Shape};
 use super::checkpoint::WeightSource;
 use super::config::VisionConfig;
 use super::matmul::rows_compute_alike;
@@ -254,7 +254,7 @@ impl VisionEncoder {
             .blocks
             .first()
             .map_or(4 * d, |b| b.fc1.weight.dim(0).unwrap_or(4 * d));
-        let mut products = vec![(3 * d, d), (d, d), (hidden, d), (d, hidden)];
+        let mut products = row_products(d, hidden).to_vec();
         if let Some(r) = lora_rank {
             products.extend([(r, d), (d, r)]);
         }

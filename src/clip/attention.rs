@@ -15,6 +15,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::kernels::{fast_exp, lane_dot, lane_sum, wide_simd};
+use super::matmul::rows_compute_alike;
 
 /// The layout of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -235,6 +236,83 @@ pub fn forward(qkv: &Tensor, shape: AttentionShape, keep_probs: bool) -> Result<
         .then(|| Tensor::from_vec(probs, (n, heads, s, s), &Device::Cpu))
         .transpose()?;
     Ok((out, probs))
+}
+
+/// The fewest queries per (sequence, head) whose scores and outputs gemm computes with the
+/// bits it gives them among all `S` queries ([`rows_compute_alike`] for `q kᵀ`, `S` keys
+/// over the head width, and for `p v`, the head width over `S` keys), so that the first
+/// query's row can be computed alone by computing only that many; `None` when no count
+/// below `S` does (or under the causal mask, which the shortcut does not serve).
+pub fn first_query_rows(shape: AttentionShape) -> Option<usize> {
+    let (s, hd) = (shape.s, shape.head_dim());
+    if shape.causal {
+        return None;
+    }
+    (1..s).find(|&r| rows_compute_alike(s, hd, r) && rows_compute_alike(hd, s, r))
+}
+
+/// [`forward`] for the first query of every sequence only (without a tape): `qkv:
+/// [N·S, 3D]` → `[N, D]`, bit for bit the rows 0, S, 2S, … of [`forward`]'s output.
+/// Each (sequence, head) computes `rows` queries ([`first_query_rows`]) against all `S`
+/// keys, so the last block of a tower that reads only its class token costs a few
+/// queries' attention instead of `S`.
+pub fn forward_first_query(qkv: &Tensor, shape: AttentionShape, rows: usize) -> Result<Tensor> {
+    let AttentionShape {
+        n, s, heads, width, ..
+    } = shape;
+    let hd = shape.head_dim();
+    if qkv.dims() != [n * s, 3 * width] {
+        bail!(
+            "fused attention: q/k/v rows {:?}, expected [{}, {}]",
+            qkv.dims(),
+            n * s,
+            3 * width
+        );
+    }
+    if first_query_rows(shape).is_none_or(|least| rows < least || rows > s) {
+        bail!("fused attention: {rows} queries of {s} do not keep the first query's bits");
+    }
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; n * width];
+    let o_ptr = SharedOut(out.as_mut_ptr());
+    let x_view = F32View::of(qkv)?;
+    let x = x_view.data();
+    (0..n * heads).into_par_iter().for_each_init(
+        || (vec![0f32; rows * s], vec![0f32; rows * hd]),
+        |(p, o), task| {
+            let (seq, h) = (task / heads, task % heads);
+            let row0 = seq * s * 3 * width;
+            let q = x[row0 + h * hd..].as_ptr();
+            let k = x[row0 + width + h * hd..].as_ptr();
+            let v = x[row0 + 2 * width + h * hd..].as_ptr();
+            let ld = (3 * width) as isize;
+            // SAFETY: q, k and v address S rows of stride 3D and hd columns inside `x`
+            // (q only its first `rows`); `p` and `o` are this task's own scratch.
+            unsafe {
+                small_gemm(
+                    (rows, s, hd),
+                    (p.as_mut_ptr(), s as isize, 1),
+                    (q, ld, 1),
+                    (k, 1, ld),
+                    scale,
+                    false,
+                );
+                softmax_rows(p, s, false);
+                small_gemm(
+                    (rows, hd, s),
+                    (o.as_mut_ptr(), hd as isize, 1),
+                    (p.as_ptr(), s as isize, 1),
+                    (v, ld, 1),
+                    1.0,
+                    false,
+                );
+                // SAFETY: the first query's cells of this (sequence, head) belong to
+                // this task alone.
+                std::ptr::copy_nonoverlapping(o.as_ptr(), o_ptr.at(seq * width + h * hd), hd);
+            }
+        },
+    );
+    Ok(Tensor::from_vec(out, (n, width), &Device::Cpu)?)
 }
 
 /// VJP for K cotangents `d_out: [K, N·S, D]` of the output: cotangents of the fused

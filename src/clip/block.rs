@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Tensor, D};
 use super::attention::{self, AttentionShape};
 use super::attention_past;
 use super::checkpoint::WeightSource;
+use super::matmul::rows_compute_alike;
 use super::ops::{
     causal_mask, matmul, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormGrad,
     LayerNormTape, Linear, LinearGrad, TapeMode,
@@ -395,23 +396,7 @@ impl Block {
         } else {
             (self.ln1.forward(x)?, None)
         };
-        let mut qkv = self.qkv.forward(&a)?;
-        let mut lora_down: [Option<Tensor>; 4] = [None, None, None, None];
-        if lora_qkv {
-            let l = lora.expect("LoRA on q/k/v");
-            let mut deltas = Vec::with_capacity(3);
-            for (i, ad) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
-                deltas.push(match ad {
-                    Some(ad) => {
-                        let (delta, down) = lora_forward(ad, &a)?;
-                        lora_down[i] = Some(down);
-                        delta
-                    }
-                    None => Tensor::zeros((rows, d), qkv.dtype(), qkv.device())?,
-                });
-            }
-            qkv = (qkv + Tensor::cat(&deltas, 1)?)?;
-        }
+        let (qkv, mut lora_down) = self.project_qkv(&a, lora)?;
         let past_len = past.map_or(Ok(0), |p| p.k.dim(2))?;
         // The kernel with a past reads packed rows itself; the others take the padded
         // layout, padded and packed around them.
@@ -485,6 +470,94 @@ impl Block {
             packed: packing.is_some(),
             heads: self.heads,
         })
+    }
+
+    /// The fused q/k/v rows `[M, 3D]` of the normalized rows `a: [M, D]`, with the LoRA
+    /// deltas of `lora` on q, k and v added, and the adapters' down projections (for the
+    /// backward) in slots 0–2.
+    fn project_qkv(&self, a: &Tensor, lora: Option<&BlockLora>) -> Result<(Tensor, [Option<Tensor>; 4])> {
+        let mut qkv = self.qkv.forward(a)?;
+        let mut lora_down: [Option<Tensor>; 4] = [None, None, None, None];
+        let Some(l) = lora.filter(|l| l.q.is_some() || l.k.is_some() || l.v.is_some()) else {
+            return Ok((qkv, lora_down));
+        };
+        let mut deltas = Vec::with_capacity(3);
+        for (i, ad) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
+            deltas.push(match ad {
+                Some(ad) => {
+                    let (delta, down) = lora_forward(ad, a)?;
+                    lora_down[i] = Some(down);
+                    delta
+                }
+                None => Tensor::zeros((a.dim(0)?, self.width), qkv.dtype(), qkv.device())?,
+            });
+        }
+        qkv = (qkv + Tensor::cat(&deltas, 1)?)?;
+        Ok((qkv, lora_down))
+    }
+
+    /// The output rows of the first position of every sequence, `[N, D]`, bit for bit
+    /// those of [`forward_with`](Self::forward_with) (no past, no tape) — what the last
+    /// block of the image tower is run for, since only its class token goes on. Keys and
+    /// values need every position, but the queries, the output projection and the MLP
+    /// run for the first position only (and the few attention rows
+    /// [`attention::first_query_rows`] asks for), where that keeps the bits: f32 on the
+    /// CPU, bidirectional attention, no LoRA on the output projection, and row products
+    /// that compute `N` rows as they compute `N·S` ([`rows_compute_alike`]). Otherwise
+    /// the whole block runs and the rows are picked from its output.
+    pub fn forward_first_rows(&self, x: &Tensor, shape: Shape, lora: Option<&BlockLora>) -> Result<Tensor> {
+        let Shape { n, s, .. } = shape;
+        let first: Vec<u32> = (0..n).map(|i| (i * s) as u32).collect();
+        let first = Tensor::from_vec(first, n, x.device())?;
+        let queries = self
+            .first_rows_queries(shape, lora, x.device(), x.dtype())
+            .filter(|_| x.is_contiguous());
+        let Some(queries) = queries else {
+            let y = self.forward_with(x, shape, None, lora, TapeMode::None)?.y;
+            return Ok(y.index_select(&first, 0)?);
+        };
+        if x.dims() != [n * s, self.width] {
+            bail!(
+                "block forward: input {:?}, expected [{}, {}] ({n} sequences of {s} positions)",
+                x.dims(),
+                n * s,
+                self.width
+            );
+        }
+        let (qkv, _) = self.project_qkv(&self.ln1.forward(x)?, lora)?;
+        let o = attention::forward_first_query(&qkv, self.attention_shape(shape), queries)?;
+        let h = (x.index_select(&first, 0)? + self.out.forward(&o)?)?;
+        let act = quick_gelu(&self.fc1.forward(&self.ln2.forward(&h)?)?)?;
+        Ok((&h + self.fc2.forward(&act)?)?)
+    }
+
+    /// The attention queries per sequence that
+    /// [`forward_first_rows`](Self::forward_first_rows) computes when it can run the first
+    /// rows alone on contiguous input rows of `dtype` on `device`, else `None` (it then
+    /// runs the whole block).
+    pub fn first_rows_queries(
+        &self,
+        shape: Shape,
+        lora: Option<&BlockLora>,
+        device: &Device,
+        dtype: DType,
+    ) -> Option<usize> {
+        let hidden = self.fc1.weight.dim(0).ok()?;
+        let qkv_dropout = lora.is_some_and(|l| {
+            [&l.q, &l.k, &l.v]
+                .iter()
+                .any(|ad| ad.as_ref().is_some_and(|ad| ad.dropout_mask.is_some()))
+        });
+        let applies = device.is_cpu()
+            && dtype == DType::F32
+            && !qkv_dropout
+            && lora.is_none_or(|l| l.o.is_none())
+            && row_products(self.width, hidden)[1..]
+                .iter()
+                .all(|&(out, k)| rows_compute_alike(out, k, shape.n));
+        applies
+            .then(|| attention::first_query_rows(self.attention_shape(shape)))
+            .flatten()
     }
 
     fn attention_shape(&self, shape: Shape) -> AttentionShape {
@@ -1383,5 +1456,58 @@ mod tests {
         let fd = fd_directional(&f, &x, &v, &w, 1e-5);
         let an = dot(&g.dx.unwrap().get(k).unwrap(), &v);
         assert!((fd - an).abs() < 1e-3 * (1.0 + an.abs()), "dx: fd {fd} vs {an}");
+    }
+
+    /// The first rows alone (the last block of the image tower without a tape) have the
+    /// bits of the whole block's rows at those positions, with and without LoRA on q, k
+    /// and v, at batch sizes where the shortcut runs and where it falls back (one image;
+    /// LoRA on the output projection).
+    #[test]
+    fn first_rows_alone_give_the_whole_blocks_bits() {
+        let (d, s) = (128, 197);
+        let blk = random_block(d, 2, 41, DType::F32);
+        let adapter = |k: u64| {
+            Some(Lora {
+                a: rand_tensor(&[8, d], 300 + k, 0.1),
+                b: rand_tensor(&[d, 8], 310 + k, 0.1),
+                scale: 16.0 / 8f64.sqrt(),
+                dropout_mask: None,
+            })
+        };
+        let qkv_lora = BlockLora {
+            q: adapter(1),
+            k: adapter(2),
+            v: adapter(3),
+            o: None,
+        };
+        let o_lora = BlockLora {
+            o: adapter(4),
+            ..qkv_lora.clone()
+        };
+        for (n, lora, shortcut) in [
+            (16, None, true),
+            (3, None, true),
+            (5, Some(&qkv_lora), true),
+            (1, None, false),
+            (4, Some(&o_lora), false),
+        ] {
+            let shape = Shape { n, s, causal: false };
+            let x = rand_tensor(&[n * s, d], 50 + n as u64, 1.0);
+            assert_eq!(
+                blk.first_rows_queries(shape, lora, x.device(), x.dtype())
+                    .is_some(),
+                shortcut,
+                "n {n}: shortcut"
+            );
+            let first: Vec<u32> = (0..n).map(|i| (i * s) as u32).collect();
+            let whole = blk
+                .forward_with(&x, shape, None, lora, TapeMode::None)
+                .unwrap()
+                .y
+                .index_select(&Tensor::new(first, &Device::Cpu).unwrap(), 0)
+                .unwrap();
+            let alone = blk.forward_first_rows(&x, shape, lora).unwrap();
+            assert_eq!(bits(&alone), bits(&whole), "n {n}, LoRA {}", lora.is_some());
+        }
     }
 }

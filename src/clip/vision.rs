@@ -322,19 +322,18 @@ impl VisionEncoder {
         mode: TapeMode,
     ) -> Result<(Tensor, Vec<BlockTape>)> {
         let t = self.config.tokens();
+        let shape = Shape {
+            n: b,
+            s: t,
+            causal: false,
+        };
         let mut layers = Vec::new();
         for (i, blk) in self.blocks.iter().enumerate() {
-            let out = blk.forward_with(
-                &x,
-                Shape {
-                    n: b,
-                    s: t,
-                    causal: false,
-                },
-                None,
-                lora.map(|l| &l[i]),
-                mode,
-            )?;
+            // Without a tape, only the class token of the last block goes on.
+            if i + 1 == self.blocks.len() && !mode.keeps_tape() {
+                return Ok((blk.forward_first_rows(&x, shape, lora.map(|l| &l[i]))?, layers));
+            }
+            let out = blk.forward_with(&x, shape, None, lora.map(|l| &l[i]), mode)?;
             x = out.y;
             if let Some(tp) = out.tape {
                 layers.push(tp);
@@ -572,5 +571,44 @@ mod tests {
         assert!(v
             .forward_from_stem(&pixels.flatten_from(1).unwrap(), None, TapeMode::None)
             .is_err());
+    }
+
+    /// Without a tape the last block runs for the class token alone
+    /// ([`Block::forward_first_rows`]); the features keep the bits of the taped forward,
+    /// which runs every block in full, with and without LoRA and from stems.
+    #[test]
+    fn the_untaped_forward_keeps_the_full_towers_bits() {
+        let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let v = &clip.vision;
+        let w = v.config.width;
+        let lora: Vec<BlockLora> = (0..v.blocks.len() as u64)
+            .map(|i| BlockLora {
+                q: Some(Lora {
+                    a: rand_tensor(&[4, w], 5 * i + 1, 0.1),
+                    b: rand_tensor(&[w, 4], 5 * i + 2, 0.1),
+                    scale: 2.0,
+                    dropout_mask: None,
+                }),
+                v: Some(Lora {
+                    a: rand_tensor(&[4, w], 5 * i + 3, 0.1),
+                    b: rand_tensor(&[w, 4], 5 * i + 4, 0.1),
+                    scale: 2.0,
+                    dropout_mask: None,
+                }),
+                ..BlockLora::default()
+            })
+            .collect();
+        let pixels = rand_tensor(&[5, 3, 224, 224], 21, 1.5);
+        let stems = v.stem(&pixels).unwrap();
+        for adapters in [None, Some(&lora[..])] {
+            let (full, tape) = v.forward(&pixels, adapters, true).unwrap();
+            assert!(tape.is_some());
+            let (untaped, _) = v.forward(&pixels, adapters, false).unwrap();
+            assert_eq!(bits(&untaped), bits(&full));
+            let (from_stem, _) = v.forward_from_stem(&stems, adapters, TapeMode::None).unwrap();
+            assert_eq!(bits(&from_stem), bits(&full));
+            let rows = v.class_rows(&stems, true, adapters).unwrap();
+            assert_eq!(bits(&v.features_from_class_rows(&rows).unwrap()), bits(&full));
+        }
     }
 }

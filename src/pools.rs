@@ -9,6 +9,8 @@
 //! stolen by a thread the system has descheduled. The price: when fewer tasks than pools
 //! remain, the idle pools' cores stay idle.
 
+pub mod share;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 

@@ -40,6 +40,7 @@ use crate::metrics::{balancedness, group_accuracy, personalized_accuracy, Confus
 use crate::objective::tkl::{kl_loss, tkl_per_sample};
 use crate::peft::model::{Inputs, Peft};
 use crate::peft::params::ParamSet;
+use crate::pools::share;
 use crate::rng;
 
 /// Everything that shapes training once data and model are fixed.
@@ -655,7 +656,7 @@ impl<'a> Federation<'a> {
     pub(super) fn evaluate_gm(
         &self,
         all: &[usize],
-        gm: &dyn Fn(&[usize]) -> Result<Tensor>,
+        gm: &(dyn Fn(&[usize]) -> Result<Tensor> + Sync),
     ) -> Result<Evaluation> {
         let groups = &self.partition.groups;
         let (gm_conf, gm_tkl, gm_kl) = self.score(all, &gm(all)?)?;
@@ -673,8 +674,8 @@ impl<'a> Federation<'a> {
     pub(super) fn evaluate_with(
         &self,
         all: &[usize],
-        gm: &dyn Fn(&[usize]) -> Result<Tensor>,
-        pm: &dyn Fn(usize, &[usize]) -> Result<Tensor>,
+        gm: &(dyn Fn(&[usize]) -> Result<Tensor> + Sync),
+        pm: &(dyn Fn(usize, &[usize]) -> Result<Tensor> + Sync),
     ) -> Result<(Evaluation, Evaluation, [f64; 2])> {
         let tg = Instant::now();
         let c = self.dataset.num_classes();
@@ -686,16 +687,24 @@ impl<'a> Federation<'a> {
         let mut confs = Vec::with_capacity(self.clients());
         let mut pooled = Confusion::new(c);
         let (mut tkl_sum, mut kl_sum, mut n) = (0.0, 0.0, 0usize);
-        for (k, client) in self.partition.clients.iter().enumerate() {
-            let idx = &client.test;
+        // Clients scored one by one (by a helping thread too, `pools::share`), combined
+        // in client order.
+        let scores = share::for_each(self.clients(), |k| {
+            let idx = &self.partition.clients[k].test;
             if idx.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(self.score(idx, &pm(k, idx)?)?))
+        })?;
+        for (client, score) in self.partition.clients.iter().zip(scores) {
+            let Some((conf, t, plain)) = score else {
                 confs.push(Confusion::new(c));
                 continue;
-            }
-            let (conf, t, plain) = self.score(idx, &pm(k, idx)?)?;
-            tkl_sum += t * idx.len() as f64;
-            kl_sum += plain * idx.len() as f64;
-            n += idx.len();
+            };
+            let len = client.test.len();
+            tkl_sum += t * len as f64;
+            kl_sum += plain * len as f64;
+            n += len;
             pooled.merge(&conf);
             confs.push(conf);
         }
@@ -716,14 +725,21 @@ impl<'a> Federation<'a> {
         let mut conf = Confusion::new(self.dataset.num_classes());
         let pred: Vec<u32> = logits.argmax(1)?.to_vec1()?;
         conf.add(&pred, &self.labels(SplitKind::Test, idx));
-        let (mut sum, mut plain) = (0.0, 0.0);
-        for (s, chunk) in idx.chunks(self.settings.eval_batch.max(1)).enumerate() {
-            let start = s * self.settings.eval_batch.max(1);
-            let l = logits.i(start..start + chunk.len())?;
+        let batch = self.settings.eval_batch.max(1);
+        let chunks: Vec<&[usize]> = idx.chunks(batch).collect();
+        // Chunk by chunk (by a helping thread too, `pools::share`), summed in chunk order.
+        let parts = share::for_each(chunks.len(), |s| {
+            let chunk = chunks[s];
+            let l = logits.i(s * batch..s * batch + chunk.len())?;
             let z = self.zero_shot_logits(&self.test_rows(chunk)?)?;
             let k: Vec<f32> = tkl_per_sample(&l, &z)?.to_vec1()?;
-            sum += k.iter().map(|&v| v as f64).sum::<f64>();
-            plain += kl_loss(&l, &z)? as f64 * chunk.len() as f64;
+            let tkl = k.iter().map(|&v| v as f64).sum::<f64>();
+            Ok((tkl, kl_loss(&l, &z)? as f64 * chunk.len() as f64))
+        })?;
+        let (mut sum, mut plain) = (0.0, 0.0);
+        for (tkl, kl) in parts {
+            sum += tkl;
+            plain += kl;
         }
         let n = idx.len().max(1) as f64;
         Ok((conf, sum / n, plain / n))

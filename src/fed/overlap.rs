@@ -16,6 +16,10 @@
 //! what it would have alone; checks after each round make sure that neither side wrote what
 //! the other reads.
 //!
+//! Round t's evaluation is usually the longer half; its loops over test chunks and
+//! clients are shared (`crate::pools::share`), so the side that trained round t + 1 claims
+//! items of them once it is done, and the results are combined in their order as before.
+//!
 //! A round's checkpoint holds what a run without overlap holds after that round: round t + 1's
 //! local training works on a copy of the state and joins it only after round t's record and
 //! checkpoint are written, so a run killed at any moment resumes to the same numbers.
@@ -27,6 +31,7 @@ use super::at_once::{same_optional, same_tensors};
 use super::federation::{FedState, Federation};
 use super::record::RoundRecord;
 use super::train::LocalRound;
+use crate::pools::share::Share;
 
 impl FedState {
     /// What local training reads and writes of this state: the global model, the
@@ -121,9 +126,15 @@ impl Federation<'_> {
                 state.momentum.clone(),
                 state.server_extra.clone(),
             );
+            // Whichever side ends first helps the other's evaluation loops.
+            let share = Share::new();
             let (rec, next_local) = crate::pools::beside(
-                || self.finish_round(state, algo, local, false, &|p| phase(t, p)),
-                || self.local_round(&mut next, algo, t + 1, &|p| phase(t + 1, p)),
+                || share.lead(|| self.finish_round(state, algo, local, false, &|p| phase(t, p))),
+                || {
+                    let next_local = self.local_round(&mut next, algo, t + 1, &|p| phase(t + 1, p));
+                    share.serve();
+                    next_local
+                },
             )?;
             let rec = rec?;
             if !(same_tensors(&state.global, &global)

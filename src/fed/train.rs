@@ -7,7 +7,7 @@
 //! ([`super::algorithm::Algorithm`]); the federation it runs on is
 //! [`super::federation::Federation`].
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -300,7 +300,7 @@ struct Heads<'h> {
     /// Whether the global branch goes through [`GlobalClassRows`] ([`Peft::reuses_class_rows`](crate::peft::model::Peft::reuses_class_rows)).
     reuse_rows: bool,
     /// The global model's class rows of the test images it last ran on.
-    global_rows: RefCell<Option<GlobalClassRows>>,
+    global_rows: Mutex<Option<GlobalClassRows>>,
 }
 
 /// The global model's image-tower class rows ([`Peft::reuses_class_rows`](crate::peft::model::Peft::reuses_class_rows)) of some test
@@ -327,7 +327,7 @@ impl<'h> Heads<'h> {
             pm_rule: algo.pm_rule(),
             text_g,
             reuse_rows: fed.peft.reuses_class_rows(fed.clip),
-            global_rows: RefCell::new(None),
+            global_rows: Mutex::new(None),
         })
     }
 
@@ -346,7 +346,8 @@ impl<'h> Heads<'h> {
     /// The global model's class rows `[idx.len(), D]` of test images `idx`: gathered
     /// from those held when they cover `idx`, else computed and then held.
     fn global_class_rows(&self, idx: &[usize]) -> Result<Tensor> {
-        if let Some(held) = &*self.global_rows.borrow() {
+        let held = self.global_rows.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = &*held {
             let found: Option<Vec<u32>> = idx
                 .iter()
                 .map(|&i| held.position.get(i).copied().filter(|&p| p != u32::MAX))
@@ -356,6 +357,7 @@ impl<'h> Heads<'h> {
                 return Ok(held.rows.index_select(&pos, 0)?);
             }
         }
+        drop(held);
         let rows = self.fed.test_class_rows(&self.state.global, idx)?;
         let mut position = vec![u32::MAX; self.fed.dataset.test.len()];
         for (p, &i) in idx.iter().enumerate() {
@@ -363,7 +365,7 @@ impl<'h> Heads<'h> {
                 *slot = p as u32;
             }
         }
-        *self.global_rows.borrow_mut() = Some(GlobalClassRows {
+        *self.global_rows.lock().unwrap_or_else(|e| e.into_inner()) = Some(GlobalClassRows {
             position,
             rows: rows.clone(),
         });

@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Tensor, D};
 use super::attention::{self, AttentionShape};
 use super::attention_past;
 use super::checkpoint::WeightSource;
+use super::lora_rows;
 use super::matmul::rows_compute_alike;
 use super::ops::{
     causal_mask, matmul, outer_per_cotangent, quick_gelu, quick_gelu_backward, LayerNorm, LayerNormGrad,
@@ -476,13 +477,33 @@ impl Block {
     /// deltas of `lora` on q, k and v added, and the adapters' down projections (for the
     /// backward) in slots 0–2.
     fn project_qkv(&self, a: &Tensor, lora: Option<&BlockLora>) -> Result<(Tensor, [Option<Tensor>; 4])> {
-        let mut qkv = self.qkv.forward(a)?;
         let mut lora_down: [Option<Tensor>; 4] = [None, None, None, None];
         let Some(l) = lora.filter(|l| l.q.is_some() || l.k.is_some() || l.v.is_some()) else {
-            return Ok((qkv, lora_down));
+            return Ok((self.qkv.forward(a)?, lora_down));
         };
+        let adapters = [&l.q, &l.k, &l.v];
+        if attention::applies(&[a, &self.qkv.weight]) {
+            // One pass adds bias and deltas (`lora_rows`), the same bits.
+            let mm = matmul(a, &self.qkv.weight.t()?)?;
+            let mut ups: [Option<Tensor>; 3] = [None, None, None];
+            for (i, ad) in adapters.into_iter().enumerate() {
+                if let Some(ad) = ad {
+                    let (up, down) = lora_up(ad, a)?;
+                    (ups[i], lora_down[i]) = (Some(up), Some(down));
+                }
+            }
+            let ups = std::array::from_fn(|i| {
+                ups[i]
+                    .as_ref()
+                    .zip(adapters[i].as_ref())
+                    .map(|(up, ad)| lora_rows::Up { up, scale: ad.scale })
+            });
+            let qkv = lora_rows::qkv_with_lora(&mm, self.qkv.bias.as_ref(), ups)?;
+            return Ok((qkv, lora_down));
+        }
+        let mut qkv = self.qkv.forward(a)?;
         let mut deltas = Vec::with_capacity(3);
-        for (i, ad) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
+        for (i, ad) in adapters.into_iter().enumerate() {
             deltas.push(match ad {
                 Some(ad) => {
                     let (delta, down) = lora_forward(ad, a)?;
@@ -726,23 +747,45 @@ impl Block {
             None
         };
         if let Some(l) = lora {
+            // On the CPU in f32 each adapter reads its slice of the q/k/v cotangents in
+            // place, and one pass adds the input cotangents (`lora_rows`), the same bits.
+            let (kk, m) = (d_qkv.dim(0)?, d_qkv.dim(1)?);
+            let rows = attention::applies(&[&d_qkv])
+                .then(|| d_qkv.reshape((kk * m, 3 * d)))
+                .transpose()?;
+            let mut parts = Vec::new();
             for (i, ad) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
                 if let Some(ad) = ad {
-                    let dpart = &d_qkv.narrow(2, i * d, d)?.contiguous()?;
                     let a = tape.ln1_out.as_ref().expect("tape keeps ln1 output with LoRA");
                     let down = tape.lora_down[i]
                         .as_ref()
                         .expect("tape keeps the LoRA down projection");
-                    let (dx_extra, g) = lora_backward(ad, a, down, dpart)?;
-                    if let Some(da) = d_a.as_mut() {
-                        *da = (&*da + dx_extra)?;
-                    }
+                    let g = if let Some(rows) = &rows {
+                        let dpart = rows.narrow(1, i * d, d)?;
+                        let (dx, g) = lora_backward_rows(ad, a, down, &dpart, kk, d_a.is_some())?;
+                        parts.extend(dx.map(|dx| (dx, ad.dropout_mask.as_ref())));
+                        g
+                    } else {
+                        let dpart = &d_qkv.narrow(2, i * d, d)?.contiguous()?;
+                        let (dx_extra, g) = lora_backward(ad, a, down, dpart)?;
+                        if let Some(da) = d_a.as_mut() {
+                            *da = (&*da + dx_extra)?;
+                        }
+                        g
+                    };
                     match i {
                         0 => grads.q = Some(g),
                         1 => grads.k = Some(g),
                         _ => grads.v = Some(g),
                     }
                 }
+            }
+            if let (Some(da), false) = (d_a.as_mut(), parts.is_empty()) {
+                let parts: Vec<_> = parts
+                    .iter()
+                    .map(|(dx, mask)| lora_rows::InputPart { dx, mask: *mask })
+                    .collect();
+                *da = lora_rows::add_input_parts(da, &parts)?;
             }
         }
         let weights = match (&d_a, g_qkv, g_out, g_ln2, g_fc1, g_fc2) {
@@ -839,13 +882,47 @@ impl Block {
 /// LoRA forward on rows `x: [M, in]`: returns `scale · (A x̃) Bᵀ` and the down
 /// projection `A x̃` (x̃ = dropped-out x) for the backward.
 fn lora_forward(ad: &Lora, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (up, down) = lora_up(ad, x)?;
+    Ok(((up * ad.scale)?, down))
+}
+
+/// [`lora_forward`] before the scale: `(A x̃) Bᵀ` and `A x̃`.
+fn lora_up(ad: &Lora, x: &Tensor) -> Result<(Tensor, Tensor)> {
     let xd = match &ad.dropout_mask {
         Some(mask) => (x * mask)?,
         None => x.clone(),
     };
     let down = matmul(&xd, &ad.a.t()?)?;
-    let delta = (matmul(&down, &ad.b.t()?)? * ad.scale)?;
-    Ok((delta, down))
+    Ok((matmul(&down, &ad.b.t()?)?, down))
+}
+
+/// [`lora_backward`] for the cotangents of one slice of the fused q/k/v rows, read in
+/// place: `dy_rows: [K·M, out]`, a column range of `[K·M, 3D]`. Returns the input
+/// cotangent `d_down A` `[K·M, in]` *before* the dropout mask (the caller adds it with the
+/// mask, [`lora_rows::add_input_parts`]) when `want_dx`, and the gradients — the same
+/// products on the same values as [`lora_backward`], so the same bits.
+fn lora_backward_rows(
+    ad: &Lora,
+    x: &Tensor,
+    down: &Tensor,
+    dy_rows: &Tensor,
+    kk: usize,
+    want_dx: bool,
+) -> Result<(Option<Tensor>, LoraGrad)> {
+    let m = x.dim(0)?;
+    let xd = match &ad.dropout_mask {
+        Some(mask) => (x * mask)?,
+        None => x.clone(),
+    };
+    let per_cotangent = (0..kk)
+        .map(|k| matmul(&dy_rows.narrow(0, k * m, m)?.t()?, down))
+        .collect::<Result<Vec<_>>>()?;
+    let db = (Tensor::stack(&per_cotangent, 0)? * ad.scale)?;
+    let r = ad.a.dim(0)?;
+    let d_down = (matmul(dy_rows, &ad.b)? * ad.scale)?;
+    let da = outer_per_cotangent(&d_down.reshape((kk, m, r))?, &xd)?;
+    let dx = want_dx.then(|| matmul(&d_down, &ad.a)).transpose()?;
+    Ok((dx, LoraGrad { a: da, b: db }))
 }
 
 /// LoRA VJP for `dy: [K, M, out]`: the input cotangent `[K, M, in]` and per-cotangent

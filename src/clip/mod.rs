@@ -14,6 +14,7 @@ pub mod config;
 pub mod head;
 pub mod init;
 pub mod kernels;
+pub mod lora_rows;
 pub mod matmul;
 pub mod model;
 pub mod ops;

@@ -482,7 +482,8 @@ impl Block {
             return Ok((self.qkv.forward(a)?, lora_down));
         };
         let adapters = [&l.q, &l.k, &l.v];
-        if attention::applies(&[a, &self.qkv.weight]) {
+        let bias_applies = self.qkv.bias.as_ref().is_none_or(|b| attention::applies(&[b]));
+        if attention::applies(&[a, &self.qkv.weight]) && bias_applies {
             // One pass adds bias and deltas (`lora_rows`), the same bits.
             let mm = matmul(a, &self.qkv.weight.t()?)?;
             let mut ups: [Option<Tensor>; 3] = [None, None, None];
@@ -750,9 +751,13 @@ impl Block {
             // On the CPU in f32 each adapter reads its slice of the q/k/v cotangents in
             // place, and one pass adds the input cotangents (`lora_rows`), the same bits.
             let (kk, m) = (d_qkv.dim(0)?, d_qkv.dim(1)?);
-            let rows = attention::applies(&[&d_qkv])
-                .then(|| d_qkv.reshape((kk * m, 3 * d)))
-                .transpose()?;
+            let masks = [&l.q, &l.k, &l.v]
+                .into_iter()
+                .filter_map(|ad| ad.as_ref().and_then(|ad| ad.dropout_mask.as_ref()));
+            let fast = attention::applies(&[&d_qkv])
+                && d_a.as_ref().is_none_or(|da| attention::applies(&[da]))
+                && masks.into_iter().all(|mk| attention::applies(&[mk]));
+            let rows = fast.then(|| d_qkv.reshape((kk * m, 3 * d))).transpose()?;
             let mut parts = Vec::new();
             for (i, ad) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
                 if let Some(ad) = ad {

@@ -177,13 +177,9 @@ wide_simd! {
     }
 }
 
-/// Forward: `qkv: [N·S, 3D]` → attention output rows `[N·S, D]` and, when `keep_probs`,
-/// the probabilities `[N, H, S, S]`.
-pub fn forward(qkv: &Tensor, shape: AttentionShape, keep_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
-    let AttentionShape {
-        n, s, heads, width, ..
-    } = shape;
-    let hd = shape.head_dim();
+/// Checks that `qkv` holds the `[N·S, 3D]` q/k/v rows of `shape`.
+fn check_rows(qkv: &Tensor, shape: AttentionShape) -> Result<()> {
+    let AttentionShape { n, s, width, .. } = shape;
     if qkv.dims() != [n * s, 3 * width] {
         bail!(
             "fused attention: q/k/v rows {:?}, expected [{}, {}]",
@@ -192,7 +188,62 @@ pub fn forward(qkv: &Tensor, shape: AttentionShape, keep_probs: bool) -> Result<
             3 * width
         );
     }
-    let scale = 1.0 / (hd as f32).sqrt();
+    Ok(())
+}
+
+/// The first `rows` queries of sequence `seq`, head `h`, against all `S` keys: scores,
+/// then probabilities, in `p` (`rows × S`), outputs in `out` (`rows × hd` at row stride
+/// `out_stride`).
+///
+/// # Safety
+/// `x` must hold the `[N·S, 3D]` q/k/v rows of `shape` with `seq < N`, `h < H`,
+/// `rows ≤ S`, `p.len() ≥ rows · S`; `out` must address `rows` rows of `hd` cells at
+/// stride `out_stride` that no other task touches.
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_rows(
+    x: &[f32],
+    shape: AttentionShape,
+    seq: usize,
+    h: usize,
+    rows: usize,
+    p: &mut [f32],
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let AttentionShape { s, width, .. } = shape;
+    let hd = shape.head_dim();
+    let row0 = seq * s * 3 * width;
+    let q = x[row0 + h * hd..].as_ptr();
+    let k = x[row0 + width + h * hd..].as_ptr();
+    let v = x[row0 + 2 * width + h * hd..].as_ptr();
+    let ld = (3 * width) as isize;
+    small_gemm(
+        (rows, s, hd),
+        (p.as_mut_ptr(), s as isize, 1),
+        (q, ld, 1),
+        (k, 1, ld),
+        1.0 / (hd as f32).sqrt(),
+        false,
+    );
+    softmax_rows(&mut p[..rows * s], s, shape.causal);
+    small_gemm(
+        (rows, hd, s),
+        (out, out_stride as isize, 1),
+        (p.as_ptr(), s as isize, 1),
+        (v, ld, 1),
+        1.0,
+        false,
+    );
+}
+
+/// Forward: `qkv: [N·S, 3D]` → attention output rows `[N·S, D]` and, when `keep_probs`,
+/// the probabilities `[N, H, S, S]`.
+pub fn forward(qkv: &Tensor, shape: AttentionShape, keep_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let AttentionShape {
+        n, s, heads, width, ..
+    } = shape;
+    check_rows(qkv, shape)?;
+    let hd = shape.head_dim();
     let mut out = vec![0f32; n * s * width];
     let mut probs = vec![0f32; if keep_probs { n * heads * s * s } else { 0 }];
     let (o_ptr, p_ptr) = (SharedOut(out.as_mut_ptr()), SharedOut(probs.as_mut_ptr()));
@@ -200,35 +251,12 @@ pub fn forward(qkv: &Tensor, shape: AttentionShape, keep_probs: bool) -> Result<
     let x = x_view.data();
     (0..n * heads).into_par_iter().for_each(|task| {
         let (seq, h) = (task / heads, task % heads);
-        let row0 = seq * s * 3 * width;
-        let q = x[row0 + h * hd..].as_ptr();
-        let k = x[row0 + width + h * hd..].as_ptr();
-        let v = x[row0 + 2 * width + h * hd..].as_ptr();
         let mut scratch = Vec::new();
-        // SAFETY: task `task` owns probability block `task` (s·s cells).
-        let p = unsafe { probs_block(keep_probs.then_some(p_ptr), task, s * s, &mut scratch) };
-        let ld = (3 * width) as isize;
-        // SAFETY: q, k, v address S rows of stride 3D and hd columns inside `x`; the
-        // output cells (rows of this sequence, columns of this head) belong to this
-        // task alone.
+        // SAFETY: task `task` owns probability block `task` (s·s cells) and the output
+        // cells of its sequence's rows and its head's columns; `x` passed the shape check.
         unsafe {
-            small_gemm(
-                (s, s, hd),
-                (p.as_mut_ptr(), s as isize, 1),
-                (q, ld, 1),
-                (k, 1, ld),
-                scale,
-                false,
-            );
-            softmax_rows(p, s, shape.causal);
-            small_gemm(
-                (s, hd, s),
-                (o_ptr.at(seq * s * width + h * hd), width as isize, 1),
-                (p.as_ptr(), s as isize, 1),
-                (v, ld, 1),
-                1.0,
-                false,
-            );
+            let p = probs_block(keep_probs.then_some(p_ptr), task, s * s, &mut scratch);
+            head_rows(x, shape, seq, h, s, p, o_ptr.at(seq * s * width + h * hd), width);
         }
     });
     let out = Tensor::from_vec(out, (n * s, width), &Device::Cpu)?;
@@ -260,19 +288,11 @@ pub fn forward_first_query(qkv: &Tensor, shape: AttentionShape, rows: usize) -> 
     let AttentionShape {
         n, s, heads, width, ..
     } = shape;
-    let hd = shape.head_dim();
-    if qkv.dims() != [n * s, 3 * width] {
-        bail!(
-            "fused attention: q/k/v rows {:?}, expected [{}, {}]",
-            qkv.dims(),
-            n * s,
-            3 * width
-        );
-    }
+    check_rows(qkv, shape)?;
     if first_query_rows(shape).is_none_or(|least| rows < least || rows > s) {
         bail!("fused attention: {rows} queries of {s} do not keep the first query's bits");
     }
-    let scale = 1.0 / (hd as f32).sqrt();
+    let hd = shape.head_dim();
     let mut out = vec![0f32; n * width];
     let o_ptr = SharedOut(out.as_mut_ptr());
     let x_view = F32View::of(qkv)?;
@@ -281,33 +301,11 @@ pub fn forward_first_query(qkv: &Tensor, shape: AttentionShape, rows: usize) -> 
         || (vec![0f32; rows * s], vec![0f32; rows * hd]),
         |(p, o), task| {
             let (seq, h) = (task / heads, task % heads);
-            let row0 = seq * s * 3 * width;
-            let q = x[row0 + h * hd..].as_ptr();
-            let k = x[row0 + width + h * hd..].as_ptr();
-            let v = x[row0 + 2 * width + h * hd..].as_ptr();
-            let ld = (3 * width) as isize;
-            // SAFETY: q, k and v address S rows of stride 3D and hd columns inside `x`
-            // (q only its first `rows`); `p` and `o` are this task's own scratch.
+            // SAFETY: `x` passed the shape check, `rows ≤ S`; `p` and `o` are this task's
+            // own scratch, and the first query's cells of this (sequence, head) in
+            // `out` belong to this task alone.
             unsafe {
-                small_gemm(
-                    (rows, s, hd),
-                    (p.as_mut_ptr(), s as isize, 1),
-                    (q, ld, 1),
-                    (k, 1, ld),
-                    scale,
-                    false,
-                );
-                softmax_rows(p, s, false);
-                small_gemm(
-                    (rows, hd, s),
-                    (o.as_mut_ptr(), hd as isize, 1),
-                    (p.as_ptr(), s as isize, 1),
-                    (v, ld, 1),
-                    1.0,
-                    false,
-                );
-                // SAFETY: the first query's cells of this (sequence, head) belong to
-                // this task alone.
+                head_rows(x, shape, seq, h, rows, p, o.as_mut_ptr(), hd);
                 std::ptr::copy_nonoverlapping(o.as_ptr(), o_ptr.at(seq * width + h * hd), hd);
             }
         },

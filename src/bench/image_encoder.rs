@@ -1,14 +1,13 @@
 //! Image-encoder workload: the ViT-B/16-sized vision tower (random weights) on a batch of
 //! 32 images: forward only (the frozen feature extractor), forward with LoRA (evaluation
 //! under LoRA), the same forward keeping its tape (the first half of a training step),
-//! and forward + backward for two
-//! cotangents to rank-8 LoRA adapters on q, k, v of every layer (FedPuReL's LoRA variant).
+//! and forward + backward for two cotangents to rank-8 LoRA adapters on q, k, v of every
+//! layer (FedPuReL's LoRA variant).
 
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use super::{best_time, BenchResult};
-use candle_core::DType;
 
 use crate::clip::block::{BlockLora, Lora, Shape};
 use crate::clip::config::{block_flops, ClipConfig};

@@ -63,6 +63,25 @@ pub struct BlockLora {
     pub o: Option<Lora>,
 }
 
+impl BlockLora {
+    /// The adapters on q, k and v, in the fused projection's order.
+    pub fn qkv(&self) -> [&Option<Lora>; 3] {
+        [&self.q, &self.k, &self.v]
+    }
+
+    /// Whether any of q, k and v has an adapter.
+    pub fn adapts_qkv(&self) -> bool {
+        self.qkv().iter().any(|ad| ad.is_some())
+    }
+}
+
+/// The row of position 0 of each of `n` sequences of `s` rows, as an index tensor on
+/// `device`: the rows a tower's class token (or first position) occupies.
+pub fn first_positions(n: usize, s: usize, device: &Device) -> Result<Tensor> {
+    let rows: Vec<u32> = (0..n).map(|i| (i * s) as u32).collect();
+    Ok(Tensor::from_vec(rows, n, device)?)
+}
+
 /// Gradients of one LoRA adapter, one slice per cotangent.
 #[derive(Debug, Clone)]
 pub struct LoraGrad {
@@ -390,7 +409,7 @@ impl Block {
         }
         let keep_tape = mode.keeps_tape();
         let weights = mode.weights();
-        let lora_qkv = lora.is_some_and(|l| l.q.is_some() || l.k.is_some() || l.v.is_some());
+        let lora_qkv = lora.is_some_and(BlockLora::adapts_qkv);
         let (a, ln1_tape) = if keep_tape {
             let (a, t) = self.ln1.forward_taped(x)?;
             (a, Some(t))
@@ -478,27 +497,22 @@ impl Block {
     /// backward) in slots 0–2.
     fn project_qkv(&self, a: &Tensor, lora: Option<&BlockLora>) -> Result<(Tensor, [Option<Tensor>; 4])> {
         let mut lora_down: [Option<Tensor>; 4] = [None, None, None, None];
-        let Some(l) = lora.filter(|l| l.q.is_some() || l.k.is_some() || l.v.is_some()) else {
+        let Some(l) = lora.filter(|l| l.adapts_qkv()) else {
             return Ok((self.qkv.forward(a)?, lora_down));
         };
-        let adapters = [&l.q, &l.k, &l.v];
+        let adapters = l.qkv();
         let bias_applies = self.qkv.bias.as_ref().is_none_or(|b| attention::applies(&[b]));
         if attention::applies(&[a, &self.qkv.weight]) && bias_applies {
             // One pass adds bias and deltas (`lora_rows`), the same bits.
             let mm = matmul(a, &self.qkv.weight.t()?)?;
-            let mut ups: [Option<Tensor>; 3] = [None, None, None];
+            let mut ups = [None, None, None];
             for (i, ad) in adapters.into_iter().enumerate() {
                 if let Some(ad) = ad {
                     let (up, down) = lora_up(ad, a)?;
-                    (ups[i], lora_down[i]) = (Some(up), Some(down));
+                    ups[i] = Some(lora_rows::Up { up, scale: ad.scale });
+                    lora_down[i] = Some(down);
                 }
             }
-            let ups = std::array::from_fn(|i| {
-                ups[i]
-                    .as_ref()
-                    .zip(adapters[i].as_ref())
-                    .map(|(up, ad)| lora_rows::Up { up, scale: ad.scale })
-            });
             let qkv = lora_rows::qkv_with_lora(&mm, self.qkv.bias.as_ref(), ups)?;
             return Ok((qkv, lora_down));
         }
@@ -529,8 +543,7 @@ impl Block {
     /// the whole block runs and the rows are picked from its output.
     pub fn forward_first_rows(&self, x: &Tensor, shape: Shape, lora: Option<&BlockLora>) -> Result<Tensor> {
         let Shape { n, s, .. } = shape;
-        let first: Vec<u32> = (0..n).map(|i| (i * s) as u32).collect();
-        let first = Tensor::from_vec(first, n, x.device())?;
+        let first = first_positions(n, s, x.device())?;
         let queries = self
             .first_rows_queries(shape, lora, x.device(), x.dtype())
             .filter(|_| x.is_contiguous());
@@ -566,7 +579,7 @@ impl Block {
     ) -> Option<usize> {
         let hidden = self.fc1.weight.dim(0).ok()?;
         let qkv_dropout = lora.is_some_and(|l| {
-            [&l.q, &l.k, &l.v]
+            l.qkv()
                 .iter()
                 .any(|ad| ad.as_ref().is_some_and(|ad| ad.dropout_mask.is_some()))
         });
@@ -751,15 +764,16 @@ impl Block {
             // On the CPU in f32 each adapter reads its slice of the q/k/v cotangents in
             // place, and one pass adds the input cotangents (`lora_rows`), the same bits.
             let (kk, m) = (d_qkv.dim(0)?, d_qkv.dim(1)?);
-            let masks = [&l.q, &l.k, &l.v]
+            let mut masks = l
+                .qkv()
                 .into_iter()
                 .filter_map(|ad| ad.as_ref().and_then(|ad| ad.dropout_mask.as_ref()));
             let fast = attention::applies(&[&d_qkv])
                 && d_a.as_ref().is_none_or(|da| attention::applies(&[da]))
-                && masks.into_iter().all(|mk| attention::applies(&[mk]));
+                && masks.all(|mk| attention::applies(&[mk]));
             let rows = fast.then(|| d_qkv.reshape((kk * m, 3 * d))).transpose()?;
             let mut parts = Vec::new();
-            for (i, ad) in [&l.q, &l.k, &l.v].into_iter().enumerate() {
+            for (i, ad) in l.qkv().into_iter().enumerate() {
                 if let Some(ad) = ad {
                     let a = tape.ln1_out.as_ref().expect("tape keeps ln1 output with LoRA");
                     let down = tape.lora_down[i]
@@ -768,7 +782,10 @@ impl Block {
                     let g = if let Some(rows) = &rows {
                         let dpart = rows.narrow(1, i * d, d)?;
                         let (dx, g) = lora_backward_rows(ad, a, down, &dpart, kk, d_a.is_some())?;
-                        parts.extend(dx.map(|dx| (dx, ad.dropout_mask.as_ref())));
+                        parts.extend(dx.map(|dx| lora_rows::InputPart {
+                            dx,
+                            mask: ad.dropout_mask.clone(),
+                        }));
                         g
                     } else {
                         let dpart = &d_qkv.narrow(2, i * d, d)?.contiguous()?;
@@ -786,10 +803,6 @@ impl Block {
                 }
             }
             if let (Some(da), false) = (d_a.as_mut(), parts.is_empty()) {
-                let parts: Vec<_> = parts
-                    .iter()
-                    .map(|(dx, mask)| lora_rows::InputPart { dx, mask: *mask })
-                    .collect();
                 *da = lora_rows::add_input_parts(da, &parts)?;
             }
         }
@@ -893,19 +906,15 @@ fn lora_forward(ad: &Lora, x: &Tensor) -> Result<(Tensor, Tensor)> {
 
 /// [`lora_forward`] before the scale: `(A x̃) Bᵀ` and `A x̃`.
 fn lora_up(ad: &Lora, x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let xd = match &ad.dropout_mask {
-        Some(mask) => (x * mask)?,
-        None => x.clone(),
-    };
-    let down = matmul(&xd, &ad.a.t()?)?;
+    let down = matmul(&dropped(ad, x)?, &ad.a.t()?)?;
     Ok((matmul(&down, &ad.b.t()?)?, down))
 }
 
-/// [`lora_backward`] for the cotangents of one slice of the fused q/k/v rows, read in
-/// place: `dy_rows: [K·M, out]`, a column range of `[K·M, 3D]`. Returns the input
-/// cotangent `d_down A` `[K·M, in]` *before* the dropout mask (the caller adds it with the
-/// mask, [`lora_rows::add_input_parts`]) when `want_dx`, and the gradients — the same
-/// products on the same values as [`lora_backward`], so the same bits.
+/// LoRA VJP for cotangent rows `dy_rows: [K·M, out]` — any 2-D view, such as one slice
+/// of the fused q/k/v cotangents read in place. Returns the input cotangent `d_down A`
+/// `[K·M, in]` *before* the dropout mask when `want_dx` (the caller applies the mask:
+/// [`lora_backward`], or [`lora_rows::add_input_parts`] in one pass), and the
+/// per-cotangent gradients dB = s·dyᵀ(A x̃), dA = (s·dy B)ᵀ x̃.
 fn lora_backward_rows(
     ad: &Lora,
     x: &Tensor,
@@ -915,17 +924,13 @@ fn lora_backward_rows(
     want_dx: bool,
 ) -> Result<(Option<Tensor>, LoraGrad)> {
     let m = x.dim(0)?;
-    let xd = match &ad.dropout_mask {
-        Some(mask) => (x * mask)?,
-        None => x.clone(),
-    };
     let per_cotangent = (0..kk)
         .map(|k| matmul(&dy_rows.narrow(0, k * m, m)?.t()?, down))
         .collect::<Result<Vec<_>>>()?;
     let db = (Tensor::stack(&per_cotangent, 0)? * ad.scale)?;
     let r = ad.a.dim(0)?;
     let d_down = (matmul(dy_rows, &ad.b)? * ad.scale)?;
-    let da = outer_per_cotangent(&d_down.reshape((kk, m, r))?, &xd)?;
+    let da = outer_per_cotangent(&d_down.reshape((kk, m, r))?, &dropped(ad, x)?)?;
     let dx = want_dx.then(|| matmul(&d_down, &ad.a)).transpose()?;
     Ok((dx, LoraGrad { a: da, b: db }))
 }
@@ -934,19 +939,22 @@ fn lora_backward_rows(
 /// gradients dB = s·dyᵀ(A x̃), dA = (s·dy B)ᵀ x̃.
 fn lora_backward(ad: &Lora, x: &Tensor, down: &Tensor, dy: &Tensor) -> Result<(Tensor, LoraGrad)> {
     let (kk, m, out) = dy.dims3()?;
-    let xd = match &ad.dropout_mask {
-        Some(mask) => (x * mask)?,
-        None => x.clone(),
-    };
-    let db = (outer_per_cotangent(dy, down)? * ad.scale)?;
-    let r = ad.a.dim(0)?;
-    let d_down = (matmul(&dy.reshape((kk * m, out))?, &ad.b)? * ad.scale)?.reshape((kk, m, r))?;
-    let da = outer_per_cotangent(&d_down, &xd)?;
-    let mut dx = matmul(&d_down.reshape((kk * m, r))?, &ad.a)?.reshape((kk, m, ad.a.dim(1)?))?;
+    let (dx, g) = lora_backward_rows(ad, x, down, &dy.reshape((kk * m, out))?, kk, true)?;
+    let mut dx = dx
+        .expect("asked for the input cotangent")
+        .reshape((kk, m, ad.a.dim(1)?))?;
     if let Some(mask) = &ad.dropout_mask {
         dx = dx.broadcast_mul(&mask.unsqueeze(0)?)?;
     }
-    Ok((dx, LoraGrad { a: da, b: db }))
+    Ok((dx, g))
+}
+
+/// The adapter's input `x` after its dropout mask (x itself without one).
+fn dropped(ad: &Lora, x: &Tensor) -> Result<Tensor> {
+    Ok(match &ad.dropout_mask {
+        Some(mask) => (x * mask)?,
+        None => x.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -19,9 +19,9 @@ use super::attention::F32View;
 const ROWS_PER_TASK: usize = 64;
 
 /// One adapter's up projection `[M, D]` and scale, on the q, k or v slice.
-pub struct Up<'a> {
+pub struct Up {
     /// `down · Bᵀ`, before the scale.
-    pub up: &'a Tensor,
+    pub up: Tensor,
     /// The adapter's output scale.
     pub scale: f64,
 }
@@ -42,7 +42,7 @@ pub fn qkv_with_lora(mm: &Tensor, bias: Option<&Tensor>, ups: [Option<Up>; 3]) -
                     if u.up.dims() != [m, d] {
                         bail!("LoRA up projection {:?}, expected [{m}, {d}]", u.up.dims());
                     }
-                    Ok((F32View::of(u.up)?, u.scale as f32))
+                    Ok((F32View::of(&u.up)?, u.scale as f32))
                 })
                 .transpose()
         })
@@ -86,11 +86,11 @@ pub fn qkv_with_lora(mm: &Tensor, bias: Option<&Tensor>, ups: [Option<Up>; 3]) -
 }
 
 /// One adapter's input cotangent `[K·M, D]` (`d_down A`) and its dropout mask `[M, D]`.
-pub struct InputPart<'a> {
+pub struct InputPart {
     /// `d_down · A`, before the mask.
-    pub dx: &'a Tensor,
+    pub dx: Tensor,
     /// The forward's dropout mask, if any.
-    pub mask: Option<&'a Tensor>,
+    pub mask: Option<Tensor>,
 }
 
 /// `da + Σ mask ⊙ dx` over the parts in order, `da: [K, M, D]`, each sum rounded as the
@@ -101,15 +101,15 @@ pub fn add_input_parts(da: &Tensor, parts: &[InputPart]) -> Result<Tensor> {
     let views = parts
         .iter()
         .map(|p| -> Result<_> {
-            if p.dx.dims() != [k * m, d] || p.mask.is_some_and(|mk| mk.dims() != [m, d]) {
+            if p.dx.dims() != [k * m, d] || p.mask.as_ref().is_some_and(|mk| mk.dims() != [m, d]) {
                 bail!(
                     "LoRA input cotangent {:?} (mask {:?}), expected [{}, {d}] ([{m}, {d}])",
                     p.dx.dims(),
-                    p.mask.map(|mk| mk.dims().to_vec()),
+                    p.mask.as_ref().map(|mk| mk.dims().to_vec()),
                     k * m
                 );
             }
-            Ok((F32View::of(p.dx)?, p.mask.map(F32View::of).transpose()?))
+            Ok((F32View::of(&p.dx)?, p.mask.as_ref().map(F32View::of).transpose()?))
         })
         .collect::<Result<Vec<_>>>()?;
     let da = da_view.data();
@@ -181,9 +181,15 @@ mod tests {
                 &mm,
                 b,
                 [
-                    Some(Up { up: &ups[0], scale }),
+                    Some(Up {
+                        up: ups[0].clone(),
+                        scale,
+                    }),
                     None,
-                    Some(Up { up: &ups[1], scale }),
+                    Some(Up {
+                        up: ups[1].clone(),
+                        scale,
+                    }),
                 ],
             )
             .unwrap();
@@ -217,11 +223,11 @@ mod tests {
             &da,
             &[
                 InputPart {
-                    dx: &dx[0],
-                    mask: Some(&mask),
+                    dx: dx[0].clone(),
+                    mask: Some(mask.clone()),
                 },
                 InputPart {
-                    dx: &dx[1],
+                    dx: dx[1].clone(),
                     mask: None,
                 },
             ],

@@ -8,7 +8,9 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-use super::block::{row_products, Block, BlockLora, BlockLoraGrad, BlockTape, BlockWeightGrad, Shape};
+use super::block::{
+    first_positions, row_products, Block, BlockLora, BlockLoraGrad, BlockTape, BlockWeightGrad, Shape,
+};
 use super::checkpoint::WeightSource;
 use super::config::VisionConfig;
 use super::matmul::rows_compute_alike;
@@ -339,8 +341,7 @@ impl VisionEncoder {
                 layers.push(tp);
             }
         }
-        let cls_rows: Vec<u32> = (0..b).map(|i| (i * t) as u32).collect();
-        let cls = x.index_select(&Tensor::from_vec(cls_rows, b, x.device())?, 0)?;
+        let cls = x.index_select(&first_positions(b, t, x.device())?, 0)?;
         Ok((cls, layers))
     }
 

@@ -189,7 +189,7 @@ pub fn for_each<T: Send>(n: usize, f: impl Fn(usize) -> Result<T> + Sync) -> Res
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use super::*;
 
@@ -220,8 +220,14 @@ mod tests {
                     let out = for_each(40, |i| {
                         if std::thread::current().id() != leader {
                             helped.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            // The leader waits (10 s at most) until the helper has taken
+                            // an item, so the check below does not depend on how the threads are scheduled.
+                            let deadline = Instant::now() + Duration::from_secs(10);
+                            while helped.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
                         }
-                        std::thread::sleep(Duration::from_millis(1));
                         let inner = for_each(3, Ok)?;
                         Ok(round * 1000 + i + inner.len())
                     })

@@ -182,7 +182,9 @@ pub fn run(
     peak_gflops: f64,
 ) -> Result<Vec<BenchResult>> {
     let cfg = ClipConfig::vit_b16();
-    let enc = text_encoder(&cfg, cfg.text.vocab_size, 7, device)?;
+    let mut enc = text_encoder(&cfg, cfg.text.vocab_size, 7, device)?;
+    // As a fine-tuning run holds the frozen tower (`Clip::prepare_frozen`).
+    enc.keep_transposed_weights()?;
     let n = settings.classes;
     let ctx_words = vec!["X"; settings.n_ctx].join(" ");
     let prompts: Vec<String> = (0..n)

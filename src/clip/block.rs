@@ -285,12 +285,8 @@ impl Block {
         dev: &Device,
     ) -> Result<Self> {
         let t = |layer, wb| ck.part(Part::Block(tower, index, layer, wb), dtype, dev);
-        let linear = |layer| -> Result<Linear> {
-            Ok(Linear {
-                weight: t(layer, Wb::Weight)?,
-                bias: Some(t(layer, Wb::Bias)?),
-            })
-        };
+        let linear =
+            |layer| -> Result<Linear> { Ok(Linear::new(t(layer, Wb::Weight)?, Some(t(layer, Wb::Bias)?))) };
         let norm = |layer| -> Result<LayerNorm> {
             Ok(LayerNorm {
                 weight: t(layer, Wb::Weight)?,
@@ -309,10 +305,7 @@ impl Block {
         };
         Ok(Block {
             ln1: norm(BlockLayer::Ln1)?,
-            qkv: Linear {
-                weight: qkv(Wb::Weight)?,
-                bias: Some(qkv(Wb::Bias)?),
-            },
+            qkv: Linear::new(qkv(Wb::Weight)?, Some(qkv(Wb::Bias)?)),
             out: linear(BlockLayer::Out)?,
             ln2: norm(BlockLayer::Ln2)?,
             fc1: linear(BlockLayer::Fc1)?,
@@ -320,6 +313,15 @@ impl Block {
             heads,
             width,
         })
+    }
+
+    /// Keeps a row-major `Wᵀ` of each of the block's frozen linears for their forwards
+    /// ([`Linear::keep_transposed`]).
+    pub fn keep_transposed_weights(&mut self) -> Result<()> {
+        for lin in [&mut self.qkv, &mut self.out, &mut self.fc1, &mut self.fc2] {
+            lin.keep_transposed()?;
+        }
+        Ok(())
     }
 
     fn head_dim(&self) -> usize {
@@ -504,7 +506,7 @@ impl Block {
         let bias_applies = self.qkv.bias.as_ref().is_none_or(|b| attention::applies(&[b]));
         if attention::applies(&[a, &self.qkv.weight]) && bias_applies {
             // One pass adds bias and deltas (`lora_rows`), the same bits.
-            let mm = matmul(a, &self.qkv.weight.t()?)?;
+            let mm = matmul(a, &self.qkv.weight_t(a.dim(0)?)?)?;
             let mut ups = [None, None, None];
             for (i, ad) in adapters.into_iter().enumerate() {
                 if let Some(ad) = ad {
@@ -971,9 +973,8 @@ mod tests {
             bias: t(&[d], k + 1, 0.3),
             eps: 1e-5,
         };
-        let lin = |o: usize, i: usize, k: u64| Linear {
-            weight: t(&[o, i], k, 1.0 / (i as f32).sqrt()),
-            bias: Some(t(&[o], k + 1, 0.1)),
+        let lin = |o: usize, i: usize, k: u64| {
+            Linear::new(t(&[o, i], k, 1.0 / (i as f32).sqrt()), Some(t(&[o], k + 1, 0.1)))
         };
         Block {
             ln1: ln(1),
@@ -989,10 +990,7 @@ mod tests {
 
     fn to64(b: &Block) -> Block {
         let c = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-        let lin = |l: &Linear| Linear {
-            weight: c(&l.weight),
-            bias: l.bias.as_ref().map(c),
-        };
+        let lin = |l: &Linear| Linear::new(c(&l.weight), l.bias.as_ref().map(c));
         let ln = |l: &LayerNorm| LayerNorm {
             weight: c(&l.weight),
             bias: c(&l.bias),

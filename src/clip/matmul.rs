@@ -48,6 +48,17 @@ pub fn rows_compute_alike(n: usize, k: usize, min_rows: usize) -> bool {
     min_rows >= 2 && (k <= 2 || (never_horizontal && same_k_blocks))
 }
 
+/// True when `x [rows, k] · B [k, n]` gets the same bits whether `B` is the transposed
+/// view of a row-major `W [n, k]` (the towers' layout) or a row-major copy of `Wᵀ`. gemm
+/// (0.19) copies either layout into the same packed panels or reads it in place, and
+/// the kernel then sums every cell over `k` in the same order; only its small-size paths
+/// pick a kernel by the operands' strides: matrix-vector kernels for one row or one
+/// column (`rows` or `n` ≤ 1), the horizontal kernel for `n·rows ≤ 256`, and the
+/// `k ≤ 2` path. Those are ruled out here.
+pub fn layouts_compute_alike(rows: usize, n: usize, k: usize) -> bool {
+    rows >= 2 && n >= 2 && k > 2 && n.saturating_mul(rows) > 256
+}
+
 /// The custom op behind [`matmul`] (only called with the shapes [`matmul`] checked).
 struct UninitMatMul;
 
@@ -207,6 +218,46 @@ mod tests {
             "the horizontal kernel rounds like the main one"
         );
         assert!(!rows_compute_alike(64, 768, 10) && !rows_compute_alike(96, 96, 1));
+    }
+
+    /// Where [`layouts_compute_alike`] promises it, a row-major copy of `Wᵀ` gives the
+    /// bits of W's transposed view: row counts from 2 up past the threading threshold,
+    /// the towers' widths, several k-blocks. And one case it rules out (the horizontal
+    /// kernel) does differ, so the rule is not vacuous.
+    #[test]
+    fn a_row_major_transpose_computes_like_the_view_where_the_rule_says_so() {
+        let shapes = [
+            (2, 129, 64),
+            (3, 96, 384),
+            (5, 1536, 512),
+            (17, 64, 96),
+            (64, 512, 2048),
+            (100, 512, 512),
+            (319, 2048, 512),
+            (337, 512, 2048),
+            (700, 96, 1300),
+        ];
+        for (seed, &(rows, n, k)) in shapes.iter().enumerate() {
+            assert!(layouts_compute_alike(rows, n, k), "{rows} {n} {k}");
+            let seed = seed as u64;
+            let w = rand_tensor(&[n, k], 60 + seed, 1.0);
+            let copy = w.t().unwrap().contiguous().unwrap();
+            let x = rand_tensor(&[rows, k], 70 + seed, 1.0);
+            assert_eq!(
+                bits(&matmul(&x, &copy).unwrap()),
+                bits(&matmul(&x, &w.t().unwrap()).unwrap()),
+                "{rows}×{k}·{k}×{n}"
+            );
+        }
+        assert!(!layouts_compute_alike(1, 512, 512) && !layouts_compute_alike(8, 2, 512));
+        assert!(!layouts_compute_alike(16, 16, 96) && !layouts_compute_alike(64, 512, 2));
+        let w = rand_tensor(&[8, 96], 80, 1.0);
+        let x = rand_tensor(&[16, 96], 81, 1.0);
+        assert_ne!(
+            bits(&matmul(&x, &w.t().unwrap().contiguous().unwrap()).unwrap()),
+            bits(&matmul(&x, &w.t().unwrap()).unwrap()),
+            "the horizontal kernel (view only) rounds like the main one"
+        );
     }
 
     #[test]

@@ -73,6 +73,15 @@ impl Clip {
         })
     }
 
+    /// Prepares the model for fine-tuning, where its weights stay frozen: the text
+    /// tower keeps a row-major copy of its linears' transposes
+    /// ([`TextEncoder::keep_transposed_weights`]). The same numbers, faster prompt
+    /// steps. The image tower runs thousands of rows per product, where gemm reads
+    /// either layout equally fast, so it keeps none.
+    pub fn prepare_frozen(&mut self) -> Result<()> {
+        self.text.keep_transposed_weights()
+    }
+
     /// exp(logit_scale), the multiplier of cosine similarities.
     pub fn logit_scale_exp(&self) -> f64 {
         (self.logit_scale as f64).exp()

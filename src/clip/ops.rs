@@ -107,9 +107,56 @@ pub struct Linear {
     pub weight: Tensor,
     /// Bias `[out]`, if any.
     pub bias: Option<Tensor>,
+    /// A row-major copy of `Wᵀ` for a frozen weight ([`Linear::keep_transposed`]).
+    transposed: Option<Transposed>,
+}
+
+/// A row-major `Wᵀ [in, out]` and the weight it was copied from.
+#[derive(Debug, Clone)]
+struct Transposed {
+    of: candle_core::TensorId,
+    copy: Tensor,
 }
 
 impl Linear {
+    /// `y = x Wᵀ + b` with `W: [out, in]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear {
+            weight,
+            bias,
+            transposed: None,
+        }
+    }
+
+    /// Keeps a row-major copy of `Wᵀ` for the forward of a weight that will not change
+    /// (costs one more copy of W). gemm reads the transposed view of W by gathering
+    /// every row of W into its panels, once per call and thread; at the text encoder's
+    /// few hundred rows that gather took as long as the products themselves, while a
+    /// row-major operand is copied contiguously. The copy is used only where it gives
+    /// the bits of the view ([`layouts_compute_alike`](super::matmul::layouts_compute_alike)),
+    /// and only while `weight` is the tensor it was made from: a weight replaced later
+    /// (pretraining) falls back to the view.
+    pub fn keep_transposed(&mut self) -> Result<()> {
+        let copy = self.weight.t()?.contiguous()?;
+        self.transposed = Some(Transposed {
+            of: self.weight.id(),
+            copy,
+        });
+        Ok(())
+    }
+
+    /// The right operand of `x Wᵀ` for `rows` input rows: the kept copy where it applies
+    /// (the same bits), else the transposed view of W.
+    pub fn weight_t(&self, rows: usize) -> Result<Tensor> {
+        if let Some(t) = &self.transposed {
+            let (out, inp) = self.weight.dims2()?;
+            if t.of == self.weight.id() && super::matmul::layouts_compute_alike(rows, out, inp) {
+                return Ok(t.copy.clone());
+            }
+        }
+        Ok(self.weight.t()?)
+    }
+
     /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`) from a checkpoint.
     pub fn load(
         ck: &dyn WeightSource,
@@ -126,12 +173,12 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear::new(weight, bias))
     }
 
     /// `x Wᵀ + b` for rows `x: [M, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = matmul(x, &self.weight.t()?)?;
+        let y = matmul(x, &self.weight_t(x.dim(0)?)?)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -407,12 +454,37 @@ mod tests {
         }
     }
 
+    /// A kept transpose gives the view's bits, is used only where the rule allows, and
+    /// is dropped as soon as the weight is replaced.
+    #[test]
+    fn a_kept_transpose_gives_the_same_bits_and_follows_its_weight() {
+        let mut lin = Linear::new(rand_tensor(&[96, 64], 13, 1.0), Some(rand_tensor(&[96], 14, 1.0)));
+        let x = rand_tensor(&[40, 64], 15, 1.0);
+        let plain = bits(&lin.forward(&x).unwrap());
+        lin.keep_transposed().unwrap();
+        assert!(
+            lin.weight_t(40).unwrap().is_contiguous(),
+            "the copy is used at 40 rows"
+        );
+        assert!(!lin.weight_t(1).unwrap().is_contiguous(), "the view at one row");
+        assert_eq!(bits(&lin.forward(&x).unwrap()), plain);
+        for rows in [1, 2, 3] {
+            let x = x.narrow(0, 0, rows).unwrap();
+            let view = matmul(&x, &lin.weight.t().unwrap()).unwrap();
+            let ours = matmul(&x, &lin.weight_t(rows).unwrap()).unwrap();
+            assert_eq!(bits(&ours), bits(&view), "{rows} rows");
+        }
+        // A replaced weight (as pretraining does) must not meet the old copy.
+        lin.weight = (&lin.weight * 2.0).unwrap();
+        assert!(!lin.weight_t(40).unwrap().is_contiguous());
+        let doubled = matmul(&x, &lin.weight.t().unwrap()).unwrap();
+        let expected = bits(&doubled.broadcast_add(lin.bias.as_ref().unwrap()).unwrap());
+        assert_eq!(bits(&lin.forward(&x).unwrap()), expected);
+    }
+
     #[test]
     fn linear_vjp_is_transpose() {
-        let lin = Linear {
-            weight: rand_tensor(&[3, 4], 9, 1.0),
-            bias: Some(rand_tensor(&[3], 10, 1.0)),
-        };
+        let lin = Linear::new(rand_tensor(&[3, 4], 9, 1.0), Some(rand_tensor(&[3], 10, 1.0)));
         let x = rand_tensor(&[5, 4], 11, 1.0);
         let dy = rand_tensor(&[2, 5, 3], 12, 1.0);
         let dx = lin.backward_input(&dy).unwrap();

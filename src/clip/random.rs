@@ -55,10 +55,10 @@ pub fn normal(shape: &[usize], seed: u64, std: f32, device: &Device) -> Result<T
 
 fn linear(out: usize, inp: usize, seed: u64, dev: &Device) -> Result<Linear> {
     let s = 1.0 / (inp as f32).sqrt();
-    Ok(Linear {
-        weight: uniform(&[out, inp], seed, s, dev)?,
-        bias: Some(uniform(&[out], seed + 1, 0.02, dev)?),
-    })
+    Ok(Linear::new(
+        uniform(&[out, inp], seed, s, dev)?,
+        Some(uniform(&[out], seed + 1, 0.02, dev)?),
+    ))
 }
 
 fn layer_norm(dim: usize, seed: u64, dev: &Device) -> Result<LayerNorm> {

@@ -58,6 +58,8 @@ pub fn load(cfg: RunConfig) -> Result<Loaded> {
             (Some(ck), clip, ClipTokenizer::from_dir(&dir)?)
         }
     };
+    let mut clip = clip;
+    clip.prepare_frozen()?;
     // The model's own input size (224 for the published CLIPs, 32 for the demo CLIP).
     let transform = Transform::at(
         cfg.transform.unwrap_or(cfg.data.dataset.default_transform()),

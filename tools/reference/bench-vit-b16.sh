@@ -17,7 +17,11 @@
 # steps per stage and evaluating a 200-image test set (LORA_TEST_PER_CLASS=2), since every
 # step and test image runs the image tower; with prompt and adapter, whose steps and
 # evaluations run on cached features, for its full epoch and on the full 10 000-image test
-# set, so that no fixed cost is charged per step or image.
+# set, so that no fixed cost is charged per step or image. Prompt and adapter read the
+# reference's data (`--root`, with the random model's stand-in features): its class names
+# are CIFAR-100's, so the prompts are the reference's (CIFAR-100's names take 2-4 tokens;
+# the built-in synthetic dataset's `pattern_N` names take 4-5 and made our text-encoder
+# steps do more work than the reference's until 2026-12-05).
 #
 # The reference reads a random ViT-B/16 made by the harness' make_tiny_clip.py at
 # ViT-B/16's shape; ours uses `--model random:vit-b16` (other random values, the same
@@ -63,7 +67,7 @@ for peft in "$@"; do
   cp "$WORK/runs/vitb16_$peft/time.txt" "$OUT/reference-$peft-time.txt"
   echo "== $peft: fedpurel (load: $(cut -d' ' -f1-3 /proc/loadavg))"
   if [ "$peft" = lora ]; then ours=(--max-steps "$STEPS" --test-per-class "$LORA_TEST_PER_CLASS")
-  else ours=(--max-steps 0 --test-per-class 100); fi
+  else ours=(--max-steps 0 --root "$WORK/DATA/cifar-100"); fi
   "$FEDPUREL" bench round --model random:vit-b16 --peft "$peft" --rounds 1 \
     --clients "$CLIENTS" "${ours[@]}" \
     --record "$OUT/fedpurel-$peft.json" > "$OUT/fedpurel-$peft.txt"

@@ -201,8 +201,9 @@ mod tests {
             (130, 384, 96),
             (200, 96, 1300),
             (3, 520, 64),
-            // Split into column blocks: several k-blocks, blocks of 16·j + a remainder,
-            // few rows with k > 512, and rows just below and above the split's limit.
+            // Around the split into column blocks: several k-blocks, blocks of 16·j + a
+            // remainder, few rows with k > 512, blocks small enough for the horizontal
+            // kernel (so not split), rows just below and above the split's limit.
             (100, 1536, 512),
             (337, 512, 2048),
             (60, 200, 700),

@@ -135,8 +135,12 @@ impl Linear {
     /// row-major operand is copied contiguously. The copy is used only where it gives
     /// the bits of the view ([`layouts_compute_alike`](super::matmul::layouts_compute_alike)),
     /// and only while `weight` is the tensor it was made from: a weight replaced later
-    /// (pretraining) falls back to the view.
+    /// (pretraining) falls back to the view. Only f32 CPU weights keep one: the rule is
+    /// gemm's, and other devices choose their kernels by other rules.
     pub fn keep_transposed(&mut self) -> Result<()> {
+        if !self.weight.device().is_cpu() || self.weight.dtype() != DType::F32 {
+            return Ok(());
+        }
         let copy = self.weight.t()?.contiguous()?;
         self.transposed = Some(Transposed {
             of: self.weight.id(),
@@ -474,6 +478,10 @@ mod tests {
             let ours = matmul(&x, &lin.weight_t(rows).unwrap()).unwrap();
             assert_eq!(bits(&ours), bits(&view), "{rows} rows");
         }
+        // Only f32 weights keep one (the rule is about gemm's f32 kernels).
+        let mut wide = Linear::new(lin.weight.to_dtype(DType::F64).unwrap(), None);
+        wide.keep_transposed().unwrap();
+        assert!(!wide.weight_t(40).unwrap().is_contiguous());
         // A replaced weight (as pretraining does) must not meet the old copy.
         lin.weight = (&lin.weight * 2.0).unwrap();
         assert!(!lin.weight_t(40).unwrap().is_contiguous());

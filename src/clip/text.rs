@@ -685,10 +685,6 @@ mod tests {
         );
     }
 
-    /// Packing the body (each class's suffix only up to its EOT) gives the padded
-    /// layout's numbers exactly: features bit for bit, every input cotangent equal
-    /// (padding included, whose cotangents are zero either way), with and without a
-    /// shared prefix, for one and two cotangents.
     /// The tower prepared for fine-tuning (row-major transposes kept) gives the plain
     /// tower's bits: features, and every cotangent of a two-cotangent backward, on the
     /// shared-prefix and truncated paths, and without a tape.
@@ -716,6 +712,10 @@ mod tests {
         }
     }
 
+    /// Packing the body (each class's suffix only up to its EOT) gives the padded
+    /// layout's numbers exactly: features bit for bit, every input cotangent equal
+    /// (padding included, whose cotangents are zero either way), with and without a
+    /// shared prefix, for one and two cotangents.
     #[test]
     fn packed_body_gives_the_padded_numbers() {
         let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();

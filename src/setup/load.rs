@@ -36,7 +36,7 @@ pub struct Loaded {
 pub fn load(cfg: RunConfig) -> Result<Loaded> {
     let device = crate::device::parse_device(&cfg.device)?;
     let (ds, partition) = cfg.data.load()?;
-    let (ck, clip, tok) = match cfg.model.to_str().and_then(|m| m.strip_prefix("random:")) {
+    let (ck, mut clip, tok) = match cfg.model.to_str().and_then(|m| m.strip_prefix("random:")) {
         Some(arch) => {
             // CLIP's real vocabulary, compiled into the binary.
             (
@@ -58,7 +58,6 @@ pub fn load(cfg: RunConfig) -> Result<Loaded> {
             (Some(ck), clip, ClipTokenizer::from_dir(&dir)?)
         }
     };
-    let mut clip = clip;
     clip.prepare_frozen()?;
     // The model's own input size (224 for the published CLIPs, 32 for the demo CLIP).
     let transform = Transform::at(

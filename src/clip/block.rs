@@ -449,13 +449,14 @@ impl Block {
                 (qkv, packed(layout, &o)?, keep_tape.then_some(tape))
             }
         };
-        let mut attn = self.out.forward(&o)?;
-        if let Some(ad) = lora.and_then(|l| l.o.as_ref()) {
-            let (delta, down) = lora_forward(ad, &o)?;
-            attn = (attn + delta)?;
-            lora_down[3] = Some(down);
-        }
-        let h = (x + attn)?;
+        let h = match lora.and_then(|l| l.o.as_ref()) {
+            Some(ad) => {
+                let (delta, down) = lora_forward(ad, &o)?;
+                lora_down[3] = Some(down);
+                (x + (self.out.forward(&o)? + delta)?)?
+            }
+            None => self.out.forward_residual(&o, x)?,
+        };
         let (b, ln2_tape) = if keep_tape {
             let (b, t) = self.ln2.forward_taped(&h)?;
             (b, Some(t))
@@ -464,7 +465,7 @@ impl Block {
         };
         let fc1_out = self.fc1.forward(&b)?;
         let act = quick_gelu(&fc1_out)?;
-        let y = (&h + self.fc2.forward(&act)?)?;
+        let y = self.fc2.forward_residual(&act, &h)?;
         let lora_o = lora.is_some_and(|l| l.o.is_some());
         let tape = match (ln1_tape, ln2_tape, attn_tape) {
             (Some(ln1), Some(ln2), Some(attn)) => Some(BlockTape {
@@ -563,9 +564,9 @@ impl Block {
         }
         let (qkv, _) = self.project_qkv(&self.ln1.forward(x)?, lora)?;
         let o = attention::forward_first_query(&qkv, self.attention_shape(shape), queries)?;
-        let h = (x.index_select(&first, 0)? + self.out.forward(&o)?)?;
+        let h = self.out.forward_residual(&o, &x.index_select(&first, 0)?)?;
         let act = quick_gelu(&self.fc1.forward(&self.ln2.forward(&h)?)?)?;
-        Ok((&h + self.fc2.forward(&act)?)?)
+        self.fc2.forward_residual(&act, &h)
     }
 
     /// The attention queries per sequence that
@@ -694,7 +695,7 @@ impl Block {
             .weights
             .then(|| self.ln2.param_grad(&tape.ln2, &d_b))
             .transpose()?;
-        let dh = (dy + self.ln2.backward(&tape.ln2, &d_b)?)?;
+        let dh = self.ln2.backward_residual(&tape.ln2, &d_b, dy)?;
         // Attention branch.
         let g_out = tape
             .weights
@@ -820,7 +821,7 @@ impl Block {
             _ => None,
         };
         let dx = match d_a {
-            Some(da) if need_dx => Some((dh + self.ln1.backward(&tape.ln1, &da)?)?),
+            Some(da) if need_dx => Some(self.ln1.backward_residual(&tape.ln1, &da, &dh)?),
             _ => None,
         };
         Ok(BlockGrad {

@@ -3,7 +3,7 @@
 //! that both agree.
 
 use anyhow::Result;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -198,6 +198,15 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::
     }
 }
 
+/// The f32 cells that `layout` spans in a CPU storage, for an operand a custom op holds
+/// itself (under the read lock of `Tensor::storage_and_layout`) rather than receiving.
+pub(super) fn held_f32_cells<'a>(storage: &'a Storage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(cpu) => contiguous_f32(cpu, layout),
+        _ => candle_core::bail!("a held operand is not on the CPU"),
+    }
+}
+
 struct QuickGelu;
 
 impl CustomOp1 for QuickGelu {
@@ -250,6 +259,8 @@ impl CustomOp2 for QuickGeluBackward {
 /// `dy [K, M, D]`.
 struct LayerNormBackward {
     eps: f32,
+    /// Added to the VJP, row by row (`[K, M, D]`, contiguous f32 on the CPU).
+    residual: Option<Tensor>,
 }
 
 impl CustomOp3 for LayerNormBackward {
@@ -271,6 +282,11 @@ impl CustomOp3 for LayerNormBackward {
         let dy = contiguous_f32(dy_s, dy_l)?;
         let d = gamma.len();
         let rows = x.len() / d;
+        let held = self.residual.as_ref().map(Tensor::storage_and_layout);
+        let residual = held.as_ref().map(|(s, l)| held_f32_cells(s, l)).transpose()?;
+        if residual.is_some_and(|r| r.len() != dy.len()) {
+            candle_core::bail!("layer-norm-backward: the residual does not match the cotangents");
+        }
         let mut dx = vec![0f32; dy.len()];
         dx.par_chunks_mut(d)
             .zip(dy.par_chunks(d))
@@ -278,6 +294,11 @@ impl CustomOp3 for LayerNormBackward {
             .for_each(|(i, (out, dyr))| {
                 let xr = &x[(i % rows) * d..(i % rows + 1) * d];
                 layer_norm_backward_row(out, dyr, xr, gamma, self.eps);
+                if let Some(r) = residual {
+                    for (o, r) in out.iter_mut().zip(&r[i * d..(i + 1) * d]) {
+                        *o += *r;
+                    }
+                }
             });
         Ok((CpuStorage::F32(dx), dy_l.shape().clone()))
     }
@@ -285,10 +306,48 @@ impl CustomOp3 for LayerNormBackward {
 
 /// VJP of LayerNorm(γ, β, eps) at input `x: [M, D]` for cotangents `dy: [K, M, D]`.
 pub fn layer_norm_backward(x: &Tensor, gamma: &Tensor, eps: f64, dy: &Tensor) -> Result<Tensor> {
+    layer_norm_backward_op(x, gamma, eps, dy, None)
+}
+
+/// `residual + VJP` ([`layer_norm_backward`]) for a residual shaped as `dy`: the bits of
+/// the separate `+`, each row added as the kernel writes it.
+pub fn layer_norm_backward_add(
+    x: &Tensor,
+    gamma: &Tensor,
+    eps: f64,
+    dy: &Tensor,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    if fused_ok(&[residual]) && residual.dims() == dy.dims() {
+        return layer_norm_backward_op(x, gamma, eps, dy, Some(residual));
+    }
+    Ok((residual + layer_norm_backward(x, gamma, eps, dy)?)?)
+}
+
+fn layer_norm_backward_op(
+    x: &Tensor,
+    gamma: &Tensor,
+    eps: f64,
+    dy: &Tensor,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
     let d = gamma.elem_count();
     if fused_ok(&[x, gamma, dy]) && d > 0 && dy.elem_count().is_multiple_of(x.elem_count().max(1)) {
-        return Ok(x.apply_op3_no_bwd(gamma, dy, &LayerNormBackward { eps: eps as f32 })?);
+        let op = LayerNormBackward {
+            eps: eps as f32,
+            residual: residual.cloned(),
+        };
+        return Ok(x.apply_op3_no_bwd(gamma, dy, &op)?);
     }
+    let vjp = layer_norm_backward_composed(x, gamma, eps, dy)?;
+    Ok(match residual {
+        Some(r) => (r + vjp)?,
+        None => vjp,
+    })
+}
+
+/// [`layer_norm_backward`] from candle's operations (other devices and dtypes).
+fn layer_norm_backward_composed(x: &Tensor, gamma: &Tensor, eps: f64, dy: &Tensor) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let rstd = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
@@ -436,7 +495,7 @@ pub fn quick_gelu_backward(h: &Tensor, dy: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clip::ops::testutil::{max_abs_diff, rand_tensor};
+    use crate::clip::ops::testutil::{bits, max_abs_diff, rand_tensor};
 
     /// The AVX2 build of a kernel gives the baseline's bits: same arithmetic, wider lanes.
     #[test]
@@ -535,5 +594,26 @@ mod tests {
         let (g, _) = layer_norm_param_grads(&shifted, 1e-5, &dy).unwrap();
         let (g64, _) = layer_norm_param_grads(&c(&shifted), 1e-5, &c(&dy)).unwrap();
         assert!(max_abs_diff(&g, &g64) < 2e-3, "{}", max_abs_diff(&g, &g64));
+    }
+
+    /// The residual added as the kernel writes each row gives the separate `+`'s bits,
+    /// for one cotangent and several; a residual the kernel does not take (strided)
+    /// goes through that `+` itself.
+    #[test]
+    fn a_residual_added_in_the_layer_norm_backward_gives_the_sums_bits() {
+        let x = rand_tensor(&[13, 64], 15, 3.0);
+        let gamma = rand_tensor(&[64], 16, 1.0);
+        for k in [1, 3] {
+            let dy = rand_tensor(&[k, 13, 64], 17, 1.0);
+            let res = rand_tensor(&[k, 13, 64], 18, 1.0);
+            let sum = (&res + layer_norm_backward(&x, &gamma, 1e-5, &dy).unwrap()).unwrap();
+            let fused = layer_norm_backward_add(&x, &gamma, 1e-5, &dy, &res).unwrap();
+            assert_eq!(bits(&fused), bits(&sum), "{k} cotangents");
+        }
+        let dy = rand_tensor(&[1, 13, 64], 19, 1.0);
+        let strided = rand_tensor(&[1, 64, 13], 20, 1.0).transpose(1, 2).unwrap();
+        let sum = (&strided + layer_norm_backward(&x, &gamma, 1e-5, &dy).unwrap()).unwrap();
+        let got = layer_norm_backward_add(&x, &gamma, 1e-5, &dy, &strided).unwrap();
+        assert_eq!(bits(&got), bits(&sum));
     }
 }

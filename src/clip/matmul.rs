@@ -9,6 +9,10 @@
 //! call per thread on its own block of columns ([`column_blocks`]); either way its
 //! result is bit for bit candle's (the tests compare the bits). Anything else (other
 //! devices or dtypes, batched operands) goes to candle.
+//!
+//! [`matmul_add`] also adds a bias row and a residual to the product, each block of
+//! columns on the thread that computed it while the block is still in its cache: the
+//! bits of the separate additions, without their passes over memory on one thread.
 
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
@@ -16,10 +20,19 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::attention::SharedOut;
+use super::kernels::held_f32_cells;
 
 /// `a [M, K] · b [K, N] → [M, N]`, bitwise equal to `a.matmul(b)`.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let applies = a.device().is_cpu()
+    if !own_kernel_applies(a, b)? {
+        return Ok(a.matmul(b)?);
+    }
+    Ok(a.apply_op2_no_bwd(b, &UninitMatMul::default())?)
+}
+
+/// Whether [`UninitMatMul`] takes the product: 2-D non-empty f32 CPU operands.
+fn own_kernel_applies(a: &Tensor, b: &Tensor) -> Result<bool> {
+    Ok(a.device().is_cpu()
         && b.device().is_cpu()
         && a.dtype() == DType::F32
         && b.dtype() == DType::F32
@@ -28,11 +41,47 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         && a.dim(1)? == b.dim(0)?
         && a.dim(1)? > 0
         && a.dim(0)? > 0
-        && b.dim(1)? > 0;
-    if !applies {
-        return Ok(a.matmul(b)?);
+        && b.dim(1)? > 0)
+}
+
+/// What [`matmul_add`] adds to a product `[M, N]`: a bias `[N]` to every row, then a
+/// residual `[M, N]`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Addends<'a> {
+    /// Added to every row first.
+    pub bias: Option<&'a Tensor>,
+    /// Added last.
+    pub residual: Option<&'a Tensor>,
+}
+
+/// `residual + (a · b + bias)`, bitwise equal to `matmul(a, b)?.broadcast_add(bias)?`
+/// followed by `residual + …` (each addition one rounding, as there). On the CPU in f32
+/// both are added to each block of columns right after its product, on the thread that
+/// computed it; elsewhere (or for operands of other shapes) the separate operations run.
+pub fn matmul_add(a: &Tensor, b: &Tensor, add: Addends) -> Result<Tensor> {
+    if own_kernel_applies(a, b)? {
+        let (m, n) = (a.dim(0)?, b.dim(1)?);
+        let fits = |t: Option<&Tensor>, dims: &[usize]| {
+            t.is_none_or(|t| {
+                t.device().is_cpu() && t.dtype() == DType::F32 && t.dims() == dims && t.is_contiguous()
+            })
+        };
+        if fits(add.bias, &[n]) && fits(add.residual, &[m, n]) {
+            let op = UninitMatMul {
+                bias: add.bias.cloned(),
+                residual: add.residual.cloned(),
+            };
+            return Ok(a.apply_op2_no_bwd(b, &op)?);
+        }
     }
-    Ok(a.apply_op2_no_bwd(b, &UninitMatMul)?)
+    let mut y = matmul(a, b)?;
+    if let Some(bias) = add.bias {
+        y = y.broadcast_add(bias)?;
+    }
+    if let Some(r) = add.residual {
+        y = (r + y)?;
+    }
+    Ok(y)
 }
 
 /// True when every row of `x [R, k] · W [k, n]` (row-major output, as every matmul of
@@ -71,6 +120,9 @@ pub fn layouts_compute_alike(rows: usize, n: usize, k: usize) -> bool {
 /// tower's 6 304 rows both ran alike.
 const SPLIT_MAX_ROWS: usize = 2048;
 
+/// Rows per task when the addends of an unsplit product are added in parallel.
+const ADD_ROWS: usize = 64;
+
 /// The blocks of columns `[c0, c1)` in which `threads` threads compute `[m, k] · [k, n]`,
 /// each block by its own single-threaded gemm; the whole product as one block where a
 /// split does not pay ([`SPLIT_MAX_ROWS`], fewer than 128 columns) or would change bits.
@@ -98,8 +150,46 @@ fn column_blocks(m: usize, n: usize, k: usize, threads: usize) -> Vec<(usize, us
     }
 }
 
-/// The custom op behind [`matmul`] (only called with the shapes [`matmul`] checked).
-struct UninitMatMul;
+/// The custom op behind [`matmul`] and [`matmul_add`] (only called with the shapes they
+/// checked): the product, then the addends, if any, per block of columns.
+#[derive(Default)]
+struct UninitMatMul {
+    /// `[N]`, contiguous f32 on the CPU.
+    bias: Option<Tensor>,
+    /// `[M, N]`, contiguous f32 on the CPU.
+    residual: Option<Tensor>,
+}
+
+/// Adds the bias `[n]` and then the residual `[m, n]` (either may be absent) to rows
+/// `r0..r1`, columns `c0..c1` of `out` (`[m, n]` row-major), cell by cell: `x + (y + b)`
+/// (an addition rounds alike in either order), as `broadcast_add` and then `+` round them.
+///
+/// # Safety
+/// `out` points to `m·n` initialized cells of which this call alone touches rows
+/// `r0..r1`, columns `c0..c1`; `r1 ≤ m`, `c1 ≤ n`, `bias.len() == n`,
+/// `residual.len() == m·n`.
+unsafe fn add_to_block(
+    out: SharedOut,
+    n: usize,
+    (r0, r1): (usize, usize),
+    (c0, c1): (usize, usize),
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) {
+    for r in r0..r1 {
+        let row = std::slice::from_raw_parts_mut(out.at(r * n + c0), c1 - c0);
+        if let Some(b) = bias {
+            for (y, b) in row.iter_mut().zip(&b[c0..c1]) {
+                *y += *b;
+            }
+        }
+        if let Some(res) = residual {
+            for (y, x) in row.iter_mut().zip(&res[r * n + c0..r * n + c1]) {
+                *y += *x;
+            }
+        }
+    }
+}
 
 impl CustomOp2 for UninitMatMul {
     fn name(&self) -> &'static str {
@@ -166,14 +256,35 @@ impl CustomOp2 for UninitMatMul {
                 parallelism,
             )
         };
+        // Read locks on the addends' storages, held until the product is done (no
+        // tensor of the towers is ever written in place, so no writer can wait on them).
+        let bias = self.bias.as_ref().map(Tensor::storage_and_layout);
+        let residual = self.residual.as_ref().map(Tensor::storage_and_layout);
+        let bias = bias.as_ref().map(|(s, l)| held_f32_cells(s, l)).transpose()?;
+        let residual = residual.as_ref().map(|(s, l)| held_f32_cells(s, l)).transpose()?;
+        if bias.is_some_and(|b| b.len() != n) || residual.is_some_and(|r| r.len() != m * n) {
+            candle_core::bail!("matmul-uninit: addends do not match the [{m}, {n}] product");
+        }
+        let adds = bias.is_some() || residual.is_some();
+        // SAFETY (for both calls below): the product's cells are written by then, and
+        // each call touches its own block; the lengths were checked above.
+        let add = |rows, cols| unsafe { add_to_block(dst, n, rows, cols, bias, residual) };
         let blocks = column_blocks(m, n, k, threads.min(rayon::current_num_threads()));
         if blocks.len() > 1 {
-            // Disjoint column blocks, one single-threaded gemm each.
-            blocks
-                .par_iter()
-                .for_each(|&(c0, c1)| columns(c0, c1, Parallelism::None));
+            // Disjoint column blocks, one single-threaded gemm each, then its addends.
+            blocks.par_iter().for_each(|&(c0, c1)| {
+                columns(c0, c1, Parallelism::None);
+                if adds {
+                    add((0, m), (c0, c1));
+                }
+            });
         } else {
             columns(0, n, parallelism);
+            if adds {
+                (0..m.div_ceil(ADD_ROWS)).into_par_iter().for_each(|i| {
+                    add((i * ADD_ROWS, ((i + 1) * ADD_ROWS).min(m)), (0, n));
+                });
+            }
         }
         // SAFETY: the calls above wrote every one of the m·n cells.
         unsafe { out.set_len(m * n) };
@@ -341,6 +452,55 @@ mod tests {
             "a 64-column block of 60 rows blocks k by 512"
         );
         assert!(whole(337, 512, 2, 2), "k ≤ 2");
+    }
+
+    /// The addends, made in the product's pass, give the bits of the separate
+    /// `broadcast_add` and `+`: on split products and unsplit ones (one row, few
+    /// columns, past the split's row limit), with either addend alone, and through the
+    /// fallback for addends it does not take (a strided residual).
+    #[test]
+    fn addends_in_the_products_pass_give_the_separate_additions_bits() {
+        for (seed, &(m, n, k)) in [
+            (319, 1536, 512),
+            (100, 200, 64),
+            (1, 512, 64),
+            (70, 96, 40),
+            (2100, 130, 40),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let seed = 100 + 10 * seed as u64;
+            let x = rand_tensor(&[m, k], seed, 1.0);
+            let w = rand_tensor(&[n, k], seed + 1, 1.0).t().unwrap();
+            let bias = rand_tensor(&[n], seed + 2, 1.0);
+            let res = rand_tensor(&[m, n], seed + 3, 1.0);
+            let prod = x.matmul(&w).unwrap();
+            let with_bias = prod.broadcast_add(&bias).unwrap();
+            let cases = [
+                (Some(&bias), None, with_bias.clone()),
+                (None, Some(&res), (&res + &prod).unwrap()),
+                (Some(&bias), Some(&res), (&res + &with_bias).unwrap()),
+                (None, None, prod.clone()),
+            ];
+            for (bias, residual, expected) in cases {
+                let got = matmul_add(&x, &w, Addends { bias, residual }).unwrap();
+                assert_eq!(bits(&got), bits(&expected), "{m}×{k}·{k}×{n}");
+            }
+        }
+        let x = rand_tensor(&[64, 96], 1, 1.0);
+        let w = rand_tensor(&[96, 160], 2, 1.0);
+        let res_t = rand_tensor(&[160, 64], 3, 1.0).t().unwrap();
+        let got = matmul_add(
+            &x,
+            &w,
+            Addends {
+                bias: None,
+                residual: Some(&res_t),
+            },
+        )
+        .unwrap();
+        assert_eq!(bits(&got), bits(&(&res_t + x.matmul(&w).unwrap()).unwrap()));
     }
 
     #[test]

@@ -18,9 +18,11 @@ use candle_core::{DType, Device, Tensor};
 
 use super::checkpoint::WeightSource;
 pub use super::kernels::{
-    column_sum, layer_norm_backward, layer_norm_param_grads, quick_gelu, quick_gelu_backward,
+    column_sum, layer_norm_backward, layer_norm_backward_add, layer_norm_param_grads, quick_gelu,
+    quick_gelu_backward,
 };
 pub use super::matmul::matmul;
+use super::matmul::{matmul_add, Addends};
 
 /// What a forward keeps for the backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,11 +184,22 @@ impl Linear {
 
     /// `x Wᵀ + b` for rows `x: [M, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = matmul(x, &self.weight_t(x.dim(0)?)?)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        self.forward_add(x, None)
+    }
+
+    /// `residual + (x Wᵀ + b)` for rows `x: [M, in]` and `residual: [M, out]`: the bits
+    /// of `residual + self.forward(x)`, with both additions made in the product's pass
+    /// ([`matmul_add`]).
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.forward_add(x, Some(residual))
+    }
+
+    fn forward_add(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let add = Addends {
+            bias: self.bias.as_ref(),
+            residual,
+        };
+        matmul_add(x, &self.weight_t(x.dim(0)?)?, add)
     }
 
     /// VJP w.r.t. the input: `dy: [K, M, out] → [K, M, in]` (one matmul for all K).
@@ -273,6 +286,12 @@ impl LayerNorm {
     /// VJP: `dy: [K, M, D] → dx: [K, M, D]`.
     pub fn backward(&self, tape: &LayerNormTape, dy: &Tensor) -> Result<Tensor> {
         layer_norm_backward(&tape.x, &self.weight, self.eps, dy)
+    }
+
+    /// `residual + self.backward(tape, dy)` for a residual shaped as `dy`, added as the
+    /// kernel writes each row.
+    pub fn backward_residual(&self, tape: &LayerNormTape, dy: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        layer_norm_backward_add(&tape.x, &self.weight, self.eps, dy, residual)
     }
 
     /// γ and β gradients for cotangents `dy: [K, M, D]` of the output, summed over K.

@@ -130,6 +130,8 @@ pub struct BlockTape {
     shape: Shape,
     /// The rows were packed ([`Block::forward_packed`]).
     packing: Option<Arc<Packing>>,
+    /// Rows of an own prefix before the packed ones ([`Block::forward_prefixed`]).
+    prefix: usize,
     past_len: usize,
     /// Kept with [`TapeMode::Weights`]: the backward also returns weight gradients.
     weights: bool,
@@ -160,6 +162,17 @@ enum AttentionTape {
         past: KeyValues,
         probs: Tensor,
     },
+    /// A prefix and the packed sequences after it in one call
+    /// ([`Block::forward_prefixed`]): the prefix's q/k/v rows `[P, 3D]` and probabilities
+    /// (the fused kernel), the sequences' q/k/v rows, the prefix's keys and values as
+    /// their past, and their probabilities (the kernel with a past).
+    Prefixed {
+        prefix_qkv: Tensor,
+        prefix_probs: Tensor,
+        qkv: Tensor,
+        past: KeyValues,
+        probs: Tensor,
+    },
     /// The candle composition (other devices and dtypes, or a shared past): head-major
     /// queries, keys and values including the past `[N, H, P+S, hd]`, probabilities.
     Split {
@@ -168,6 +181,18 @@ enum AttentionTape {
         values: Tensor,
         probs: Tensor,
     },
+}
+
+/// What a block call's positions attend to besides their own sequence.
+#[derive(Clone, Copy)]
+enum Before<'a> {
+    /// Nothing.
+    Nothing,
+    /// Keys and values computed by another call, `[1, H, P, hd]`.
+    Past(&'a KeyValues),
+    /// The call's own first P rows: one causal sequence that every (packed) sequence
+    /// after it attends to.
+    OwnPrefix(usize),
 }
 
 /// Output of [`Block::forward`].
@@ -366,7 +391,8 @@ impl Block {
         lora: Option<&BlockLora>,
         mode: TapeMode,
     ) -> Result<BlockOutput> {
-        self.forward_rows(x, shape, None, past, lora, mode)
+        let before = past.map_or(Before::Nothing, Before::Past);
+        self.forward_rows(x, shape, None, before, lora, mode)
     }
 
     /// [`forward_with`](Self::forward_with), causal, on packed rows `x: [R, D]`
@@ -387,7 +413,36 @@ impl Block {
             s: packing.padded_len(),
             causal: true,
         };
-        self.forward_rows(x, shape, Some(packing), past, lora, mode)
+        let before = past.map_or(Before::Nothing, Before::Past);
+        self.forward_rows(x, shape, Some(packing), before, lora, mode)
+    }
+
+    /// [`forward_packed`](Self::forward_packed) for rows `x: [P + R, D]`: a prefix of P
+    /// positions (one causal sequence) followed by `packing`'s R rows, whose sequences
+    /// attend to the prefix as to a past. The projections and the MLP run on all P + R
+    /// rows at once; the attention of each part is that of its own call. So the output
+    /// rows and the backward's cotangents are those of the two calls (the prefix's, then
+    /// the sequences' with the prefix's keys and values as their past) where every
+    /// product gives a row the same bits at P rows as among P + R
+    /// ([`rows_compute_alike`](super::matmul::rows_compute_alike), which the caller
+    /// checks). Frozen weights only: no LoRA, no weight gradients (their sums over the
+    /// rows would round differently).
+    pub fn forward_prefixed(
+        &self,
+        x: &Tensor,
+        prefix: usize,
+        packing: &Arc<Packing>,
+        mode: TapeMode,
+    ) -> Result<BlockOutput> {
+        if prefix == 0 || mode.weights() {
+            bail!("block forward with an own prefix: needs a prefix and frozen weights");
+        }
+        let shape = Shape {
+            n: packing.sequences(),
+            s: packing.padded_len(),
+            causal: true,
+        };
+        self.forward_rows(x, shape, Some(packing), Before::OwnPrefix(prefix), None, mode)
     }
 
     fn forward_rows(
@@ -395,13 +450,18 @@ impl Block {
         x: &Tensor,
         shape: Shape,
         packing: Option<&Arc<Packing>>,
-        past: Option<&KeyValues>,
+        before: Before,
         lora: Option<&BlockLora>,
         mode: TapeMode,
     ) -> Result<BlockOutput> {
         let Shape { n, s, .. } = shape;
         let d = self.width;
-        let rows = packing.map_or(n * s, |p| p.rows());
+        let (past, prefix) = match before {
+            Before::Nothing => (None, 0),
+            Before::Past(kv) => (Some(kv), 0),
+            Before::OwnPrefix(p) => (None, p),
+        };
+        let rows = prefix + packing.map_or(n * s, |p| p.rows());
         if x.dims() != [rows, d] {
             bail!(
                 "block forward: input {:?}, expected [{rows}, {d}] ({n} sequences of {s} positions{})",
@@ -424,6 +484,10 @@ impl Block {
         // layout, padded and packed around them.
         let layout = packing.map(|p| &**p);
         let (qkv, o, attn_tape) = match past {
+            _ if prefix > 0 => {
+                let (o, tape) = self.attend_after_prefix(&qkv, prefix, shape, layout, keep_tape)?;
+                (qkv, o, tape)
+            }
             Some(pkv) if attention::applies(&[&qkv, &pkv.k, &pkv.v]) => {
                 let shape = self.attention_shape(shape);
                 let (o, probs) = attention_past::forward(&qkv, &pkv.k, &pkv.v, shape, layout, keep_tape)?;
@@ -471,6 +535,7 @@ impl Block {
             (Some(ln1), Some(ln2), Some(attn)) => Some(BlockTape {
                 shape,
                 packing: packing.cloned(),
+                prefix,
                 past_len,
                 weights,
                 ln1,
@@ -493,6 +558,61 @@ impl Block {
             packed: packing.is_some(),
             heads: self.heads,
         })
+    }
+
+    /// The attention of [`forward_prefixed`](Self::forward_prefixed)'s rows: the first
+    /// `prefix` q/k/v rows as one causal sequence (the fused kernel, as
+    /// [`forward_with`](Self::forward_with) runs it), then the packed sequences of
+    /// `shape` attending to the prefix's keys and values (as
+    /// [`forward_packed`](Self::forward_packed) with that past). Output rows `[P + R, D]`.
+    fn attend_after_prefix(
+        &self,
+        qkv: &Tensor,
+        prefix: usize,
+        shape: Shape,
+        packing: Option<&Packing>,
+        keep_tape: bool,
+    ) -> Result<(Tensor, Option<AttentionTape>)> {
+        let rows = qkv.dim(0)?;
+        let prefix_qkv = qkv.narrow(0, 0, prefix)?;
+        let body_qkv = qkv.narrow(0, prefix, rows - prefix)?;
+        if !attention::applies(&[&prefix_qkv, &body_qkv]) {
+            bail!("block forward with an own prefix: the fused CPU attention does not apply");
+        }
+        let prefix_shape = Shape {
+            n: 1,
+            s: prefix,
+            causal: true,
+        };
+        let (prefix_o, prefix_probs) =
+            attention::forward(&prefix_qkv, self.attention_shape(prefix_shape), keep_tape)?;
+        // As `BlockOutput::kv` hands the prefix's keys and values to the sequences' call.
+        let d = self.width;
+        let split = |i: usize| -> Result<Tensor> {
+            Ok(prefix_qkv
+                .narrow(1, i * d, d)?
+                .reshape((1, prefix, self.heads, self.head_dim()))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let past = KeyValues {
+            k: split(1)?,
+            v: split(2)?,
+        };
+        let ash = self.attention_shape(shape);
+        let (body_o, probs) = attention_past::forward(&body_qkv, &past.k, &past.v, ash, packing, keep_tape)?;
+        let o = Tensor::cat(&[&prefix_o, &body_o], 0)?;
+        let tape = match (prefix_probs, probs) {
+            (Some(prefix_probs), Some(probs)) => Some(AttentionTape::Prefixed {
+                prefix_qkv,
+                prefix_probs,
+                qkv: body_qkv,
+                past,
+                probs,
+            }),
+            _ => None,
+        };
+        Ok((o, tape))
     }
 
     /// The fused q/k/v rows `[M, 3D]` of the normalized rows `a: [M, D]`, with the LoRA
@@ -666,7 +786,7 @@ impl Block {
     ) -> Result<BlockGrad> {
         let Shape { n, s, .. } = tape.shape;
         let (kk, m, d) = dy.dims3()?;
-        let rows = tape.packing.as_ref().map_or(n * s, |p| p.rows());
+        let rows = tape.prefix + tape.packing.as_ref().map_or(n * s, |p| p.rows());
         if m != rows || d != self.width {
             bail!(
                 "block backward: cotangent shape {:?} does not match the forward ({rows} rows of {})",
@@ -731,6 +851,33 @@ impl Block {
                     packing,
                 )?;
                 (g.d_qkv, Some((g.d_past_k, g.d_past_v)))
+            }
+            AttentionTape::Prefixed {
+                prefix_qkv,
+                prefix_probs,
+                qkv,
+                past,
+                probs,
+            } => {
+                // The sequences' call first, then the prefix's with the cotangents of its
+                // keys and values as that call's past added, as the two calls' backwards.
+                let p = tape.prefix;
+                let body_d_o = d_o.narrow(1, p, m - p)?.contiguous()?;
+                let ash = self.attention_shape(tape.shape);
+                let g =
+                    attention_past::backward(qkv, &past.k, &past.v, probs, &body_d_o, None, ash, packing)?;
+                let prefix_shape = Shape {
+                    n: 1,
+                    s: p,
+                    causal: true,
+                };
+                let prefix_d_o = d_o.narrow(1, 0, p)?.contiguous()?;
+                let pash = self.attention_shape(prefix_shape);
+                let d_prefix = attention::backward(prefix_qkv, prefix_probs, &prefix_d_o, pash)?;
+                let (ek, ev) = (g.d_past_k.contiguous()?, g.d_past_v.contiguous()?);
+                let zeros = ek.zeros_like()?;
+                let d_prefix = (d_prefix + Tensor::cat(&[&zeros, &ek, &ev], 2)?)?;
+                (Tensor::cat(&[&d_prefix, &g.d_qkv], 1)?, None)
             }
             AttentionTape::Fused { qkv, probs } => {
                 let d_o = pad(&d_o)?.contiguous()?;

@@ -114,12 +114,17 @@ def main():
     txt = rows_by_name(os.path.join(d, "fedpurel-text-encoder.jsonl"))
     fwd = img["image-encoder/vit-b16/forward"]
     fb = next(v for k, v in img.items() if "forward+lora-backward" in k)
-    peak = fwd["gflops_per_s"] / fwd["peak_fraction"]
+    # The 2048³ matmul reads differently from one run to the next on this machine; the
+    # bound uses the best reading of the sitting (each bench measures it once), the rate
+    # the machine showed it can reach.
+    readings = [r["gflops_per_s"] for rows in (img, txt) for k, r in rows.items() if k.startswith("matmul/")]
+    peak = max(readings)
     per_image_fwd = fwd["seconds"] / 32
     tfb = next(v for k, v in txt.items() if k.startswith("text-encoder/fast") and "forward+backward" in k)
     tf = next(v for k, v in txt.items() if k.startswith("text-encoder/fast") and k.endswith("/forward"))
     print(f"# ViT-B/16 side by side (bench-vit-b16.sh)\n")
-    print(f"Matmul peak measured by our bench: {peak:.1f} GFLOP/s. Our ViT-B/16 image forward: "
+    print(f"Matmul peak measured by our bench: {peak:.1f} GFLOP/s (the best of "
+          f"{', '.join(f'{r:.1f}' for r in readings)} in this sitting). Our ViT-B/16 image forward: "
           f"{per_image_fwd * 1000:.0f} ms per image ({fwd['gflops_per_s']:.1f} GFLOP/s); "
           f"forward + LoRA backward (2 cotangents) of 32 images {fb['seconds']:.1f} s "
           f"({fb['gflops_per_s']:.1f} GFLOP/s).\n")

@@ -216,12 +216,18 @@ impl BlockOutput {
         if self.packed {
             bail!("a block run on packed rows has no [N, S] keys and values to serve as a past");
         }
-        let d = self.qkv.dim(1)? / 3;
+        KeyValues::of_rows(&self.qkv, n, s, self.heads)
+    }
+}
+
+impl KeyValues {
+    /// The keys and values `[N, H, S, hd]` in fused q/k/v rows `[N·S, 3D]`.
+    fn of_rows(qkv: &Tensor, n: usize, s: usize, heads: usize) -> Result<Self> {
+        let d = qkv.dim(1)? / 3;
         let split = |i: usize| -> Result<Tensor> {
-            Ok(self
-                .qkv
+            Ok(qkv
                 .narrow(1, i * d, d)?
-                .reshape((n, s, self.heads, d / self.heads))?
+                .reshape((n, s, heads, d / heads))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
@@ -230,6 +236,13 @@ impl BlockOutput {
             v: split(2)?,
         })
     }
+}
+
+/// `d_qkv [K, rows, 3D]` with the cotangents `ek`, `ev` `[K, rows, D]` of the call's own
+/// keys and values (from a call that used them as its past) added to its k and v columns.
+fn add_own_kv(d_qkv: &Tensor, ek: &Tensor, ev: &Tensor) -> Result<Tensor> {
+    let zeros = ek.zeros_like()?;
+    Ok((d_qkv + Tensor::cat(&[&zeros, ek, ev], 2)?)?)
 }
 
 /// Cotangents produced by [`Block::backward`].
@@ -587,18 +600,7 @@ impl Block {
         let (prefix_o, prefix_probs) =
             attention::forward(&prefix_qkv, self.attention_shape(prefix_shape), keep_tape)?;
         // As `BlockOutput::kv` hands the prefix's keys and values to the sequences' call.
-        let d = self.width;
-        let split = |i: usize| -> Result<Tensor> {
-            Ok(prefix_qkv
-                .narrow(1, i * d, d)?
-                .reshape((1, prefix, self.heads, self.head_dim()))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let past = KeyValues {
-            k: split(1)?,
-            v: split(2)?,
-        };
+        let past = KeyValues::of_rows(&prefix_qkv, 1, prefix, self.heads)?;
         let ash = self.attention_shape(shape);
         let (body_o, probs) = attention_past::forward(&body_qkv, &past.k, &past.v, ash, packing, keep_tape)?;
         let o = Tensor::cat(&[&prefix_o, &body_o], 0)?;
@@ -874,18 +876,14 @@ impl Block {
                 let prefix_d_o = d_o.narrow(1, 0, p)?.contiguous()?;
                 let pash = self.attention_shape(prefix_shape);
                 let d_prefix = attention::backward(prefix_qkv, prefix_probs, &prefix_d_o, pash)?;
-                let (ek, ev) = (g.d_past_k.contiguous()?, g.d_past_v.contiguous()?);
-                let zeros = ek.zeros_like()?;
-                let d_prefix = (d_prefix + Tensor::cat(&[&zeros, &ek, &ev], 2)?)?;
+                let d_prefix = add_own_kv(&d_prefix, &g.d_past_k, &g.d_past_v)?;
                 (Tensor::cat(&[&d_prefix, &g.d_qkv], 1)?, None)
             }
             AttentionTape::Fused { qkv, probs } => {
                 let d_o = pad(&d_o)?.contiguous()?;
                 let mut d_qkv = attention::backward(qkv, probs, &d_o, self.attention_shape(tape.shape))?;
                 if let Some((ek, ev)) = d_own_kv {
-                    let (ek, ev) = (pad(ek)?, pad(ev)?);
-                    let zeros = ek.zeros_like()?;
-                    d_qkv = (d_qkv + Tensor::cat(&[&zeros, &ek, &ev], 2)?)?;
+                    d_qkv = add_own_kv(&d_qkv, &pad(ek)?, &pad(ev)?)?;
                 }
                 (packed(packing, &d_qkv)?, None)
             }

@@ -10,6 +10,7 @@
 //! remain, the idle pools' cores stay idle.
 
 pub mod share;
+pub mod widen;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;

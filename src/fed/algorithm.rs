@@ -99,7 +99,7 @@ pub struct ClientCx<'c> {
 
 impl ClientCx<'_> {
     /// This client's epoch in `stage` (see [`Federation::client_epoch`]).
-    pub fn epoch(&self, stage: u8, step: impl FnMut(&Batch) -> Result<StepStats>) -> Result<Accum> {
+    pub fn epoch(&self, stage: u8, step: impl FnMut(&Batch) -> Result<StepStats> + Send) -> Result<Accum> {
         self.fed.client_epoch(self.round, self.client, stage, step)
     }
 
@@ -139,7 +139,7 @@ impl ClientCx<'_> {
 
 /// A loss on a batch's logits (the trained branch's, or a mix of branches') with its
 /// gradient; it may keep state across steps (Fed-GraB's balancer).
-pub type BatchLoss<'l> = dyn FnMut(&Tensor, &Batch) -> Result<LossGrad> + 'l;
+pub type BatchLoss<'l> = dyn FnMut(&Tensor, &Batch) -> Result<LossGrad> + Send + 'l;
 
 /// An algorithm whose local objective another can replace while keeping everything else
 /// — parameters, optimizers, personalization, GM/PM rules (Fed-GraB balances PromptFL's

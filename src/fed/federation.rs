@@ -501,7 +501,7 @@ impl<'a> Federation<'a> {
         t: usize,
         k: usize,
         stage: u8,
-        mut step: impl FnMut(&Batch) -> Result<StepStats>,
+        mut step: impl FnMut(&Batch) -> Result<StepStats> + Send,
     ) -> Result<Accum> {
         let mut acc = Accum::default();
         let idx = match (&self.phase_splits, stage) {
@@ -519,7 +519,8 @@ impl<'a> Federation<'a> {
                 labels: self.labels(SplitKind::Train, batch),
                 dropout: self.dropout_seed(&path),
             };
-            let st = step(&b).with_context(|| {
+            // On every core once an overlapped round's other half is done (`pools::widen`).
+            let st = crate::pools::widen::step(|| step(&b)).with_context(|| {
                 let what = if stage == 1 {
                     "local training"
                 } else {

@@ -16,9 +16,11 @@
 //! what it would have alone; checks after each round make sure that neither side wrote what
 //! the other reads.
 //!
-//! Round t's evaluation is usually the longer half; its loops over test chunks and
-//! clients are shared (`crate::pools::share`), so the side that trained round t + 1 claims
-//! items of them once it is done, and the results are combined in their order as before.
+//! Whichever half ends first gives its core to the other. The other half's training
+//! steps (personalization's, or local training's) then run on a pool with a thread per
+//! core (`crate::pools::widen`), and round t's loops over test chunks and clients are
+//! shared (`crate::pools::share`): the side that trained round t + 1 claims items of them
+//! once it is done, and the results are combined in their order as before.
 //!
 //! A round's checkpoint holds what a run without overlap holds after that round: round t + 1's
 //! local training works on a copy of the state and joins it only after round t's record and
@@ -32,6 +34,7 @@ use super::federation::{FedState, Federation};
 use super::record::RoundRecord;
 use super::train::LocalRound;
 use crate::pools::share::Share;
+use crate::pools::widen::Widen;
 
 impl FedState {
     /// What local training reads and writes of this state: the global model, the
@@ -106,6 +109,10 @@ impl Federation<'_> {
         let name = algo.name();
         // Round t's local training, done beside round t − 1 on a view of the state.
         let mut ahead: Option<(LocalRound, FedState)> = None;
+        // The pools each side's steps move to once the other side is done (made at the
+        // first overlap, with a thread per core of the pool this runs on).
+        let cores = rayon::current_num_threads();
+        let mut widens: Option<(Widen, Widen)> = None;
         while state.rounds_done < rounds {
             let t = state.rounds_done;
             let local = match ahead.take() {
@@ -126,12 +133,31 @@ impl Federation<'_> {
                 state.momentum.clone(),
                 state.server_extra.clone(),
             );
-            // Whichever side ends first helps the other's evaluation loops.
+            // Whichever side ends first gives its core to the other: the other side's
+            // training steps move to a pool with a thread per core (its widen), and its
+            // evaluation loops (round t's) take the finished side's thread as a helper.
             let share = Share::new();
+            let (finishing, training) = match &widens {
+                Some((f, l)) => (f, l),
+                None => {
+                    let (f, l) = widens.insert((Widen::new(cores)?, Widen::new(cores)?));
+                    (&*f, &*l)
+                }
+            };
+            finishing.close();
+            training.close();
             let (rec, next_local) = crate::pools::beside(
-                || share.lead(|| self.finish_round(state, algo, local, false, &|p| phase(t, p))),
                 || {
-                    let next_local = self.local_round(&mut next, algo, t + 1, &|p| phase(t + 1, p));
+                    let rec = finishing.within(|| {
+                        share.lead(|| self.finish_round(state, algo, local, false, &|p| phase(t, p)))
+                    });
+                    training.open();
+                    rec
+                },
+                || {
+                    let next_local =
+                        training.within(|| self.local_round(&mut next, algo, t + 1, &|p| phase(t + 1, p)));
+                    finishing.open();
                     share.serve();
                     next_local
                 },
@@ -250,6 +276,35 @@ mod tests {
             .build()
             .unwrap()
             .install(|| assert!(!fed.rounds_overlap(&algo, 0)));
+    }
+
+    /// Local training whose steps move to a two-thread pool (an opened widen, as when the
+    /// evaluation beside it has finished) computes the bits of the same training on the
+    /// chain's one-thread pool.
+    #[test]
+    fn widened_steps_give_the_bits_of_steps_on_one_thread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = loaded(tmp.path());
+        let fed = federation(&l, &Quiet).unwrap();
+        let algo = FedPuReL::paper();
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let train = |widen: Option<&Widen>| {
+            one.install(|| {
+                let mut state = fed.initial_state().unwrap();
+                let local = match widen {
+                    Some(w) => w.within(|| fed.local_round(&mut state, &algo, 0, &|_| {})),
+                    None => fed.local_round(&mut state, &algo, 0, &|_| {}),
+                }
+                .unwrap();
+                let m = state.momentum.as_ref().map(bytes);
+                (bytes(&state.global), m, local.clients, local.stage1.loss)
+            })
+        };
+        let widen = Widen::new(2).unwrap();
+        widen.open();
+        let wide = train(Some(&widen));
+        assert!(widen.widened_steps() > 0, "no step ran on the wide pool");
+        assert_eq!(wide, train(None));
     }
 
     /// FedPuReL whose local training also writes the client's private slot while saying

@@ -308,9 +308,13 @@ pub fn round_workload(w: &RoundWorkload, device: &str) -> Result<Vec<BenchResult
                 let r = round_rows(&prefix, &rec, scale, (!capped).then_some(wall));
                 // Every row but the last (the round's total) is a phase.
                 phase_sums.push(r[..r.len() - 1].iter().map(|x| x.seconds).sum::<f64>());
-                totals.push(r.last().map_or(0.0, |x| x.seconds));
+                let total = r.last().map_or(0.0, |x| x.seconds);
+                totals.push(total);
                 rows.extend(r);
-                records.push(serde_json::json!({"record": rec, "peak_mib": mem::peak_mib()}));
+                // total_s: the round's total row (full rounds: the wall time since the
+                // last round ended, overlap included; capped ones: extrapolated phases).
+                records
+                    .push(serde_json::json!({"record": rec, "peak_mib": mem::peak_mib(), "total_s": total}));
                 mem::reset_peak();
                 Ok(())
             },
@@ -326,6 +330,7 @@ pub fn round_workload(w: &RoundWorkload, device: &str) -> Result<Vec<BenchResult
                 "client_train_sizes": loaded.partition.clients.iter().map(|c| c.train.len()).collect::<Vec<_>>(),
                 "client_test_sizes": loaded.partition.clients.iter().map(|c| c.test.len()).collect::<Vec<_>>(),
                 "global_test_size": n_test,
+                "overlapped": overlapped,
                 "rounds": records,
             });
             crate::report::atomic::write(path, serde_json::to_string_pretty(&raw)?.as_bytes())?;

@@ -80,6 +80,22 @@ def our_side(d, peft, extraction_per_image, sizes):
     }
 
 
+def our_rounds(d, peft):
+    """Our whole rounds as a run runs them (fedpurel-<peft>-rounds.json: `bench round`
+    uncapped), or None when the sitting did not measure them."""
+    path = os.path.join(d, f"fedpurel-{peft}-rounds.json")
+    if not os.path.exists(path):
+        return None
+    r = json.load(open(path))
+    return {
+        "setup_measured": r["setup_s"],
+        "overlapped": r.get("overlapped", False),
+        "rounds": [{"clients": len(x["record"]["clients"]), "steps1": x["record"]["stage1"]["steps"],
+                    "steps2": x["record"]["stage2"]["steps"], "wall": x["total_s"]} for x in r["rounds"]],
+        "peak_mib": max(x["peak_mib"] or 0 for x in r["rounds"]),
+    }
+
+
 def extrapolate(u, sizes):
     n = len(sizes["client_train_batches"])
     mean_batches = sum(sizes["client_train_batches"]) / n
@@ -178,6 +194,60 @@ def main():
         print(row(["100 rounds", f"{t100r / 3600:.1f} h", f"{t100o / 3600:.1f} h", f"**{t100r / t100o:.1f}×**"]))
         print(row(["peak RSS", f"{ref['peak_mib']:.0f} MiB", f"{ours['peak_mib']:.0f} MiB", ""]))
         print()
+        measured = our_rounds(d, peft)
+        if measured:
+            print_measured_rounds(peft, ref, ours, measured, sizes, flops.get(peft, {}), peak)
+
+
+def print_measured_rounds(peft, ref, ours, m, sizes, flops, peak):
+    """Our rounds measured whole (clients at once, or the stage-1 chain beside the previous
+    round's personalization and evaluation, as a run does) against the reference's
+    extrapolation to the very same clients and steps."""
+    def ref_round(clients, steps1, steps2):
+        return (steps1 * ref["stage1"] + clients * ref["stage1_fixed"]
+                + steps2 * ref["stage2"] + clients * ref["stage2_fixed"]
+                + sizes["global_test_size"] * ref["gm"] + ref["gm_fixed"]
+                + sum(sizes["client_test_sizes"]) * ref["pm"] + len(sizes["client_train_batches"]) * ref["pm_fixed"])
+
+    how = "overlapped with the next round" if m["overlapped"] else "one after another"
+    print(f"Our rounds measured whole (`bench round --rounds {len(m['rounds'])}`, no cap; {how}; "
+          f"a round's wall is the time since the previous round ended). The reference is "
+          f"extrapolated to the same clients and steps by the formula above:\n")
+    print(row(["round", "clients", "steps (stage 1 / 2)", "reference", "fedpurel (measured)", "ratio",
+               "FLOP bound (training)", "fedpurel / bound"]))
+    print(row(["---"] * 8))
+    tot_ref = tot_ours = tot_bound = 0.0
+    for t, r in enumerate(m["rounds"]):
+        theirs = ref_round(r["clients"], r["steps1"], r["steps2"])
+        f = flops.get("stage1", 0) * r["steps1"] + flops.get("stage2", 0) * r["steps2"]
+        bound = f / peak if f else None
+        tot_ref, tot_ours, tot_bound = tot_ref + theirs, tot_ours + r["wall"], tot_bound + (bound or 0)
+        print(row([str(t), str(r["clients"]), f"{r['steps1']} / {r['steps2']}", f"{theirs:.0f} s",
+                   f"{r['wall']:.1f} s", f"{theirs / r['wall']:.0f}×",
+                   f"{bound:.1f} s" if bound else "–", f"{r['wall'] / bound:.2f}" if bound else "–"]))
+    print(row([f"rounds 0–{len(m['rounds']) - 1}", "", "", f"{tot_ref:.0f} s", f"{tot_ours:.1f} s",
+               f"**{tot_ref / tot_ours:.0f}×**", f"{tot_bound:.1f} s" if tot_bound else "–",
+               f"**{tot_ours / tot_bound:.2f}**" if tot_bound else "–"]))
+    # An 8-client round: the rounds that a later round overlapped (1 … R−2), each scaled
+    # by its steps to 8 clients of mean size, as the reference's 8-client round.
+    n = len(sizes["client_train_batches"])
+    steps8 = 8 * sum(sizes["client_train_batches"]) / n
+    mid = m["rounds"][1:-1] if m["overlapped"] else m["rounds"][1:]
+    if mid:
+        r8 = sum(r["wall"] * steps8 / r["steps1"] for r in mid) / len(mid)
+        _, t8r, _, t100r = extrapolate(ref, sizes)
+        setup = m["setup_measured"] + ours["extraction"]
+        t100 = setup + m["rounds"][0]["wall"] + 99 * r8
+        print()
+        print(row(["from the measured rounds", "reference", "fedpurel", "ratio"]))
+        print(row(["---"] * 4))
+        print(row([f"8-client round ({steps8:.0f} steps a stage; measured rounds "
+                   f"{', '.join(str(t + 1) for t in range(len(mid)))} scaled by steps)",
+                   f"{t8r:.0f} s", f"{r8:.1f} s", f"**{t8r / r8:.0f}×**"]))
+        print(row(["100 rounds (setup + feature extraction + measured round 0 + 99 × the 8-client round)",
+                   f"{t100r / 3600:.1f} h", f"{t100 / 3600:.2f} h", f"**{t100r / t100:.0f}×**"]))
+        print(row(["peak RSS", f"{ref['peak_mib']:.0f} MiB", f"{m['peak_mib']:.0f} MiB", ""]))
+    print()
 
 
 if __name__ == "__main__":

@@ -96,21 +96,24 @@ def our_rounds(d, peft):
     }
 
 
+def round_phases(u, sizes, clients, steps1, steps2):
+    """One round by the formula of the module doc: `clients` trained, `steps1` / `steps2`
+    steps in stages 1 / 2, every test image evaluated."""
+    n = len(sizes["client_train_batches"])
+    return {
+        "stage1": steps1 * u["stage1"] + clients * u["stage1_fixed"],
+        "stage2": steps2 * u["stage2"] + clients * u["stage2_fixed"],
+        "gm": sizes["global_test_size"] * u["gm"] + u["gm_fixed"],
+        "pm": sum(sizes["client_test_sizes"]) * u["pm"] + n * u["pm_fixed"],
+    }
+
+
 def extrapolate(u, sizes):
     n = len(sizes["client_train_batches"])
     mean_batches = sum(sizes["client_train_batches"]) / n
-    test = sum(sizes["client_test_sizes"])
-
-    def rnd(clients, batches):
-        return {
-            "stage1": batches * u["stage1"] + clients * u["stage1_fixed"],
-            "stage2": batches * u["stage2"] + clients * u["stage2_fixed"],
-            "gm": sizes["global_test_size"] * u["gm"] + u["gm_fixed"],
-            "pm": test * u["pm"] + n * u["pm_fixed"],
-        }
-
-    r8 = rnd(8, 8 * mean_batches)
-    r0 = rnd(n, sum(sizes["client_train_batches"]))
+    r8 = round_phases(u, sizes, 8, 8 * mean_batches, 8 * mean_batches)
+    total_batches = sum(sizes["client_train_batches"])
+    r0 = round_phases(u, sizes, n, total_batches, total_batches)
     total8, total0 = sum(r8.values()), sum(r0.values())
     return r8, total8, total0, u["setup"] + total0 + 99 * total8
 
@@ -196,19 +199,13 @@ def main():
         print()
         measured = our_rounds(d, peft)
         if measured:
-            print_measured_rounds(peft, ref, ours, measured, sizes, flops.get(peft, {}), peak)
+            print_measured_rounds(ref, ours, measured, sizes, flops.get(peft, {}), peak)
 
 
-def print_measured_rounds(peft, ref, ours, m, sizes, flops, peak):
+def print_measured_rounds(ref, ours, m, sizes, flops, peak):
     """Our rounds measured whole (clients at once, or the stage-1 chain beside the previous
     round's personalization and evaluation, as a run does) against the reference's
     extrapolation to the very same clients and steps."""
-    def ref_round(clients, steps1, steps2):
-        return (steps1 * ref["stage1"] + clients * ref["stage1_fixed"]
-                + steps2 * ref["stage2"] + clients * ref["stage2_fixed"]
-                + sizes["global_test_size"] * ref["gm"] + ref["gm_fixed"]
-                + sum(sizes["client_test_sizes"]) * ref["pm"] + len(sizes["client_train_batches"]) * ref["pm_fixed"])
-
     how = "overlapped with the next round" if m["overlapped"] else "one after another"
     print(f"Our rounds measured whole (`bench round --rounds {len(m['rounds'])}`, no cap; {how}; "
           f"a round's wall is the time since the previous round ended). The reference is "
@@ -218,7 +215,7 @@ def print_measured_rounds(peft, ref, ours, m, sizes, flops, peak):
     print(row(["---"] * 8))
     tot_ref = tot_ours = tot_bound = 0.0
     for t, r in enumerate(m["rounds"]):
-        theirs = ref_round(r["clients"], r["steps1"], r["steps2"])
+        theirs = sum(round_phases(ref, sizes, r["clients"], r["steps1"], r["steps2"]).values())
         f = flops.get("stage1", 0) * r["steps1"] + flops.get("stage2", 0) * r["steps2"]
         bound = f / peak if f else None
         tot_ref, tot_ours, tot_bound = tot_ref + theirs, tot_ours + r["wall"], tot_bound + (bound or 0)

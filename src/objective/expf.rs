@@ -126,7 +126,7 @@ pub fn exp_in_place(xs: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::*;
@@ -137,13 +137,29 @@ mod x86 {
         xs.iter_mut().for_each(|v| *v = expf(*v));
     }
 
-    /// Eight lanes at a time in double precision, the same operations as [`expf`]. The
-    /// table lookup is two two-register permutes and a blend: gathers are slow on CPUs
-    /// with the gather-data-sampling fix (measured here: slower than libm's scalar
-    /// `expf`). Lanes below [`MAY_UNDERFLOW`] take glibc's constants; a group holding a
-    /// value above [`OVERFLOW`] or a NaN goes through [`expf`].
+    /// Eight lanes at a time in double precision with [`exp8_avx512`].
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn exp_in_place_avx512(xs: &mut [f32]) {
+        let mut chunks = xs.chunks_exact_mut(8);
+        for c in &mut chunks {
+            exp8_avx512(c.try_into().expect("chunks of eight"));
+        }
+        exp_in_place_fma(chunks.into_remainder());
+    }
+
+    /// [`expf`] of eight values in place, in double precision, the same operations as
+    /// [`expf`]. The table lookup is two two-register permutes and a blend: gathers are
+    /// slow on CPUs with the gather-data-sampling fix (measured here: slower than libm's
+    /// scalar `expf`). Lanes below [`MAY_UNDERFLOW`] take glibc's constants; a group
+    /// holding a value above [`OVERFLOW`] or a NaN goes through [`expf`]. Inlined into
+    /// callers compiled for AVX-512 (it has no `target_feature` of its own so that it can
+    /// be `inline(always)`), so loops that fuse it with other work keep the values in
+    /// registers.
+    ///
+    /// # Safety
+    /// Only for callers compiled with AVX-512F enabled, on a CPU that has it.
+    #[inline(always)]
+    pub(crate) unsafe fn exp8_avx512(c: &mut [f32; 8]) {
         let (inv_ln2_n, shift) = (_mm512_set1_pd(INV_LN2_N), _mm512_set1_pd(SHIFT));
         let (c0, c1, c2, one) = (
             _mm512_set1_pd(C0),
@@ -160,42 +176,38 @@ mod x86 {
             _mm512_set1_pd(f64::from(MAY_UNDERFLOW)),
         );
         let may_underflow_value = _mm512_set1_pd(f64::from(MAY_UNDERFLOW_VALUE));
-        let mut chunks = xs.chunks_exact_mut(8);
-        for c in &mut chunks {
-            let p = c.as_mut_ptr();
-            // f32 → f64 is exact, so the comparisons below are those of the f32 values.
-            let xd = _mm512_cvtps_pd(_mm256_loadu_ps(p));
-            // Not (x ≤ OVERFLOW): overflow or NaN — rare, so the whole group goes scalar.
-            if _mm512_cmp_pd_mask::<_CMP_NLE_UQ>(xd, overflow) != 0 {
-                c.iter_mut().for_each(|v| *v = expf(*v));
-                continue;
-            }
-            let z = _mm512_fmadd_pd(inv_ln2_n, xd, shift);
-            let ki = _mm512_castpd_si512(z);
-            let kd = _mm512_sub_pd(z, shift);
-            let r = _mm512_fmsub_pd(inv_ln2_n, xd, kd);
-            // TAB[ki mod 32]: the permutes use the low 4 index bits, bit 4 picks the half.
-            let low = _mm512_permutex2var_epi64(tab[0], ki, tab[1]);
-            let high = _mm512_permutex2var_epi64(tab[2], ki, tab[3]);
-            let t = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(ki, bit4), low, high);
-            let s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64::<47>(ki)));
-            let poly = _mm512_fmadd_pd(r, c0, c1);
-            let y = _mm512_fmadd_pd(r, c2, one);
-            let y = _mm512_fmadd_pd(poly, _mm512_mul_pd(r, r), y);
-            let mut y = _mm512_mul_pd(y, s);
-            y = _mm512_mask_blend_pd(
-                _mm512_cmp_pd_mask::<_CMP_LT_OQ>(xd, may_underflow),
-                y,
-                may_underflow_value,
-            );
-            y = _mm512_mask_blend_pd(
-                _mm512_cmp_pd_mask::<_CMP_LT_OQ>(xd, underflow),
-                y,
-                _mm512_setzero_pd(),
-            );
-            _mm256_storeu_ps(p, _mm512_cvtpd_ps(y));
+        let p = c.as_mut_ptr();
+        // f32 → f64 is exact, so the comparisons below are those of the f32 values.
+        let xd = _mm512_cvtps_pd(_mm256_loadu_ps(p));
+        // Not (x ≤ OVERFLOW): overflow or NaN — rare, so the whole group goes scalar.
+        if _mm512_cmp_pd_mask::<_CMP_NLE_UQ>(xd, overflow) != 0 {
+            c.iter_mut().for_each(|v| *v = expf(*v));
+            return;
         }
-        exp_in_place_fma(chunks.into_remainder());
+        let z = _mm512_fmadd_pd(inv_ln2_n, xd, shift);
+        let ki = _mm512_castpd_si512(z);
+        let kd = _mm512_sub_pd(z, shift);
+        let r = _mm512_fmsub_pd(inv_ln2_n, xd, kd);
+        // TAB[ki mod 32]: the permutes use the low 4 index bits, bit 4 picks the half.
+        let low = _mm512_permutex2var_epi64(tab[0], ki, tab[1]);
+        let high = _mm512_permutex2var_epi64(tab[2], ki, tab[3]);
+        let t = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(ki, bit4), low, high);
+        let s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64::<47>(ki)));
+        let poly = _mm512_fmadd_pd(r, c0, c1);
+        let y = _mm512_fmadd_pd(r, c2, one);
+        let y = _mm512_fmadd_pd(poly, _mm512_mul_pd(r, r), y);
+        let mut y = _mm512_mul_pd(y, s);
+        y = _mm512_mask_blend_pd(
+            _mm512_cmp_pd_mask::<_CMP_LT_OQ>(xd, may_underflow),
+            y,
+            may_underflow_value,
+        );
+        y = _mm512_mask_blend_pd(
+            _mm512_cmp_pd_mask::<_CMP_LT_OQ>(xd, underflow),
+            y,
+            _mm512_setzero_pd(),
+        );
+        _mm256_storeu_ps(p, _mm512_cvtpd_ps(y));
     }
 }
 

@@ -13,11 +13,15 @@ use candle_core::cpu::kernels::VecOps;
 use rayon::prelude::*;
 
 use super::super::expf::exp_in_place;
+#[cfg(target_arch = "x86_64")]
+use super::super::expf::x86::exp8_avx512;
 use super::*;
 use crate::clip::kernels::wide_simd;
 
-/// Rows per interleaved group.
-const LANES: usize = 8;
+/// Rows per interleaved group: four vectors of eight, so that each pass's per-lane
+/// running max and sums form four independent chains (measured on 10 000 × 100 logits,
+/// one thread: 0.120 s with 8 lanes pass by pass, 0.098 s fused, 0.091 s fused with 32).
+const LANES: usize = 32;
 
 /// One lane's value per lane.
 type Lanes = [f32; LANES];
@@ -77,9 +81,70 @@ fn lanes_log_softmax(x: &[f32], tau: &Lanes, out: &mut [f32], exps: &mut [f32]) 
     }
 }
 
-/// Entropy of softmax(x/τ) per lane: −Σ p·log p, in the row-wise order.
+/// Entropy of softmax(x/τ) per lane: −Σ p·log p, in the row-wise order. With AVX-512
+/// in [`lanes_entropy_fused`]'s three passes, else in [`lanes_entropy_passes`]'.
 #[inline(always)]
 fn lanes_entropy(x: &[f32], tau: &Lanes, buf: &mut [f32], exps: &mut [f32]) -> Lanes {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the function is compiled for.
+        return unsafe { lanes_entropy_fused(x, tau, buf) };
+    }
+    lanes_entropy_passes(x, tau, buf, exps)
+}
+
+/// [`lanes_entropy`] in three passes over the lanes instead of nine, the exponentials
+/// kept in registers ([`exp8_avx512`]) instead of written out and read back: (1) x/τ and
+/// its running maximum, (2) x/τ − max, its exponential and their running sum, (3) the
+/// log-probability, its exponential and Σ p·log p. Every element sees the same operations
+/// and every lane's sums add the same terms in the same order, so the bits are those of
+/// [`lanes_entropy_passes`] (test `fused_entropy_gives_the_bits_of_the_passes`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn lanes_entropy_fused(x: &[f32], tau: &Lanes, buf: &mut [f32]) -> Lanes {
+    const { assert!(LANES.is_multiple_of(8), "exp8_avx512 takes eight lanes") };
+    let mut m = [f32::NEG_INFINITY; LANES];
+    for (o, v) in buf.chunks_exact_mut(LANES).zip(x.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            o[l] = v[l] / tau[l];
+            m[l] = m[l].max(o[l]);
+        }
+    }
+    let mut sum = [SUM_START; LANES];
+    for o in buf.chunks_exact_mut(LANES) {
+        for l in 0..LANES {
+            o[l] -= m[l];
+        }
+        let mut e: Lanes = o.try_into().expect("chunks of LANES");
+        for e8 in e.chunks_exact_mut(8) {
+            exp8_avx512(e8.try_into().unwrap());
+        }
+        for l in 0..LANES {
+            sum[l] += e[l];
+        }
+    }
+    let ln_sum = sum.map(f32::ln);
+    let mut h = [SUM_START; LANES];
+    for o in buf.chunks_exact(LANES) {
+        let mut lp = [0f32; LANES];
+        for l in 0..LANES {
+            lp[l] = o[l] - ln_sum[l];
+        }
+        let mut p = lp;
+        for p8 in p.chunks_exact_mut(8) {
+            exp8_avx512(p8.try_into().unwrap());
+        }
+        for l in 0..LANES {
+            h[l] += p[l] * lp[l];
+        }
+    }
+    h.map(|s| -s)
+}
+
+/// [`lanes_entropy`] pass by pass: [`lanes_log_softmax`], then the exponentials and the
+/// sum of p·log p.
+#[inline(always)]
+fn lanes_entropy_passes(x: &[f32], tau: &Lanes, buf: &mut [f32], exps: &mut [f32]) -> Lanes {
     lanes_log_softmax(x, tau, buf, exps);
     exp_of(buf, exps);
     let mut sum = [SUM_START; LANES];
@@ -351,6 +416,43 @@ mod tests {
         (lo + hi) / 2.0
     }
 
+    /// The fused three-pass entropy gives the bits of the pass-by-pass one, over sharp,
+    /// flat, tied and huge logits and temperatures across the bisection's range.
+    #[test]
+    fn fused_entropy_gives_the_bits_of_the_passes() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let mut state = 0x2545_f491_4f6c_dd1du64;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32
+            };
+            for c in [1, 2, 7, 100, 1000] {
+                for scale in [0.0, 1e-3, 1.0, 30.0, 300.0] {
+                    let mut x: Vec<f32> = (0..c * LANES).map(|_| (next() - 0.5) * scale).collect();
+                    if c > 2 {
+                        x[0] = -0.0;
+                        x[LANES] = x[2 * LANES];
+                    }
+                    for tau in [TAU_LOW as f32, 0.3, 1.0, 7.7, TAU_HIGH as f32] {
+                        let taus: Lanes = std::array::from_fn(|l| tau * (1.0 + l as f32 / 64.0));
+                        let (mut buf, mut exps) = (vec![0f32; c * LANES], vec![0f32; c * LANES]);
+                        let want = lanes_entropy_passes(&x, &taus, &mut buf, &mut exps);
+                        // SAFETY: the CPU has AVX-512F, checked above.
+                        let got = unsafe { lanes_entropy_fused(&x, &taus, &mut buf) };
+                        assert_eq!(
+                            got.map(f32::to_bits),
+                            want.map(f32::to_bits),
+                            "C {c}, scale {scale}, τ {tau}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn float_sums_start_from_negative_zero() {
         assert!([-0.0f32].iter().sum::<f32>().is_sign_negative());
@@ -369,7 +471,7 @@ mod tests {
             state ^= state << 17;
             (state >> 40) as f32 / (1u64 << 24) as f32
         };
-        for (b, c) in [(16, 100), (13, 10), (3, 7), (1, 2)] {
+        for (b, c) in [(70, 100), (64, 10), (16, 100), (13, 10), (3, 7), (1, 2)] {
             let mut fv: Vec<f32> = (0..b * c).map(|_| (next() - 0.5) * 60.0).collect();
             let zv: Vec<f32> = (0..b * c)
                 .map(|i| (next() - 0.5) * (5.0 + 10.0 * (i % 7) as f32))

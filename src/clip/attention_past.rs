@@ -34,10 +34,21 @@ struct HeadOperands {
 }
 
 impl HeadOperands {
+    /// Empty buffers, sized by the first [`gather`](Self::gather).
+    fn new() -> Self {
+        HeadOperands {
+            q: Vec::new(),
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
     /// Gathers sequence `seq`, head `h` from the q/k/v rows `x` (`rows`' layout) and the
-    /// past `pk`, `pv: [H, P, hd]`; a packed sequence's padding stays zero.
+    /// past `pk`, `pv: [H, P, hd]` into these buffers (reused from task to task, so that
+    /// a task allocates nothing); a packed sequence's padding rows are zero.
     #[allow(clippy::too_many_arguments)]
     fn gather(
+        &mut self,
         x: &[f32],
         pk: &[f32],
         pv: &[f32],
@@ -46,24 +57,29 @@ impl HeadOperands {
         past: usize,
         seq: usize,
         h: usize,
-    ) -> Self {
+    ) {
         let AttentionShape { s, width, .. } = shape;
         let hd = width / shape.heads;
         let t = past + s;
-        let mut q = vec![0f32; s * hd];
-        let mut keys = vec![0f32; t * hd];
-        let mut values = vec![0f32; t * hd];
+        let HeadOperands { q, keys, values } = self;
+        q.resize(s * hd, 0.0);
+        keys.resize(t * hd, 0.0);
+        values.resize(t * hd, 0.0);
         let head_past = h * past * hd..(h + 1) * past * hd;
         keys[..past * hd].copy_from_slice(&pk[head_past.clone()]);
         values[..past * hd].copy_from_slice(&pv[head_past]);
+        let mut len = 0;
         for i in 0..s {
             let Some(r) = rows.row(seq, i) else { break };
             let row = &x[r * 3 * width..][..3 * width];
             q[i * hd..(i + 1) * hd].copy_from_slice(&row[h * hd..][..hd]);
             keys[(past + i) * hd..][..hd].copy_from_slice(&row[width + h * hd..][..hd]);
             values[(past + i) * hd..][..hd].copy_from_slice(&row[2 * width + h * hd..][..hd]);
+            len = i + 1;
         }
-        HeadOperands { q, keys, values }
+        q[len * hd..].fill(0.0);
+        keys[(past + len) * hd..].fill(0.0);
+        values[(past + len) * hd..].fill(0.0);
     }
 }
 
@@ -165,56 +181,59 @@ pub fn forward(
     let (o_ptr, p_ptr) = (SharedOut(out.as_mut_ptr()), SharedOut(probs.as_mut_ptr()));
     let (xv, kv, vv) = (F32View::of(qkv)?, F32View::of(past_k)?, F32View::of(past_v)?);
     let (x, pk, pv) = (xv.data(), kv.data(), vv.data());
-    (0..n * heads).into_par_iter().for_each(|task| {
-        let (seq, h) = (task / heads, task % heads);
-        let ops = HeadOperands::gather(x, pk, pv, shape, rows, past, seq, h);
-        let mut scratch = Vec::new();
-        // SAFETY: task `task` owns probability block `task` (s·t cells).
-        let p = unsafe { probs_block(keep_probs.then_some(p_ptr), task, s * t, &mut scratch) };
-        let mut o = vec![0f32; s * hd];
-        // SAFETY: every operand is a contiguous buffer of this task with the extents
-        // given; q kᵀ reads the keys transposed (row stride 1, column stride hd).
-        unsafe {
-            small_gemm(
-                (s, t, hd),
-                (p.as_mut_ptr(), t as isize, 1),
-                (ops.q.as_ptr(), hd as isize, 1),
-                (ops.keys.as_ptr(), 1, hd as isize),
-                1.0,
-                false,
-            );
-        }
-        for (i, row) in p.chunks_mut(t).enumerate() {
-            // `scores * scale` (candle's affine: v · mul + add), then the mask's + 0 / + −∞.
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = *v * scale + 0.0;
-                if causal {
-                    *v += if j <= past + i { 0.0 } else { f32::NEG_INFINITY };
+    // Each worker reuses one set of buffers for all its tasks (every gemm overwrites
+    // its output; `gather` rewrites every operand cell).
+    let buffers = || (HeadOperands::new(), Vec::new(), vec![0f32; s * hd]);
+    (0..n * heads)
+        .into_par_iter()
+        .for_each_init(buffers, |(ops, scratch, o), task| {
+            let (seq, h) = (task / heads, task % heads);
+            ops.gather(x, pk, pv, shape, rows, past, seq, h);
+            // SAFETY: task `task` owns probability block `task` (s·t cells).
+            let p = unsafe { probs_block(keep_probs.then_some(p_ptr), task, s * t, scratch) };
+            // SAFETY: every operand is a contiguous buffer of this task with the extents
+            // given; q kᵀ reads the keys transposed (row stride 1, column stride hd).
+            unsafe {
+                small_gemm(
+                    (s, t, hd),
+                    (p.as_mut_ptr(), t as isize, 1),
+                    (ops.q.as_ptr(), hd as isize, 1),
+                    (ops.keys.as_ptr(), 1, hd as isize),
+                    1.0,
+                    false,
+                );
+            }
+            for (i, row) in p.chunks_mut(t).enumerate() {
+                // `scores * scale` (candle's affine: v · mul + add), then the mask's + 0 / + −∞.
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = *v * scale + 0.0;
+                    if causal {
+                        *v += if j <= past + i { 0.0 } else { f32::NEG_INFINITY };
+                    }
+                }
+                softmax_row(row);
+            }
+            // SAFETY: as above.
+            unsafe {
+                small_gemm(
+                    (s, hd, t),
+                    (o.as_mut_ptr(), hd as isize, 1),
+                    (p.as_ptr(), t as isize, 1),
+                    (ops.values.as_ptr(), hd as isize, 1),
+                    1.0,
+                    false,
+                );
+            }
+            for (i, o_row) in o.chunks(hd).enumerate() {
+                let Some(r) = rows.row(seq, i) else { break };
+                // SAFETY: the output cells of this sequence's rows in this head's columns
+                // belong to this task alone.
+                unsafe {
+                    let dst = o_ptr.at(r * width + h * hd);
+                    std::ptr::copy_nonoverlapping(o_row.as_ptr(), dst, hd);
                 }
             }
-            softmax_row(row);
-        }
-        // SAFETY: as above.
-        unsafe {
-            small_gemm(
-                (s, hd, t),
-                (o.as_mut_ptr(), hd as isize, 1),
-                (p.as_ptr(), t as isize, 1),
-                (ops.values.as_ptr(), hd as isize, 1),
-                1.0,
-                false,
-            );
-        }
-        for (i, o_row) in o.chunks(hd).enumerate() {
-            let Some(r) = rows.row(seq, i) else { break };
-            // SAFETY: the output cells of this sequence's rows in this head's columns
-            // belong to this task alone.
-            unsafe {
-                let dst = o_ptr.at(r * width + h * hd);
-                std::ptr::copy_nonoverlapping(o_row.as_ptr(), dst, hd);
-            }
-        }
-    });
+        });
     let out = Tensor::from_vec(out, (rows.count(n), width), &Device::Cpu)?;
     let probs = keep_probs
         .then(|| Tensor::from_vec(probs, (n, heads, s, t), &Device::Cpu))
@@ -317,11 +336,11 @@ pub fn backward(
     // A sequence's rows in this layout (a packed one stops before its padding).
     let own_rows = |seq: usize| (0..s).map_while(move |i| rows.row(seq, i).map(|row| (i, row)));
     // One task per (sequence, head): its operands are gathered once for all cotangents.
-    (0..n * heads).into_par_iter().for_each(|rest| {
-        let (seq, h) = (rest / heads, rest % heads);
-        let ops = HeadOperands::gather(x, pk, pv, shape, rows, past, seq, h);
-        let p = &pr[rest * s * t..(rest + 1) * s * t];
-        let mut w = BackwardScratch {
+    // Each worker reuses one set of buffers for all its tasks: the gemms overwrite their
+    // outputs, `gather` rewrites every operand cell, and `g`'s padding rows are zeroed
+    // per task below.
+    let buffers = || {
+        let w = BackwardScratch {
             g: vec![0f32; s * hd],
             ds: vec![0f32; s * t],
             d_values: vec![0f32; t * hd],
@@ -329,103 +348,112 @@ pub fn backward(
             d_keys: vec![0f32; t * hd],
             prod: vec![0f32; t],
         };
-        for ki in 0..kk {
-            let task = ki * n * heads + rest;
-            // The padding's cotangent rows stay zero.
-            for (i, row) in own_rows(seq) {
-                let row = ki * r + row;
-                w.g[i * hd..(i + 1) * hd].copy_from_slice(&dy[row * width + h * hd..][..hd]);
-            }
-            // SAFETY: every operand is a contiguous buffer of this task with the extents
-            // given; transposed operands are read with swapped strides.
-            unsafe {
-                // dP = dO Vᵀ ; dV = Pᵀ dO
-                small_gemm(
-                    (s, t, hd),
-                    (w.ds.as_mut_ptr(), t as isize, 1),
-                    (w.g.as_ptr(), hd as isize, 1),
-                    (ops.values.as_ptr(), 1, hd as isize),
-                    1.0,
-                    false,
-                );
-                small_gemm(
-                    (t, hd, s),
-                    (w.d_values.as_mut_ptr(), hd as isize, 1),
-                    (p.as_ptr(), 1, t as isize),
-                    (w.g.as_ptr(), hd as isize, 1),
-                    1.0,
-                    false,
-                );
-            }
-            // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then `* scale` as candle's affine.
-            for (dr, pr_row) in w.ds.chunks_mut(t).zip(p.chunks(t)) {
-                w.prod
-                    .iter_mut()
-                    .zip(dr.iter().zip(pr_row))
-                    .for_each(|(o, (&a, &b))| *o = a * b);
-                let mut row_dot = 0f32;
-                // SAFETY: `prod` holds t cells.
-                unsafe { f32::vec_reduce_sum(w.prod.as_ptr(), &mut row_dot, t) };
-                for (d, &pv) in dr.iter_mut().zip(pr_row) {
-                    *d = pv * (*d - row_dot);
-                    *d = *d * scale + 0.0;
+        (HeadOperands::new(), w)
+    };
+    (0..n * heads)
+        .into_par_iter()
+        .for_each_init(buffers, |(ops, w), rest| {
+            let (seq, h) = (rest / heads, rest % heads);
+            ops.gather(x, pk, pv, shape, rows, past, seq, h);
+            let p = &pr[rest * s * t..(rest + 1) * s * t];
+            w.g[own_rows(seq).count() * hd..].fill(0.0);
+            for ki in 0..kk {
+                let task = ki * n * heads + rest;
+                // The padding's cotangent rows stay zero.
+                for (i, row) in own_rows(seq) {
+                    let row = ki * r + row;
+                    w.g[i * hd..(i + 1) * hd].copy_from_slice(&dy[row * width + h * hd..][..hd]);
                 }
-            }
-            // SAFETY: as above.
-            unsafe {
-                // dQ = dS K ; dK = dSᵀ Q
-                small_gemm(
-                    (s, hd, t),
-                    (w.dq.as_mut_ptr(), hd as isize, 1),
-                    (w.ds.as_ptr(), t as isize, 1),
-                    (ops.keys.as_ptr(), hd as isize, 1),
-                    1.0,
-                    false,
-                );
-                small_gemm(
-                    (t, hd, s),
-                    (w.d_keys.as_mut_ptr(), hd as isize, 1),
-                    (w.ds.as_ptr(), 1, t as isize),
-                    (ops.q.as_ptr(), hd as isize, 1),
-                    1.0,
-                    false,
-                );
-            }
-            for (i, row) in own_rows(seq) {
-                let row = ki * r + row;
-                let (own_k, own_v) = (
-                    &w.d_keys[(past + i) * hd..][..hd],
-                    &w.d_values[(past + i) * hd..][..hd],
-                );
-                // SAFETY: this task alone writes this row's cells in this head's q, k and v
-                // columns of cotangent ki.
+                // SAFETY: every operand is a contiguous buffer of this task with the extents
+                // given; transposed operands are read with swapped strides.
                 unsafe {
-                    let base = d_ptr.at(row * 3 * width + h * hd);
-                    for c in 0..hd {
-                        *base.add(c) = w.dq[i * hd + c];
-                        let (mut k, mut v) = (own_k[c], own_v[c]);
-                        if let Some((ek, ev)) = own {
-                            k += ek[row * width + h * hd + c];
-                            v += ev[row * width + h * hd + c];
-                        }
-                        *base.add(width + c) = k;
-                        *base.add(2 * width + c) = v;
+                    // dP = dO Vᵀ ; dV = Pᵀ dO
+                    small_gemm(
+                        (s, t, hd),
+                        (w.ds.as_mut_ptr(), t as isize, 1),
+                        (w.g.as_ptr(), hd as isize, 1),
+                        (ops.values.as_ptr(), 1, hd as isize),
+                        1.0,
+                        false,
+                    );
+                    small_gemm(
+                        (t, hd, s),
+                        (w.d_values.as_mut_ptr(), hd as isize, 1),
+                        (p.as_ptr(), 1, t as isize),
+                        (w.g.as_ptr(), hd as isize, 1),
+                        1.0,
+                        false,
+                    );
+                }
+                // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then `* scale` as candle's affine.
+                for (dr, pr_row) in w.ds.chunks_mut(t).zip(p.chunks(t)) {
+                    w.prod
+                        .iter_mut()
+                        .zip(dr.iter().zip(pr_row))
+                        .for_each(|(o, (&a, &b))| *o = a * b);
+                    let mut row_dot = 0f32;
+                    // SAFETY: `prod` holds t cells.
+                    unsafe { f32::vec_reduce_sum(w.prod.as_ptr(), &mut row_dot, t) };
+                    for (d, &pv) in dr.iter_mut().zip(pr_row) {
+                        *d = pv * (*d - row_dot);
+                        *d = *d * scale + 0.0;
                     }
                 }
+                // SAFETY: as above.
+                unsafe {
+                    // dQ = dS K ; dK = dSᵀ Q
+                    small_gemm(
+                        (s, hd, t),
+                        (w.dq.as_mut_ptr(), hd as isize, 1),
+                        (w.ds.as_ptr(), t as isize, 1),
+                        (ops.keys.as_ptr(), hd as isize, 1),
+                        1.0,
+                        false,
+                    );
+                    small_gemm(
+                        (t, hd, s),
+                        (w.d_keys.as_mut_ptr(), hd as isize, 1),
+                        (w.ds.as_ptr(), 1, t as isize),
+                        (ops.q.as_ptr(), hd as isize, 1),
+                        1.0,
+                        false,
+                    );
+                }
+                for (i, row) in own_rows(seq) {
+                    let row = ki * r + row;
+                    let (own_k, own_v) = (
+                        &w.d_keys[(past + i) * hd..][..hd],
+                        &w.d_values[(past + i) * hd..][..hd],
+                    );
+                    // SAFETY: this task alone writes this row's cells in this head's q, k and v
+                    // columns of cotangent ki.
+                    unsafe {
+                        let base = d_ptr.at(row * 3 * width + h * hd);
+                        for c in 0..hd {
+                            *base.add(c) = w.dq[i * hd + c];
+                            let (mut k, mut v) = (own_k[c], own_v[c]);
+                            if let Some((ek, ev)) = own {
+                                k += ek[row * width + h * hd + c];
+                                v += ev[row * width + h * hd + c];
+                            }
+                            *base.add(width + c) = k;
+                            *base.add(2 * width + c) = v;
+                        }
+                    }
+                }
+                let part = past * hd;
+                // SAFETY: block `task` of each half of `past_parts` is this (cotangent,
+                // sequence, head)'s alone.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(w.d_keys.as_ptr(), pp_ptr.at(task * part), part);
+                    std::ptr::copy_nonoverlapping(
+                        w.d_values.as_ptr(),
+                        pp_ptr.at((kk * n * heads + task) * part),
+                        part,
+                    );
+                }
             }
-            let part = past * hd;
-            // SAFETY: block `task` of each half of `past_parts` is this (cotangent,
-            // sequence, head)'s alone.
-            unsafe {
-                std::ptr::copy_nonoverlapping(w.d_keys.as_ptr(), pp_ptr.at(task * part), part);
-                std::ptr::copy_nonoverlapping(
-                    w.d_values.as_ptr(),
-                    pp_ptr.at((kk * n * heads + task) * part),
-                    part,
-                );
-            }
-        }
-    });
+        });
     // SAFETY: every task wrote each of its rows' q, k and v cells of its head for every
     // cotangent — all cells, as the rows are covered by the sequences and the width by
     // the heads (checked) — and its two past blocks for every cotangent.

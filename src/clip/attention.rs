@@ -249,13 +249,14 @@ pub fn forward(qkv: &Tensor, shape: AttentionShape, keep_probs: bool) -> Result<
     let (o_ptr, p_ptr) = (SharedOut(out.as_mut_ptr()), SharedOut(probs.as_mut_ptr()));
     let x_view = F32View::of(qkv)?;
     let x = x_view.data();
-    (0..n * heads).into_par_iter().for_each(|task| {
+    // Without kept probabilities, each worker reuses one scratch block for all its tasks
+    // (`head_rows` overwrites it).
+    (0..n * heads).into_par_iter().for_each_init(Vec::new, |scratch, task| {
         let (seq, h) = (task / heads, task % heads);
-        let mut scratch = Vec::new();
         // SAFETY: task `task` owns probability block `task` (s·s cells) and the output
         // cells of its sequence's rows and its head's columns; `x` passed the shape check.
         unsafe {
-            let p = probs_block(keep_probs.then_some(p_ptr), task, s * s, &mut scratch);
+            let p = probs_block(keep_probs.then_some(p_ptr), task, s * s, scratch);
             head_rows(x, shape, seq, h, s, p, o_ptr.at(seq * s * width + h * hd), width);
         }
     });
@@ -333,7 +334,8 @@ pub fn backward(qkv: &Tensor, probs: &Tensor, d_out: &Tensor, shape: AttentionSh
     let d_ptr = SharedOut(d_qkv.as_mut_ptr());
     let (xv, pv, dv) = (F32View::of(qkv)?, F32View::of(probs)?, F32View::of(d_out)?);
     let (x, pr, dy) = (xv.data(), pv.data(), dv.data());
-    (0..kk * n * heads).into_par_iter().for_each(|task| {
+    // Each worker reuses one `ds` block for all its tasks (the first gemm overwrites it).
+    (0..kk * n * heads).into_par_iter().for_each_init(|| vec![0f32; s * s], |ds, task| {
         let (ki, rest) = (task / (n * heads), task % (n * heads));
         let (seq, h) = (rest / heads, rest % heads);
         let row0 = seq * s * 3 * width;
@@ -344,7 +346,6 @@ pub fn backward(qkv: &Tensor, probs: &Tensor, d_out: &Tensor, shape: AttentionSh
         let p = &pr[rest * s * s..(rest + 1) * s * s];
         let g = dy[(ki * n + seq) * s * width + h * hd..].as_ptr();
         let base = (ki * n * s + seq * s) * 3 * width + h * hd;
-        let mut ds = vec![0f32; s * s];
         // SAFETY: reads stay inside q/k/v rows of this sequence and head, the
         // cotangent rows of this (cotangent, sequence, head); the writes go to
         // this task's own columns of d_qkv.
@@ -370,7 +371,7 @@ pub fn backward(qkv: &Tensor, probs: &Tensor, d_out: &Tensor, shape: AttentionSh
                 false,
             );
             // dS = P ⊙ (dP − rowsum(dP ⊙ P)), scaled
-            softmax_backward_rows(&mut ds, p, s, scale);
+            softmax_backward_rows(ds, p, s, scale);
             // dQ = dS K ; dK = dSᵀ Q
             small_gemm(
                 (s, hd, s),

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use super::super::expf::exp_in_place;
 #[cfg(target_arch = "x86_64")]
 use super::super::expf::x86::exp8_avx512;
+use super::screen;
 use super::*;
 use crate::clip::kernels::wide_simd;
 
@@ -156,16 +157,36 @@ fn lanes_entropy_passes(x: &[f32], tau: &Lanes, buf: &mut [f32], exps: &mut [f32
     sum.map(|s| -s)
 }
 
-/// Per lane, τ with H(softmax(x/τ)) ≈ target: 20 bisection steps on [0.05, 20].
+/// Per lane, τ with H(softmax(x/τ)) ≈ target: 20 bisection steps on [0.05, 20]. With
+/// `screen` (the CPU has AVX-512F), each step's decisions come from [`screen`]'s fast
+/// entropy while every lane is farther than [`screen::margin`] from its target, which
+/// makes them the exact entropy's decisions; from the first step where one is not, every
+/// step uses the exact entropy.
 #[inline(always)]
-fn lanes_solve(x: &[f32], target: &Lanes, buf: &mut [f32], exps: &mut [f32]) -> Lanes {
+fn lanes_solve(x: &[f32], target: &Lanes, buf: &mut [f32], exps: &mut [f32], screen: bool) -> Lanes {
     let (mut lo, mut hi) = ([TAU_LOW as f32; LANES], [TAU_HIGH as f32; LANES]);
+    let mut screening = screen && x.iter().all(|v| v.is_finite());
+    let margin = screen::margin(x.len() / LANES);
     for _ in 0..BISECTION_STEPS {
         let mut mid = [0f32; LANES];
         for l in 0..LANES {
             mid[l] = (lo[l] + hi[l]) / 2.0;
         }
-        let h = lanes_entropy(x, &mid, buf, exps);
+        let mut screened = None;
+        #[cfg(target_arch = "x86_64")]
+        if screening {
+            // SAFETY: `screen` is set only where `screen::available()` holds.
+            let fast = unsafe { screen::lanes_entropy(x, &mid, buf) };
+            if (0..LANES).all(|l| (fast[l] - target[l]).abs() > margin) {
+                screened = Some(fast);
+            } else {
+                screening = false;
+            }
+        }
+        let h = match screened {
+            Some(h) => h,
+            None => lanes_entropy(x, &mid, buf, exps),
+        };
         for l in 0..LANES {
             if h[l] > target[l] {
                 hi[l] = mid[l];
@@ -186,12 +207,19 @@ struct Scratch {
     exps: Vec<f32>,
     log_t: Vec<f32>,
     log_s: Vec<f32>,
+    /// Whether the bisections screen their decisions ([`lanes_solve`]).
+    screen: bool,
 }
 
 impl Scratch {
     fn new(c: usize) -> Self {
+        Self::with_screen(c, screen::available())
+    }
+
+    fn with_screen(c: usize, screen: bool) -> Self {
         let lanes = || vec![0f32; c * LANES];
         Scratch {
+            screen,
             f: lanes(),
             z: lanes(),
             buf: lanes(),
@@ -209,8 +237,9 @@ wide_simd! {
         let hf = lanes_entropy(&s.f, &one, &mut s.buf, &mut s.exps);
         let hz = lanes_entropy(&s.z, &one, &mut s.buf, &mut s.exps);
         let h: Lanes = std::array::from_fn(|l| (hf[l] + hz[l]) / 2.0);
-        let tz = lanes_solve(&s.z, &h, &mut s.buf, &mut s.exps);
-        let tf = lanes_solve(&s.f, &h, &mut s.buf, &mut s.exps);
+        let screen = s.screen;
+        let tz = lanes_solve(&s.z, &h, &mut s.buf, &mut s.exps, screen);
+        let tf = lanes_solve(&s.f, &h, &mut s.buf, &mut s.exps, screen);
         for l in 0..LANES {
             out[l] = [h[l], tz[l], tf[l]];
         }
@@ -449,6 +478,105 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// Rows of logits of many kinds: CLIP-like (100 × cosines near 0.2), uniform at
+    /// scales from 1e-3 to 300, one-hot-like, exact ties and −0.0.
+    fn varied_rows(b: usize, c: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let mut v = Vec::with_capacity(b * c);
+        for r in 0..b {
+            let kind = r % 5;
+            let scale = [1e-3, 1.0, 30.0, 300.0][(r / 5) % 4];
+            for j in 0..c {
+                v.push(match kind {
+                    0 => 100.0 * (0.2 + 0.03 * (next() - 0.5) * 3.4),
+                    1 => (next() - 0.5) * scale,
+                    2 => {
+                        if j == r % c {
+                            scale
+                        } else {
+                            (next() - 0.5) * 0.1
+                        }
+                    }
+                    3 => ((next() * 4.0).floor() - 2.0) * scale / 4.0,
+                    _ => {
+                        if j == 0 {
+                            -0.0
+                        } else {
+                            (next() - 0.5) * scale
+                        }
+                    }
+                });
+            }
+        }
+        v
+    }
+
+    /// The screened bisections give every row's h*, τ_z, τ_f, KL and gradient the bits
+    /// of the bisections that compute every step exactly.
+    #[test]
+    fn screened_bisections_give_the_exact_temperatures() {
+        for (b, c) in [(400, 100), (200, 10), (64, 2), (64, 7), (64, 1000)] {
+            let fv = varied_rows(b, c, 0x51_7cc1_b727_220a + c as u64);
+            let zv = varied_rows(b, c, 0x9e37_79b9_7f4a_7c15 ^ b as u64);
+            let (mut on, mut off) = (
+                Scratch::with_screen(c, screen::available()),
+                Scratch::with_screen(c, false),
+            );
+            for first in (0..b).step_by(LANES) {
+                let rows = LANES.min(b - first);
+                let (mut g_on, mut g_off) = (vec![0f32; rows * c], vec![0f32; rows * c]);
+                let got = rows_group(&fv, &zv, b, c, first, Some(&mut g_on), &mut on);
+                let want = rows_group(&fv, &zv, b, c, first, Some(&mut g_off), &mut off);
+                let bits = |r: &Vec<[f32; 4]>| r.iter().map(|v| v.map(f32::to_bits)).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{b}×{c}, rows from {first}");
+                let gb = |g: &Vec<f32>| g.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(gb(&g_on), gb(&g_off), "gradient, {b}×{c}, rows from {first}");
+            }
+        }
+    }
+
+    /// The fast entropy differs from the exact one by well under the bound the margin
+    /// doubles (under a tenth of the margin here), over varied rows and temperatures.
+    #[test]
+    fn fast_entropy_stays_well_within_the_margin() {
+        #[cfg(target_arch = "x86_64")]
+        if screen::available() {
+            for c in [2, 10, 100, 1000] {
+                let rows = varied_rows(LANES * 4, c, 0x2545_f491_4f6c_dd1d ^ c as u64);
+                let margin = screen::margin(c);
+                let mut worst = 0f32;
+                for group in rows.chunks_exact(LANES * c) {
+                    let mut x = vec![0f32; LANES * c];
+                    for l in 0..LANES {
+                        for j in 0..c {
+                            x[j * LANES + l] = group[l * c + j];
+                        }
+                    }
+                    for tau in [TAU_LOW as f32, 0.1, 0.5, 1.0, 3.0, 10.0, TAU_HIGH as f32] {
+                        let taus: Lanes = std::array::from_fn(|l| tau * (1.0 + l as f32 / 97.0));
+                        let (mut buf, mut exps) = (vec![0f32; LANES * c], vec![0f32; LANES * c]);
+                        let exact = lanes_entropy_passes(&x, &taus, &mut buf, &mut exps);
+                        // SAFETY: the CPU has AVX-512F, checked above.
+                        let fast = unsafe { screen::lanes_entropy(&x, &taus, &mut buf) };
+                        for l in 0..LANES {
+                            worst = worst.max((fast[l] - exact[l]).abs());
+                        }
+                    }
+                }
+                assert!(
+                    worst < margin / 10.0,
+                    "{c} classes: difference {worst:e}, margin {margin:e}"
+                );
             }
         }
     }

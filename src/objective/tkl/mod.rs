@@ -120,6 +120,7 @@ fn tkl_tensor(f: &Tensor, z: &Tensor) -> Result<Tkl> {
 
 /// The CPU path of [`tkl`]: the same formulas in f32, rows interleaved.
 mod host;
+mod screen;
 
 /// [`tkl`]'s KL per sample alone, bit for bit, without the gradient (evaluation).
 pub fn tkl_per_sample(f: &Tensor, z: &Tensor) -> Result<Tensor> {

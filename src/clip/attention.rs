@@ -251,15 +251,17 @@ pub fn forward(qkv: &Tensor, shape: AttentionShape, keep_probs: bool) -> Result<
     let x = x_view.data();
     // Without kept probabilities, each worker reuses one scratch block for all its tasks
     // (`head_rows` overwrites it).
-    (0..n * heads).into_par_iter().for_each_init(Vec::new, |scratch, task| {
-        let (seq, h) = (task / heads, task % heads);
-        // SAFETY: task `task` owns probability block `task` (s·s cells) and the output
-        // cells of its sequence's rows and its head's columns; `x` passed the shape check.
-        unsafe {
-            let p = probs_block(keep_probs.then_some(p_ptr), task, s * s, scratch);
-            head_rows(x, shape, seq, h, s, p, o_ptr.at(seq * s * width + h * hd), width);
-        }
-    });
+    (0..n * heads)
+        .into_par_iter()
+        .for_each_init(Vec::new, |scratch, task| {
+            let (seq, h) = (task / heads, task % heads);
+            // SAFETY: task `task` owns probability block `task` (s·s cells) and the output
+            // cells of its sequence's rows and its head's columns; `x` passed the shape check.
+            unsafe {
+                let p = probs_block(keep_probs.then_some(p_ptr), task, s * s, scratch);
+                head_rows(x, shape, seq, h, s, p, o_ptr.at(seq * s * width + h * hd), width);
+            }
+        });
     let out = Tensor::from_vec(out, (n * s, width), &Device::Cpu)?;
     let probs = keep_probs
         .then(|| Tensor::from_vec(probs, (n, heads, s, s), &Device::Cpu))
@@ -335,61 +337,64 @@ pub fn backward(qkv: &Tensor, probs: &Tensor, d_out: &Tensor, shape: AttentionSh
     let (xv, pv, dv) = (F32View::of(qkv)?, F32View::of(probs)?, F32View::of(d_out)?);
     let (x, pr, dy) = (xv.data(), pv.data(), dv.data());
     // Each worker reuses one `ds` block for all its tasks (the first gemm overwrites it).
-    (0..kk * n * heads).into_par_iter().for_each_init(|| vec![0f32; s * s], |ds, task| {
-        let (ki, rest) = (task / (n * heads), task % (n * heads));
-        let (seq, h) = (rest / heads, rest % heads);
-        let row0 = seq * s * 3 * width;
-        let ld = (3 * width) as isize;
-        let q = x[row0 + h * hd..].as_ptr();
-        let k = x[row0 + width + h * hd..].as_ptr();
-        let v = x[row0 + 2 * width + h * hd..].as_ptr();
-        let p = &pr[rest * s * s..(rest + 1) * s * s];
-        let g = dy[(ki * n + seq) * s * width + h * hd..].as_ptr();
-        let base = (ki * n * s + seq * s) * 3 * width + h * hd;
-        // SAFETY: reads stay inside q/k/v rows of this sequence and head, the
-        // cotangent rows of this (cotangent, sequence, head); the writes go to
-        // this task's own columns of d_qkv.
-        unsafe {
-            let dq = d_ptr.at(base);
-            let dk = d_ptr.at(base + width);
-            let dv = d_ptr.at(base + 2 * width);
-            // dP = dO Vᵀ ; dV = Pᵀ dO
-            small_gemm(
-                (s, s, hd),
-                (ds.as_mut_ptr(), s as isize, 1),
-                (g, width as isize, 1),
-                (v, 1, ld),
-                1.0,
-                false,
-            );
-            small_gemm(
-                (s, hd, s),
-                (dv, ld, 1),
-                (p.as_ptr(), 1, s as isize),
-                (g, width as isize, 1),
-                1.0,
-                false,
-            );
-            // dS = P ⊙ (dP − rowsum(dP ⊙ P)), scaled
-            softmax_backward_rows(ds, p, s, scale);
-            // dQ = dS K ; dK = dSᵀ Q
-            small_gemm(
-                (s, hd, s),
-                (dq, ld, 1),
-                (ds.as_ptr(), s as isize, 1),
-                (k, ld, 1),
-                1.0,
-                false,
-            );
-            small_gemm(
-                (s, hd, s),
-                (dk, ld, 1),
-                (ds.as_ptr(), 1, s as isize),
-                (q, ld, 1),
-                1.0,
-                false,
-            );
-        }
-    });
+    (0..kk * n * heads).into_par_iter().for_each_init(
+        || vec![0f32; s * s],
+        |ds, task| {
+            let (ki, rest) = (task / (n * heads), task % (n * heads));
+            let (seq, h) = (rest / heads, rest % heads);
+            let row0 = seq * s * 3 * width;
+            let ld = (3 * width) as isize;
+            let q = x[row0 + h * hd..].as_ptr();
+            let k = x[row0 + width + h * hd..].as_ptr();
+            let v = x[row0 + 2 * width + h * hd..].as_ptr();
+            let p = &pr[rest * s * s..(rest + 1) * s * s];
+            let g = dy[(ki * n + seq) * s * width + h * hd..].as_ptr();
+            let base = (ki * n * s + seq * s) * 3 * width + h * hd;
+            // SAFETY: reads stay inside q/k/v rows of this sequence and head, the
+            // cotangent rows of this (cotangent, sequence, head); the writes go to
+            // this task's own columns of d_qkv.
+            unsafe {
+                let dq = d_ptr.at(base);
+                let dk = d_ptr.at(base + width);
+                let dv = d_ptr.at(base + 2 * width);
+                // dP = dO Vᵀ ; dV = Pᵀ dO
+                small_gemm(
+                    (s, s, hd),
+                    (ds.as_mut_ptr(), s as isize, 1),
+                    (g, width as isize, 1),
+                    (v, 1, ld),
+                    1.0,
+                    false,
+                );
+                small_gemm(
+                    (s, hd, s),
+                    (dv, ld, 1),
+                    (p.as_ptr(), 1, s as isize),
+                    (g, width as isize, 1),
+                    1.0,
+                    false,
+                );
+                // dS = P ⊙ (dP − rowsum(dP ⊙ P)), scaled
+                softmax_backward_rows(ds, p, s, scale);
+                // dQ = dS K ; dK = dSᵀ Q
+                small_gemm(
+                    (s, hd, s),
+                    (dq, ld, 1),
+                    (ds.as_ptr(), s as isize, 1),
+                    (k, ld, 1),
+                    1.0,
+                    false,
+                );
+                small_gemm(
+                    (s, hd, s),
+                    (dk, ld, 1),
+                    (ds.as_ptr(), 1, s as isize),
+                    (q, ld, 1),
+                    1.0,
+                    false,
+                );
+            }
+        },
+    );
     Ok(Tensor::from_vec(d_qkv, (kk, n * s, 3 * width), &Device::Cpu)?)
 }

@@ -5,6 +5,7 @@
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 const CHUNK: usize = 1 << 14;
 const GELU_ALPHA: f32 = 1.702;
@@ -127,13 +128,18 @@ fn row_stats(xr: &[f32], eps: f32) -> (f32, f32) {
 
 wide_simd! {
     /// One row of the LayerNorm VJP (see [`LayerNormBackward`]).
-    fn layer_norm_backward_row(out: &mut [f32], dyr: &[f32], xr: &[f32], gamma: &[f32], eps: f32) {
+    /// `out` may start uninitialized; every cell is written (`dyr`, `xr` and `gamma` are
+    /// as long as it).
+    fn layer_norm_backward_row(out: &mut [MaybeUninit<f32>], dyr: &[f32], xr: &[f32], gamma: &[f32], eps: f32) {
         let inv_d = 1.0 / xr.len() as f32;
         let (mean, rstd) = row_stats(xr, eps);
         // g = dy ⊙ γ into `out`, then Σ g and Σ g ⊙ x̂.
+        assert!(dyr.len() == out.len() && gamma.len() == out.len(), "layer_norm_backward_row: row lengths");
         for ((o, &d), &g) in out.iter_mut().zip(dyr).zip(gamma) {
-            *o = d * g;
+            o.write(d * g);
         }
+        // SAFETY: the loop above wrote every cell of `out`.
+        let out = unsafe { assume_init(out) };
         let sum_g = lane_sum(out);
         // Σ g ⊙ (x − μ) directly (not Σ g x − μ Σ g, which cancels for large μ).
         let mut acc = [0f32; 8];
@@ -173,21 +179,47 @@ wide_simd! {
 
 wide_simd! {
     /// y = x · σ(1.702 x) over a chunk.
-    fn gelu_chunk(y: &mut [f32], x: &[f32]) {
+    /// `y` may start uninitialized; the cells paired with `x`'s are written.
+    fn gelu_chunk(y: &mut [MaybeUninit<f32>], x: &[f32]) {
         for (o, &v) in y.iter_mut().zip(x) {
-            *o = v * sigmoid(GELU_ALPHA * v);
+            o.write(v * sigmoid(GELU_ALPHA * v));
         }
     }
 }
 
 wide_simd! {
     /// dx = dy · (s + 1.702 h s (1 − s)), s = σ(1.702 h), over a chunk.
-    fn gelu_backward_chunk(dx: &mut [f32], dy: &[f32], h: &[f32]) {
+    /// `dx` may start uninitialized; the cells paired with `dy`'s and `h`'s are written.
+    fn gelu_backward_chunk(dx: &mut [MaybeUninit<f32>], dy: &[f32], h: &[f32]) {
         for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(h) {
             let s = sigmoid(GELU_ALPHA * v);
-            *o = g * (s + GELU_ALPHA * v * s * (1.0 - s));
+            o.write(g * (s + GELU_ALPHA * v * s * (1.0 - s)));
         }
     }
+}
+
+/// A vector of `len` cells that `fill` writes, allocated without zeroing them first (the
+/// custom ops' outputs are written whole, and zeroing them was a few percent of a tiny
+/// model's step).
+///
+/// # Safety
+/// `fill` must write every one of the `len` cells it is given.
+unsafe fn unzeroed(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's `fill` initialized all `len` cells.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// `cells` as initialized floats.
+///
+/// # Safety
+/// Every cell must have been written.
+unsafe fn assume_init(cells: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the caller vouches that every
+    // cell holds a value.
+    unsafe { &mut *(cells as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
@@ -216,10 +248,15 @@ impl CustomOp1 for QuickGelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout)?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(yc, xc)| gelu_chunk(yc, xc));
+        // SAFETY: the chunks of `y` pair with those of `x`, of the same length, and
+        // `gelu_chunk` writes every cell of each.
+        let y = unsafe {
+            unzeroed(x.len(), |y| {
+                y.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK))
+                    .for_each(|(yc, xc)| gelu_chunk(yc, xc))
+            })
+        };
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 }
@@ -242,14 +279,24 @@ impl CustomOp2 for QuickGeluBackward {
         let h = contiguous_f32(h_s, h_l)?;
         let dy = contiguous_f32(dy_s, dy_l)?;
         let n = h.len();
-        let mut dx = vec![0f32; dy.len()];
-        // One cotangent at a time, so chunks line up with h.
-        for (dx_k, dy_k) in dx.chunks_mut(n.max(1)).zip(dy.chunks(n.max(1))) {
-            dx_k.par_chunks_mut(CHUNK)
-                .zip(dy_k.par_chunks(CHUNK))
-                .zip(h.par_chunks(CHUNK))
-                .for_each(|((o, g), hc)| gelu_backward_chunk(o, g, hc));
+        if n == 0 || dy.len() % n != 0 {
+            candle_core::bail!(
+                "quick-gelu-backward: {} cotangent cells for {n} activations",
+                dy.len()
+            );
         }
+        // SAFETY: one cotangent at a time, so the chunks of `dx`, `dy` and `h` line up and
+        // have equal lengths, and `gelu_backward_chunk` writes every cell of each.
+        let dx = unsafe {
+            unzeroed(dy.len(), |dx| {
+                for (dx_k, dy_k) in dx.chunks_mut(n).zip(dy.chunks(n)) {
+                    dx_k.par_chunks_mut(CHUNK)
+                        .zip(dy_k.par_chunks(CHUNK))
+                        .zip(h.par_chunks(CHUNK))
+                        .for_each(|((o, g), hc)| gelu_backward_chunk(o, g, hc));
+                }
+            })
+        };
         Ok((CpuStorage::F32(dx), dy_l.shape().clone()))
     }
 }
@@ -287,19 +334,33 @@ impl CustomOp3 for LayerNormBackward {
         if residual.is_some_and(|r| r.len() != dy.len()) {
             candle_core::bail!("layer-norm-backward: the residual does not match the cotangents");
         }
-        let mut dx = vec![0f32; dy.len()];
-        dx.par_chunks_mut(d)
-            .zip(dy.par_chunks(d))
-            .enumerate()
-            .for_each(|(i, (out, dyr))| {
-                let xr = &x[(i % rows) * d..(i % rows + 1) * d];
-                layer_norm_backward_row(out, dyr, xr, gamma, self.eps);
-                if let Some(r) = residual {
-                    for (o, r) in out.iter_mut().zip(&r[i * d..(i + 1) * d]) {
-                        *o += *r;
-                    }
-                }
-            });
+        if d == 0 || dy.len() % d != 0 || x.len() % d != 0 {
+            candle_core::bail!(
+                "layer-norm-backward: rows of {d} for {} cotangent and {} input cells",
+                dy.len(),
+                x.len()
+            );
+        }
+        // SAFETY: `dx` splits into rows of d as `dy` does, and `layer_norm_backward_row`
+        // writes every cell of its row before the residual is added.
+        let dx = unsafe {
+            unzeroed(dy.len(), |dx| {
+                dx.par_chunks_mut(d)
+                    .zip(dy.par_chunks(d))
+                    .enumerate()
+                    .for_each(|(i, (out, dyr))| {
+                        let xr = &x[(i % rows) * d..(i % rows + 1) * d];
+                        layer_norm_backward_row(out, dyr, xr, gamma, self.eps);
+                        if let Some(r) = residual {
+                            // SAFETY: the row was just written whole.
+                            let out = assume_init(out);
+                            for (o, r) in out.iter_mut().zip(&r[i * d..(i + 1) * d]) {
+                                *o += *r;
+                            }
+                        }
+                    })
+            })
+        };
         Ok((CpuStorage::F32(dx), dy_l.shape().clone()))
     }
 }
@@ -501,15 +562,16 @@ mod tests {
     #[test]
     fn wide_kernels_give_the_baseline_bits() {
         let x: Vec<f32> = rand_tensor(&[5000], 12, 6.0).to_vec1().unwrap();
-        let mut fast = vec![0f32; x.len()];
-        gelu_chunk(&mut fast, &x);
+        // SAFETY: `gelu_chunk` writes every cell of an output as long as its input.
+        let mut fast = unsafe { unzeroed(x.len(), |y| gelu_chunk(y, &x)) };
         let plain: Vec<f32> = x
             .iter()
             .map(|&v| v * (1.0 / (1.0 + fast_exp(-(GELU_ALPHA * v)))))
             .collect();
         assert_eq!(fast, plain);
         let dy: Vec<f32> = rand_tensor(&[5000], 13, 1.0).to_vec1().unwrap();
-        gelu_backward_chunk(&mut fast, &dy, &x);
+        // SAFETY: as above.
+        fast = unsafe { unzeroed(x.len(), |dx| gelu_backward_chunk(dx, &dy, &x)) };
         let plain: Vec<f32> = x
             .iter()
             .zip(&dy)

@@ -86,27 +86,34 @@ impl BatchLoader {
 fn make_batch(ds: &Dataset, cfg: &LoaderConfig, b: u64, chunk: &[usize]) -> Result<Batch> {
     let split = ds.split(cfg.split);
     let per = cfg.transform.output_len();
-    let decode = |(pos, &i): (usize, &usize)| -> Result<Vec<f32>> {
+    // Each image is written once, into its place in the batch.
+    let mut data = vec![0f32; per * chunk.len()];
+    let decode = |((pos, &i), out): ((usize, &usize), &mut [f32])| -> Result<()> {
         let img = split
             .decode(i)
             .with_context(|| format!("{} sample {i} of {}", cfg.split, ds.name))?;
         let mut path = cfg.path.clone();
         path.extend([b, pos as u64]);
         let mut r = rng::substream(cfg.seed, "augment", &path);
-        Ok(cfg.transform.apply(&img, cfg.mode, &mut r))
+        cfg.transform.apply_into(&img, cfg.mode, &mut r, out);
+        Ok(())
     };
     // This producer thread is outside every pool, so `par_iter` queues on the global one.
     // The command runs on a worker of that pool and waits for this batch; when that is its
     // only worker (one core, or RAYON_NUM_THREADS=1), nothing would ever take the queued
     // work, so decode here instead. Each image has its own stream: the same batch either way.
-    let images: Vec<Vec<f32>> = if rayon::current_num_threads() > 1 {
-        chunk.par_iter().enumerate().map(decode).collect::<Result<_>>()?
+    if rayon::current_num_threads() > 1 {
+        chunk
+            .par_iter()
+            .enumerate()
+            .zip(data.par_chunks_mut(per.max(1)))
+            .try_for_each(decode)?;
     } else {
-        chunk.iter().enumerate().map(decode).collect::<Result<_>>()?
-    };
-    let mut data = Vec::with_capacity(per * chunk.len());
-    for img in images {
-        data.extend(img);
+        chunk
+            .iter()
+            .enumerate()
+            .zip(data.chunks_mut(per.max(1)))
+            .try_for_each(decode)?;
     }
     Ok(Batch {
         data,

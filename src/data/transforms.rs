@@ -88,9 +88,19 @@ impl Transform {
 
     /// Applies the pipeline; `rng` drives the augmentation (unused when deterministic).
     pub fn apply(&self, img: &RgbImage, mode: Mode, rng: &mut StreamRng) -> Vec<f32> {
+        let mut out = vec![0f32; self.output_len()];
+        self.apply_into(img, mode, rng, &mut out);
+        out
+    }
+
+    /// [`apply`](Self::apply) into `out` ([`output_len`](Self::output_len) cells, every
+    /// one written): the loader's batch, so that an image is written once where the
+    /// model reads it (the CIFAR pipeline's resize writes straight there).
+    pub fn apply_into(&self, img: &RgbImage, mode: Mode, rng: &mut StreamRng, out: &mut [f32]) {
+        assert_eq!(out.len(), self.output_len(), "apply_into: output length");
         let r = self.resolution;
-        match (self.kind, mode) {
-            (TransformKind::Cifar, _) => cifar(img, r),
+        let image = match (self.kind, mode) {
+            (TransformKind::Cifar, _) => return cifar_into(img, r, out),
             (TransformKind::Native, _) => native(img, r),
             (TransformKind::Clip, Mode::Test) => {
                 let img = preprocess::center_crop(&preprocess::resize_short_side(img, r), r);
@@ -106,13 +116,21 @@ impl Transform {
                 }
                 preprocess::normalize_chw(&out, preprocess::CLIP_MEAN, preprocess::CLIP_STD)
             }
-        }
+        };
+        out.copy_from_slice(&image);
     }
 }
 
 /// The reference CIFAR pipeline: to [0, 1], normalize with CIFAR statistics, bilinear
 /// resize to `size` × `size` (align_corners = false) on the float tensor.
 pub fn cifar(img: &RgbImage, size: u32) -> Vec<f32> {
+    let mut out = vec![0f32; 3 * (size as usize).pow(2)];
+    cifar_into(img, size, &mut out);
+    out
+}
+
+/// [`cifar`] into `out` (3 · size² cells).
+fn cifar_into(img: &RgbImage, size: u32, out: &mut [f32]) {
     let (w, h) = img.dimensions();
     let plane = (w * h) as usize;
     let mut chw = vec![0f32; 3 * plane];
@@ -121,7 +139,8 @@ pub fn cifar(img: &RgbImage, size: u32) -> Vec<f32> {
             chw[c * plane + i] = (p.0[c] as f32 / 255.0 - CIFAR_MEAN[c]) / CIFAR_STD[c];
         }
     }
-    bilinear_resize_chw(&chw, 3, h as usize, w as usize, size as usize, size as usize)
+    let size = size as usize;
+    bilinear_resize_chw_into(&chw, 3, (h as usize, w as usize), (size, size), out);
 }
 
 /// The world's pipeline: to [0, 1], normalize with CLIP's statistics, and bilinear
@@ -160,14 +179,31 @@ pub fn bilinear_resize_chw(
     out_h: usize,
     out_w: usize,
 ) -> Vec<f32> {
+    let mut out = vec![0f32; channels * out_h * out_w];
+    bilinear_resize_chw_into(src, channels, (in_h, in_w), (out_h, out_w), &mut out);
+    out
+}
+
+/// [`bilinear_resize_chw`] into `out` (`channels · out_h · out_w` cells, every one written).
+fn bilinear_resize_chw_into(
+    src: &[f32],
+    channels: usize,
+    (in_h, in_w): (usize, usize),
+    (out_h, out_w): (usize, usize),
+    out: &mut [f32],
+) {
     assert_eq!(
         src.len(),
         channels * in_h * in_w,
         "bilinear_resize_chw: bad input length"
     );
+    assert_eq!(
+        out.len(),
+        channels * out_h * out_w,
+        "bilinear_resize_chw: bad output length"
+    );
     let wy = axis_weights(in_h, out_h);
     let wx = axis_weights(in_w, out_w);
-    let mut out = vec![0f32; channels * out_h * out_w];
     // Separable: every source row is interpolated across once, then output rows mix two
     // of those. Each output is h0·(w0·a + w1·b) + h1·(w0·c + w1·d) evaluated in exactly
     // that order, so the bits are the direct formula's (test `separable_equals_direct`).
@@ -187,7 +223,6 @@ pub fn bilinear_resize_chw(
             }
         }
     }
-    out
 }
 
 /// A crop rectangle.

@@ -165,25 +165,13 @@ fn lanes_entropy_passes(x: &[f32], tau: &Lanes, buf: &mut [f32], exps: &mut [f32
 #[inline(always)]
 fn lanes_solve(x: &[f32], target: &Lanes, buf: &mut [f32], exps: &mut [f32], screen: bool) -> Lanes {
     let (mut lo, mut hi) = ([TAU_LOW as f32; LANES], [TAU_HIGH as f32; LANES]);
-    let mut screening = screen && x.iter().all(|v| v.is_finite());
-    let margin = screen::margin(x.len() / LANES);
+    let mut screening = Screening::new(screen && x.iter().all(|v| v.is_finite()), x.len() / LANES);
     for _ in 0..BISECTION_STEPS {
         let mut mid = [0f32; LANES];
         for l in 0..LANES {
             mid[l] = (lo[l] + hi[l]) / 2.0;
         }
-        let mut screened = None;
-        #[cfg(target_arch = "x86_64")]
-        if screening {
-            // SAFETY: `screen` is set only where `screen::available()` holds.
-            let fast = unsafe { screen::lanes_entropy(x, &mid, buf) };
-            if (0..LANES).all(|l| (fast[l] - target[l]).abs() > margin) {
-                screened = Some(fast);
-            } else {
-                screening = false;
-            }
-        }
-        let h = match screened {
+        let h = match screening.entropy(x, &mid, target, buf) {
             Some(h) => h,
             None => lanes_entropy(x, &mid, buf, exps),
         };
@@ -196,6 +184,41 @@ fn lanes_solve(x: &[f32], target: &Lanes, buf: &mut [f32], exps: &mut [f32], scr
         }
     }
     std::array::from_fn(|l| (lo[l] + hi[l]) / 2.0)
+}
+
+/// A bisection's screen ([`screen`]): on while every step so far could be decided by the
+/// fast entropy.
+struct Screening {
+    on: bool,
+    margin: f32,
+}
+
+impl Screening {
+    /// `on` only where `screen::available()` holds and the row values are finite.
+    fn new(on: bool, classes: usize) -> Self {
+        Screening {
+            on,
+            margin: screen::margin(classes),
+        }
+    }
+
+    /// The fast entropies at `tau` when every lane is farther than the margin from its
+    /// target (so they decide as the exact ones would); none, and off from then on,
+    /// when some lane is not.
+    #[inline(always)]
+    fn entropy(&mut self, x: &[f32], tau: &Lanes, target: &Lanes, buf: &mut [f32]) -> Option<Lanes> {
+        #[cfg(target_arch = "x86_64")]
+        if self.on {
+            // SAFETY: `on` is set only where `screen::available()` holds.
+            let fast = unsafe { screen::lanes_entropy(x, tau, buf) };
+            if (0..LANES).all(|l| (fast[l] - target[l]).abs() > self.margin) {
+                return Some(fast);
+            }
+        }
+        let _ = (x, tau, target, buf, self.margin);
+        self.on = false;
+        None
+    }
 }
 
 /// Scratch of one task: interleaved inputs and work rows for [`LANES`] rows, and the

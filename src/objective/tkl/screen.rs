@@ -33,11 +33,14 @@
 use std::arch::x86_64::*;
 
 /// ln 2's leading bits (0.693145751953125).
+#[cfg(target_arch = "x86_64")]
 const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
 /// ln 2 − [`LN2_HI`] (1.4286068e-6).
+#[cfg(target_arch = "x86_64")]
 const LN2_LO: f32 = f32::from_bits(0x35bf_be8e);
 /// Cephes' `expf` polynomial: e^r ≈ 1 + r + r²·P(r), P's coefficients from r⁵ down
 /// (1.9875691e-4, 1.3981999e-3, 8.3334520e-3, 4.1665796e-2, 1.6666666e-1, 0.5).
+#[cfg(target_arch = "x86_64")]
 const POLY: [f32; 6] = [
     f32::from_bits(0x3950_6967),
     f32::from_bits(0x3ab7_43ce),

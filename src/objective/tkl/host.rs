@@ -15,8 +15,8 @@ use rayon::prelude::*;
 use super::super::expf::exp_in_place;
 #[cfg(target_arch = "x86_64")]
 use super::super::expf::x86::exp8_avx512;
-use super::screen;
 use super::*;
+use super::{fused, screen};
 use crate::clip::kernels::wide_simd;
 
 /// Rows per interleaved group: four vectors of eight, so that each pass's per-lane
@@ -94,52 +94,22 @@ fn lanes_entropy(x: &[f32], tau: &Lanes, buf: &mut [f32], exps: &mut [f32]) -> L
     lanes_entropy_passes(x, tau, buf, exps)
 }
 
-/// [`lanes_entropy`] in three passes over the lanes instead of nine, the exponentials
-/// kept in registers ([`exp8_avx512`]) instead of written out and read back: (1) x/τ and
-/// its running maximum, (2) x/τ − max, its exponential and their running sum, (3) the
-/// log-probability, its exponential and Σ p·log p. Every element sees the same operations
+/// [`lanes_entropy`] in three passes over the lanes instead of nine ([`fused::entropy`]),
+/// the exponentials kept in registers ([`exp8_avx512`]) instead of written out and read
+/// back. Every element sees the same operations
 /// and every lane's sums add the same terms in the same order, so the bits are those of
 /// [`lanes_entropy_passes`] (test `fused_entropy_gives_the_bits_of_the_passes`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn lanes_entropy_fused(x: &[f32], tau: &Lanes, buf: &mut [f32]) -> Lanes {
     const { assert!(LANES.is_multiple_of(8), "exp8_avx512 takes eight lanes") };
-    let mut m = [f32::NEG_INFINITY; LANES];
-    for (o, v) in buf.chunks_exact_mut(LANES).zip(x.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            o[l] = v[l] / tau[l];
-            m[l] = m[l].max(o[l]);
+    fused::entropy(x, tau, buf, |v: &mut Lanes| {
+        for e8 in v.chunks_exact_mut(8) {
+            // SAFETY: this closure runs inside a function compiled for AVX-512F, called
+            // only where the CPU has it.
+            unsafe { exp8_avx512(e8.try_into().expect("chunks of eight")) };
         }
-    }
-    let mut sum = [SUM_START; LANES];
-    for o in buf.chunks_exact_mut(LANES) {
-        for l in 0..LANES {
-            o[l] -= m[l];
-        }
-        let mut e: Lanes = o.try_into().expect("chunks of LANES");
-        for e8 in e.chunks_exact_mut(8) {
-            exp8_avx512(e8.try_into().unwrap());
-        }
-        for l in 0..LANES {
-            sum[l] += e[l];
-        }
-    }
-    let ln_sum = sum.map(f32::ln);
-    let mut h = [SUM_START; LANES];
-    for o in buf.chunks_exact(LANES) {
-        let mut lp = [0f32; LANES];
-        for l in 0..LANES {
-            lp[l] = o[l] - ln_sum[l];
-        }
-        let mut p = lp;
-        for p8 in p.chunks_exact_mut(8) {
-            exp8_avx512(p8.try_into().unwrap());
-        }
-        for l in 0..LANES {
-            h[l] += p[l] * lp[l];
-        }
-    }
-    h.map(|s| -s)
+    })
 }
 
 /// [`lanes_entropy`] pass by pass: [`lanes_log_softmax`], then the exponentials and the
@@ -448,6 +418,17 @@ mod tests {
     use super::*;
     use crate::clip::ops::testutil::bits as bits_of;
 
+    /// Uniform draws in [0, 1) from a xorshift stream seeded with `seed` (non-zero).
+    fn uniform(seed: u64) -> impl FnMut() -> f32 {
+        let mut state = seed | 1;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        }
+    }
+
     /// The row-wise formulas the lanes replace, kept as the reference.
     fn entropy(x: &[f32], tau: f32, buf: &mut [f32], exps: &mut [f32]) -> f32 {
         log_softmax(x, tau, buf, exps);
@@ -474,13 +455,7 @@ mod tests {
     fn fused_entropy_gives_the_bits_of_the_passes() {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
-            let mut state = 0x2545_f491_4f6c_dd1du64;
-            let mut next = move || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32
-            };
+            let mut next = uniform(0x2545_f491_4f6c_dd1du64);
             for c in [1, 2, 7, 100, 1000] {
                 for scale in [0.0, 1e-3, 1.0, 30.0, 300.0] {
                     let mut x: Vec<f32> = (0..c * LANES).map(|_| (next() - 0.5) * scale).collect();
@@ -508,13 +483,7 @@ mod tests {
     /// Rows of logits of many kinds: CLIP-like (100 × cosines near 0.2), uniform at
     /// scales from 1e-3 to 300, one-hot-like, exact ties and −0.0.
     fn varied_rows(b: usize, c: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed | 1;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
+        let mut next = uniform(seed);
         let mut v = Vec::with_capacity(b * c);
         for r in 0..b {
             let kind = r % 5;
@@ -615,13 +584,7 @@ mod tests {
     /// with logits from sharp to flat (including exact ties and −0.0).
     #[test]
     fn lanes_give_the_row_wise_bits() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
+        let mut next = uniform(0x9e37_79b9_7f4a_7c15u64);
         for (b, c) in [(70, 100), (64, 10), (16, 100), (13, 10), (3, 7), (1, 2)] {
             let mut fv: Vec<f32> = (0..b * c).map(|_| (next() - 0.5) * 60.0).collect();
             let zv: Vec<f32> = (0..b * c)

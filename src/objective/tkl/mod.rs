@@ -119,6 +119,7 @@ fn tkl_tensor(f: &Tensor, z: &Tensor) -> Result<Tkl> {
 }
 
 /// The CPU path of [`tkl`]: the same formulas in f32, rows interleaved.
+mod fused;
 mod host;
 mod screen;
 

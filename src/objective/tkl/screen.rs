@@ -114,8 +114,8 @@ unsafe fn exp_chunks(xs: &mut [f32]) {
 }
 
 /// The entropy of softmax(x/τ) per lane for `N` interleaved rows (element j of lane l at
-/// `j·N + l`), in the exact fused entropy's passes and order, with [`exp16`] in place of
-/// the exact `exp`. `N` is a multiple of 16; `x` must be finite.
+/// `j·N + l`), in the exact entropy's fused passes and order ([`super::fused::entropy`]),
+/// with [`exp16`] in place of the exact `exp`. `N` is a multiple of 16; `x` must be finite.
 ///
 /// # Safety
 /// The CPU must have AVX-512F ([`available`]).
@@ -123,38 +123,9 @@ unsafe fn exp_chunks(xs: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn lanes_entropy<const N: usize>(x: &[f32], tau: &[f32; N], buf: &mut [f32]) -> [f32; N] {
     const { assert!(N.is_multiple_of(16), "exp16 takes sixteen lanes") };
-    let mut m = [f32::NEG_INFINITY; N];
-    for (o, v) in buf.chunks_exact_mut(N).zip(x.chunks_exact(N)) {
-        for l in 0..N {
-            o[l] = v[l] / tau[l];
-            m[l] = m[l].max(o[l]);
-        }
-    }
-    let mut sum = [-0.0f32; N];
-    for o in buf.chunks_exact_mut(N) {
-        for l in 0..N {
-            o[l] -= m[l];
-        }
-        let mut e: [f32; N] = o.try_into().expect("chunks of N");
-        exp_chunks(&mut e);
-        for l in 0..N {
-            sum[l] += e[l];
-        }
-    }
-    let ln_sum = sum.map(f32::ln);
-    let mut h = [-0.0f32; N];
-    for o in buf.chunks_exact(N) {
-        let mut lp = [0f32; N];
-        for l in 0..N {
-            lp[l] = o[l] - ln_sum[l];
-        }
-        let mut p = lp;
-        exp_chunks(&mut p);
-        for l in 0..N {
-            h[l] += p[l] * lp[l];
-        }
-    }
-    h.map(|s| -s)
+    // SAFETY (of the closure's call): it runs inside this function, compiled for
+    // AVX-512F and called only where the CPU has it.
+    super::fused::entropy(x, tau, buf, |v: &mut [f32; N]| unsafe { exp_chunks(v) })
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

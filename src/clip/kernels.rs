@@ -279,7 +279,8 @@ impl CustomOp2 for QuickGeluBackward {
         let h = contiguous_f32(h_s, h_l)?;
         let dy = contiguous_f32(dy_s, dy_l)?;
         let n = h.len();
-        if n == 0 || dy.len() % n != 0 {
+        // Empty activations take empty cotangents (an empty output, as before).
+        if dy.len() % n.max(1) != 0 || (n == 0 && !dy.is_empty()) {
             candle_core::bail!(
                 "quick-gelu-backward: {} cotangent cells for {n} activations",
                 dy.len()
@@ -289,7 +290,7 @@ impl CustomOp2 for QuickGeluBackward {
         // have equal lengths, and `gelu_backward_chunk` writes every cell of each.
         let dx = unsafe {
             unzeroed(dy.len(), |dx| {
-                for (dx_k, dy_k) in dx.chunks_mut(n).zip(dy.chunks(n)) {
+                for (dx_k, dy_k) in dx.chunks_mut(n.max(1)).zip(dy.chunks(n.max(1))) {
                     dx_k.par_chunks_mut(CHUNK)
                         .zip(dy_k.par_chunks(CHUNK))
                         .zip(h.par_chunks(CHUNK))
@@ -328,18 +329,18 @@ impl CustomOp3 for LayerNormBackward {
         let gamma = contiguous_f32(g_s, g_l)?;
         let dy = contiguous_f32(dy_s, dy_l)?;
         let d = gamma.len();
-        let rows = x.len() / d;
-        let held = self.residual.as_ref().map(Tensor::storage_and_layout);
-        let residual = held.as_ref().map(|(s, l)| held_f32_cells(s, l)).transpose()?;
-        if residual.is_some_and(|r| r.len() != dy.len()) {
-            candle_core::bail!("layer-norm-backward: the residual does not match the cotangents");
-        }
         if d == 0 || dy.len() % d != 0 || x.len() % d != 0 {
             candle_core::bail!(
                 "layer-norm-backward: rows of {d} for {} cotangent and {} input cells",
                 dy.len(),
                 x.len()
             );
+        }
+        let rows = x.len() / d;
+        let held = self.residual.as_ref().map(Tensor::storage_and_layout);
+        let residual = held.as_ref().map(|(s, l)| held_f32_cells(s, l)).transpose()?;
+        if residual.is_some_and(|r| r.len() != dy.len()) {
+            candle_core::bail!("layer-norm-backward: the residual does not match the cotangents");
         }
         // SAFETY: `dx` splits into rows of d as `dy` does, and `layer_norm_backward_row`
         // writes every cell of its row before the residual is added.
@@ -557,6 +558,18 @@ pub fn quick_gelu_backward(h: &Tensor, dy: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::clip::ops::testutil::{bits, max_abs_diff, rand_tensor};
+
+    /// Empty activations with empty cotangents give an empty VJP; rows the kernels cannot
+    /// pair are refused with an error, not written half.
+    #[test]
+    fn vjps_take_empty_inputs_and_refuse_unpaired_rows() {
+        let dev = candle_core::Device::Cpu;
+        let h = Tensor::zeros((0, 8), DType::F32, &dev).unwrap();
+        let dy = Tensor::zeros((2, 0, 8), DType::F32, &dev).unwrap();
+        assert_eq!(quick_gelu_backward(&h, &dy).unwrap().dims(), [2, 0, 8]);
+        let dy = rand_tensor(&[1, 3], 1, 1.0);
+        assert!(h.apply_op2_no_bwd(&dy, &QuickGeluBackward).is_err());
+    }
 
     /// The AVX2 build of a kernel gives the baseline's bits: same arithmetic, wider lanes.
     #[test]

@@ -160,6 +160,7 @@ fn lanes_solve(x: &[f32], target: &Lanes, buf: &mut [f32], exps: &mut [f32], scr
 /// fast entropy.
 struct Screening {
     on: bool,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     margin: f32,
 }
 
@@ -176,6 +177,7 @@ impl Screening {
     /// target (so they decide as the exact ones would); none, and off from then on,
     /// when some lane is not.
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn entropy(&mut self, x: &[f32], tau: &Lanes, target: &Lanes, buf: &mut [f32]) -> Option<Lanes> {
         #[cfg(target_arch = "x86_64")]
         if self.on {
@@ -185,7 +187,6 @@ impl Screening {
                 return Some(fast);
             }
         }
-        let _ = (x, tau, target, buf, self.margin);
         self.on = false;
         None
     }

@@ -184,7 +184,7 @@ pub fn run(
     let cfg = ClipConfig::vit_b16();
     let mut enc = text_encoder(&cfg, cfg.text.vocab_size, 7, device)?;
     // As a fine-tuning run holds the frozen tower (`Clip::prepare_frozen`).
-    enc.keep_transposed_weights()?;
+    enc.prepare_frozen()?;
     let n = settings.classes;
     let ctx_words = vec!["X"; settings.n_ctx].join(" ");
     let prompts: Vec<String> = (0..n)

@@ -353,11 +353,11 @@ impl Block {
         })
     }
 
-    /// Keeps a row-major `Wᵀ` of each of the block's frozen linears for their forwards
-    /// ([`Linear::keep_transposed`]).
-    pub fn keep_transposed_weights(&mut self) -> Result<()> {
+    /// Lays out each of the block's frozen linears for faster products with the same
+    /// bits ([`Linear::prepare_frozen`]).
+    pub fn prepare_frozen(&mut self) -> Result<()> {
         for lin in [&mut self.qkv, &mut self.out, &mut self.fc1, &mut self.fc2] {
-            lin.keep_transposed()?;
+            lin.prepare_frozen()?;
         }
         Ok(())
     }
@@ -629,7 +629,7 @@ impl Block {
         let bias_applies = self.qkv.bias.as_ref().is_none_or(|b| attention::applies(&[b]));
         if attention::applies(&[a, &self.qkv.weight]) && bias_applies {
             // One pass adds bias and deltas (`lora_rows`), the same bits.
-            let mm = matmul(a, &self.qkv.weight_t(a.dim(0)?)?)?;
+            let mm = self.qkv.product(a)?;
             let mut ups = [None, None, None];
             for (i, ad) in adapters.into_iter().enumerate() {
                 if let Some(ad) = ad {

@@ -168,7 +168,7 @@ struct UninitMatMul {
 /// `out` points to `m·n` initialized cells of which this call alone touches rows
 /// `r0..r1`, columns `c0..c1`; `r1 ≤ m`, `c1 ≤ n`, `bias.len() == n`,
 /// `residual.len() == m·n`.
-unsafe fn add_to_block(
+pub(super) unsafe fn add_to_block(
     out: SharedOut,
     n: usize,
     (r0, r1): (usize, usize),

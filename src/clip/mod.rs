@@ -20,6 +20,7 @@ pub mod model;
 pub mod ops;
 pub mod packing;
 pub mod params;
+pub mod prepacked;
 pub mod preprocess;
 pub mod random;
 pub mod text;

@@ -74,12 +74,12 @@ impl Clip {
     }
 
     /// Prepares the model for fine-tuning, where its weights stay frozen: the text
-    /// tower keeps a row-major copy of its linears' transposes
-    /// ([`TextEncoder::keep_transposed_weights`]). The same numbers, faster prompt
-    /// steps. The image tower runs thousands of rows per product, where gemm reads
-    /// either layout equally fast, so it keeps none.
+    /// tower lays out its linears' weights once for its products
+    /// ([`TextEncoder::prepare_frozen`]). The same numbers, faster prompt steps. The
+    /// image tower runs thousands of rows per product, over which gemm's copy of a
+    /// weight spreads thin, so it keeps none.
     pub fn prepare_frozen(&mut self) -> Result<()> {
-        self.text.keep_transposed_weights()
+        self.text.prepare_frozen()
     }
 
     /// exp(logit_scale), the multiplier of cosine similarities.

@@ -13,6 +13,8 @@
 //! uses K = 1). With [`TapeMode::Inputs`] (the frozen-encoder tape) nothing extra is kept
 //! and no weight-gradient matmul runs.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 
@@ -23,6 +25,7 @@ pub use super::kernels::{
 };
 pub use super::matmul::matmul;
 use super::matmul::{matmul_add, Addends};
+use super::prepacked::Prepacked;
 
 /// What a forward keeps for the backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,15 +112,25 @@ pub struct Linear {
     pub weight: Tensor,
     /// Bias `[out]`, if any.
     pub bias: Option<Tensor>,
-    /// A row-major copy of `Wᵀ` for a frozen weight ([`Linear::keep_transposed`]).
-    transposed: Option<Transposed>,
+    /// Faster layouts of a frozen weight ([`Linear::prepare_frozen`]).
+    frozen: Option<Frozen>,
 }
 
-/// A row-major `Wᵀ [in, out]` and the weight it was copied from.
+/// The kept layout of a frozen weight and the weight it was made from.
 #[derive(Debug, Clone)]
-struct Transposed {
+struct Frozen {
     of: candle_core::TensorId,
-    copy: Tensor,
+    layout: FrozenLayout,
+}
+
+/// How a frozen weight is kept.
+#[derive(Debug, Clone)]
+enum FrozenLayout {
+    /// gemm's own panels for both products, multiplied by its kernels directly.
+    Prepacked(Arc<Prepacked>),
+    /// A row-major copy of `Wᵀ [in, out]` for the forward (CPUs without the kernels
+    /// that [`Prepacked`] calls).
+    Transposed(Tensor),
 }
 
 impl Linear {
@@ -126,38 +139,62 @@ impl Linear {
         Linear {
             weight,
             bias,
-            transposed: None,
+            frozen: None,
         }
     }
 
-    /// Keeps a row-major copy of `Wᵀ` for the forward of a weight that will not change
-    /// (costs one more copy of W). gemm reads the transposed view of W by gathering
-    /// every row of W into its panels, once per call and thread; at the text encoder's
-    /// few hundred rows that gather took as long as the products themselves, while a
-    /// row-major operand is copied contiguously. The copy is used only where it gives
-    /// the bits of the view ([`layouts_compute_alike`](super::matmul::layouts_compute_alike)),
-    /// and only while `weight` is the tensor it was made from: a weight replaced later
-    /// (pretraining) falls back to the view. Only f32 CPU weights keep one: the rule is
-    /// gemm's, and other devices choose their kernels by other rules.
-    pub fn keep_transposed(&mut self) -> Result<()> {
+    /// Keeps a layout of a weight that will not change in which its products run
+    /// faster, with the same bits. gemm copies the weight operand of every product into
+    /// its panels (gathering every row of W for the transposed view of the forward);
+    /// at the text encoder's few hundred rows those copies cost as much as a tenth of
+    /// the products. Where gemm's AVX-512 kernels run, the weight is laid out once in
+    /// their panels for both products ([`Prepacked`]: twice W's memory); elsewhere a
+    /// row-major copy of `Wᵀ` makes the forward's copy contiguous (once W's memory).
+    /// Either is used only while `weight` is the tensor it was made from: a weight
+    /// replaced later (pretraining) falls back to the plain products. Only f32 CPU
+    /// weights keep one: the rules are gemm's, and other devices choose their kernels
+    /// by other rules.
+    pub fn prepare_frozen(&mut self) -> Result<()> {
+        self.prepare_frozen_as(true)
+    }
+
+    /// [`Linear::prepare_frozen`], with the panels only when `prepack` (false: the
+    /// transposed copy, which tests also check on CPUs that have the kernels).
+    fn prepare_frozen_as(&mut self, prepack: bool) -> Result<()> {
         if !self.weight.device().is_cpu() || self.weight.dtype() != DType::F32 {
             return Ok(());
         }
-        let copy = self.weight.t()?.contiguous()?;
-        self.transposed = Some(Transposed {
+        let packed = if prepack {
+            Prepacked::new(&self.weight)?
+        } else {
+            None
+        };
+        let layout = match packed {
+            Some(p) => FrozenLayout::Prepacked(Arc::new(p)),
+            None => FrozenLayout::Transposed(self.weight.t()?.contiguous()?),
+        };
+        self.frozen = Some(Frozen {
             of: self.weight.id(),
-            copy,
+            layout,
         });
         Ok(())
     }
 
-    /// The right operand of `x Wᵀ` for `rows` input rows: the kept copy where it applies
-    /// (the same bits), else the transposed view of W.
-    pub fn weight_t(&self, rows: usize) -> Result<Tensor> {
-        if let Some(t) = &self.transposed {
+    /// The kept layout, while the weight is still the one it was made from.
+    fn frozen(&self) -> Option<&FrozenLayout> {
+        self.frozen
+            .as_ref()
+            .filter(|f| f.of == self.weight.id())
+            .map(|f| &f.layout)
+    }
+
+    /// The right operand of `x Wᵀ` for `rows` input rows: a kept transposed copy where
+    /// it gives the view's bits, else the transposed view of W.
+    fn weight_t(&self, rows: usize) -> Result<Tensor> {
+        if let Some(FrozenLayout::Transposed(copy)) = self.frozen() {
             let (out, inp) = self.weight.dims2()?;
-            if t.of == self.weight.id() && super::matmul::layouts_compute_alike(rows, out, inp) {
-                return Ok(t.copy.clone());
+            if super::matmul::layouts_compute_alike(rows, out, inp) {
+                return Ok(copy.clone());
             }
         }
         Ok(self.weight.t()?)
@@ -194,18 +231,40 @@ impl Linear {
         self.forward_add(x, Some(residual))
     }
 
+    /// `x Wᵀ` without the bias, for rows `x: [M, in]`.
+    pub fn product(&self, x: &Tensor) -> Result<Tensor> {
+        self.product_add(x, Addends::default())
+    }
+
     fn forward_add(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let add = Addends {
             bias: self.bias.as_ref(),
             residual,
         };
+        self.product_add(x, add)
+    }
+
+    fn product_add(&self, x: &Tensor, add: Addends) -> Result<Tensor> {
+        if let Some(FrozenLayout::Prepacked(p)) = self.frozen() {
+            if let Some(y) = p.forward(x, add)? {
+                return Ok(y);
+            }
+        }
         matmul_add(x, &self.weight_t(x.dim(0)?)?, add)
     }
 
     /// VJP w.r.t. the input: `dy: [K, M, out] → [K, M, in]` (one matmul for all K).
     pub fn backward_input(&self, dy: &Tensor) -> Result<Tensor> {
         let (k, m, out) = dy.dims3()?;
-        let dx = matmul(&dy.reshape((k * m, out))?, &self.weight)?;
+        let rows = dy.reshape((k * m, out))?;
+        let packed = match self.frozen() {
+            Some(FrozenLayout::Prepacked(p)) => p.backward(&rows)?,
+            _ => None,
+        };
+        let dx = match packed {
+            Some(dx) => dx,
+            None => matmul(&rows, &self.weight)?,
+        };
         Ok(dx.reshape((k, m, self.weight.dim(1)?))?)
     }
 
@@ -477,36 +536,62 @@ mod tests {
         }
     }
 
-    /// A kept transpose gives the view's bits, is used only where the rule allows, and
-    /// is dropped as soon as the weight is replaced.
+    /// Both kept layouts give the plain products' bits (forward with its bias, the input
+    /// VJP for two cotangents) at every row count, including those where they must step
+    /// aside; f64 weights keep none; a replaced weight never meets the old layout.
     #[test]
-    fn a_kept_transpose_gives_the_same_bits_and_follows_its_weight() {
-        let mut lin = Linear::new(rand_tensor(&[96, 64], 13, 1.0), Some(rand_tensor(&[96], 14, 1.0)));
+    fn frozen_layouts_give_the_same_bits_and_follow_their_weight() {
+        let plain = Linear::new(rand_tensor(&[96, 64], 13, 1.0), Some(rand_tensor(&[96], 14, 1.0)));
         let x = rand_tensor(&[40, 64], 15, 1.0);
-        let plain = bits(&lin.forward(&x).unwrap());
-        lin.keep_transposed().unwrap();
-        assert!(
-            lin.weight_t(40).unwrap().is_contiguous(),
-            "the copy is used at 40 rows"
-        );
-        assert!(!lin.weight_t(1).unwrap().is_contiguous(), "the view at one row");
-        assert_eq!(bits(&lin.forward(&x).unwrap()), plain);
-        for rows in [1, 2, 3] {
-            let x = x.narrow(0, 0, rows).unwrap();
-            let view = matmul(&x, &lin.weight.t().unwrap()).unwrap();
-            let ours = matmul(&x, &lin.weight_t(rows).unwrap()).unwrap();
-            assert_eq!(bits(&ours), bits(&view), "{rows} rows");
+        let dy = rand_tensor(&[2, 40, 96], 16, 1.0);
+        for prepack in [true, false] {
+            let mut lin = plain.clone();
+            lin.prepare_frozen_as(prepack).unwrap();
+            let kept = lin.frozen().expect("an f32 CPU weight keeps a layout");
+            if !prepack {
+                assert!(matches!(kept, FrozenLayout::Transposed(_)));
+                assert!(
+                    lin.weight_t(40).unwrap().is_contiguous(),
+                    "the copy is used at 40 rows"
+                );
+                assert!(!lin.weight_t(1).unwrap().is_contiguous(), "the view at one row");
+            }
+            for rows in [1, 2, 3, 40] {
+                let (x, dy) = (x.narrow(0, 0, rows).unwrap(), dy.narrow(1, 0, rows).unwrap());
+                let what = format!("{rows} rows, prepack {prepack}");
+                assert_eq!(
+                    bits(&lin.forward(&x).unwrap()),
+                    bits(&plain.forward(&x).unwrap()),
+                    "{what}"
+                );
+                assert_eq!(
+                    bits(&lin.product(&x).unwrap()),
+                    bits(&plain.product(&x).unwrap()),
+                    "{what}"
+                );
+                let (ours, theirs) = (
+                    lin.backward_input(&dy).unwrap(),
+                    plain.backward_input(&dy).unwrap(),
+                );
+                assert_eq!(bits(&ours), bits(&theirs), "{what}");
+            }
+            // A replaced weight (as pretraining does) must not meet the old layout.
+            lin.weight = (&lin.weight * 2.0).unwrap();
+            assert!(lin.frozen().is_none());
+            let doubled = Linear::new(lin.weight.clone(), lin.bias.clone());
+            assert_eq!(
+                bits(&lin.forward(&x).unwrap()),
+                bits(&doubled.forward(&x).unwrap())
+            );
+            assert_eq!(
+                bits(&lin.backward_input(&dy).unwrap()),
+                bits(&doubled.backward_input(&dy).unwrap())
+            );
         }
-        // Only f32 weights keep one (the rule is about gemm's f32 kernels).
-        let mut wide = Linear::new(lin.weight.to_dtype(DType::F64).unwrap(), None);
-        wide.keep_transposed().unwrap();
-        assert!(!wide.weight_t(40).unwrap().is_contiguous());
-        // A replaced weight (as pretraining does) must not meet the old copy.
-        lin.weight = (&lin.weight * 2.0).unwrap();
-        assert!(!lin.weight_t(40).unwrap().is_contiguous());
-        let doubled = matmul(&x, &lin.weight.t().unwrap()).unwrap();
-        let expected = bits(&doubled.broadcast_add(lin.bias.as_ref().unwrap()).unwrap());
-        assert_eq!(bits(&lin.forward(&x).unwrap()), expected);
+        // Only f32 weights keep one (the rules are about gemm's f32 kernels).
+        let mut wide = Linear::new(plain.weight.to_dtype(DType::F64).unwrap(), None);
+        wide.prepare_frozen().unwrap();
+        assert!(wide.frozen().is_none());
     }
 
     #[test]

@@ -215,14 +215,13 @@ impl TextEncoder {
         })
     }
 
-    /// Prepares the frozen tower for fast forwards: every block keeps a row-major `Wᵀ`
-    /// of its linears ([`Block::keep_transposed_weights`]), which at the few hundred
-    /// rows of a prompt batch gemm reads faster than W's transposed view, with the same
-    /// bits. One more copy of the blocks' weights (151 MB at ViT-B/16).
-    pub fn keep_transposed_weights(&mut self) -> Result<()> {
-        self.blocks
-            .iter_mut()
-            .try_for_each(Block::keep_transposed_weights)
+    /// Prepares the frozen tower for fast products with the same bits: every block
+    /// lays out its linears' weights once ([`Block::prepare_frozen`]), so that the few
+    /// hundred rows of a prompt batch are not dwarfed by gemm's copies of the weights.
+    /// Two more copies of the blocks' weights (302 MB at ViT-B/16; one copy where
+    /// gemm's AVX-512 kernels do not run).
+    pub fn prepare_frozen(&mut self) -> Result<()> {
+        self.blocks.iter_mut().try_for_each(Block::prepare_frozen)
     }
 
     /// Token embeddings of padded id rows `[N][S]` → `[N, S, D]`.
@@ -724,11 +723,11 @@ mod tests {
         );
     }
 
-    /// The tower prepared for fine-tuning (row-major transposes kept) gives the plain
+    /// The tower prepared for fine-tuning (its weights laid out for their products) gives the plain
     /// tower's bits: features, and every cotangent of a two-cotangent backward, on the
     /// shared-prefix and truncated paths, and without a tape.
     #[test]
-    fn kept_transposes_give_the_plain_towers_bits() {
+    fn frozen_layouts_give_the_plain_towers_bits() {
         let plain = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
         let mut prepared = plain.clone();
         prepared.prepare_frozen().unwrap();

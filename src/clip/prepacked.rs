@@ -34,6 +34,11 @@ const MR: usize = 64;
 const NR: usize = 6;
 /// Alignment of the panels, in floats (one 64-byte cache line).
 const ALIGN: usize = 16;
+/// Rows up to which the prepacked products run. Beyond, gemm's own blocking of the rows
+/// (it packs a block of rows once for many panels) wins: at 4 096 and 6 304 rows the
+/// prepacked products ran up to 10 % slower, at 1 000–2 048 rows as fast or faster
+/// (text- and image-tower shapes, 2026-12-06).
+const MAX_ROWS: usize = 2048;
 /// Panels per task at most (8 × 64 features × 512 deep is 1 MiB: within a core's L2).
 const MAX_GROUP: usize = 8;
 
@@ -62,7 +67,8 @@ impl Prepacked {
     }
 
     /// `x Wᵀ` plus the addends, bit for bit `matmul_add(x, &W.t(), add)`, or `None`
-    /// where the shapes fall outside gemm's general path (the caller falls back).
+    /// where the shapes fall outside gemm's general path or past [`MAX_ROWS`] (the
+    /// caller falls back).
     pub fn forward(&self, x: &Tensor, add: Addends) -> Result<Option<Tensor>> {
         self.forward.times(x, add)
     }
@@ -131,8 +137,8 @@ impl Panels {
     }
 
     /// `x Aᵀ` plus the addends for rows `x [rows, depth]`, or `None` where gemm would
-    /// not take its general path for this product (or `x` is not a contiguous f32 CPU
-    /// matrix of the right width).
+    /// not take its general path for this product, where it runs more rows than
+    /// [`MAX_ROWS`], or where `x` is not a contiguous f32 CPU matrix of the right width.
     fn times(&self, x: &Tensor, add: Addends) -> Result<Option<Tensor>> {
         let fits = |t: Option<&Tensor>, dims: &[usize]| {
             t.is_none_or(|t| {
@@ -147,6 +153,7 @@ impl Panels {
             || !x.device().is_cpu()
             || x.dtype() != DType::F32
             || !x.is_contiguous()
+            || rows > MAX_ROWS
             || !layouts_compute_alike(rows, features, depth)
             || !fits(add.bias, &[features])
             || !fits(add.residual, &[rows, features])
@@ -345,8 +352,9 @@ mod tests {
         let Some(packed) = Prepacked::new(&w).unwrap() else {
             return;
         };
-        // One row, or 8 · 20 ≤ 256 cells (gemm's horizontal kernel): the caller's turn.
-        for rows in [1, 20] {
+        // One row, 8 · 20 ≤ 256 cells (gemm's horizontal kernel), or more rows than
+        // gemm's own blocking is slower at: the caller's turn.
+        for rows in [1, 20, MAX_ROWS + 1] {
             let x = rand_tensor(&[rows, 16], 2, 1.0);
             assert!(packed.forward(&x, Addends::default()).unwrap().is_none());
         }

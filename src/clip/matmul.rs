@@ -20,7 +20,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::attention::SharedOut;
-use super::kernels::held_f32_cells;
+use super::kernels::{held_f32_cells, wide_simd};
 
 /// `a [M, K] · b [K, N] → [M, N]`, bitwise equal to `a.matmul(b)`.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -176,17 +176,26 @@ pub(super) unsafe fn add_to_block(
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
 ) {
+    let bias = bias.map(|b| &b[c0..c1]);
     for r in r0..r1 {
         let row = std::slice::from_raw_parts_mut(out.at(r * n + c0), c1 - c0);
-        if let Some(b) = bias {
-            for (y, b) in row.iter_mut().zip(&b[c0..c1]) {
-                *y += *b;
+        add_row(row, bias, residual.map(|x| &x[r * n + c0..r * n + c1]));
+    }
+}
+
+wide_simd! {
+    /// `y ← (y + b) + x` cell by cell in one pass, either addend optional: each addition
+    /// one rounding, as the separate passes (`broadcast_add`, then the residual's `+`).
+    fn add_row(y: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>) {
+        match (bias, residual) {
+            (Some(b), Some(x)) => {
+                for ((y, b), x) in y.iter_mut().zip(b).zip(x) {
+                    *y = (*y + *b) + *x;
+                }
             }
-        }
-        if let Some(res) = residual {
-            for (y, x) in row.iter_mut().zip(&res[r * n + c0..r * n + c1]) {
-                *y += *x;
-            }
+            (Some(b), None) => y.iter_mut().zip(b).for_each(|(y, b)| *y += *b),
+            (None, Some(x)) => y.iter_mut().zip(x).for_each(|(y, x)| *y += *x),
+            (None, None) => {}
         }
     }
 }

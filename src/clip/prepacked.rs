@@ -177,17 +177,11 @@ impl Panels {
         let threads = candle_core::utils::get_num_threads().min(rayon::current_num_threads());
         let tasks = tasks(features.div_ceil(MR), rows.div_ceil(NR), threads);
         let kc = depth_block(features, rows, depth);
-        let run = |task: &Task| {
-            // SAFETY: x holds rows × depth cells (checked), the panels cover the
-            // features, and each task writes only its own rows × panels of `out`.
-            unsafe { self.task(task, x_cells, rows, kc, dst) };
-            if bias.is_some() || residual.is_some() {
-                let cols = (task.panels.0 * MR, (task.panels.1 * MR).min(features));
-                let row_span = (task.rows.0 * NR, (task.rows.1 * NR).min(rows));
-                // SAFETY: the task wrote these cells; the addends' lengths were checked.
-                unsafe { add_to_block(dst, features, row_span, cols, bias, residual) };
-            }
-        };
+        let addends = (bias.is_some() || residual.is_some()).then_some((bias, residual));
+        // SAFETY: x holds rows × depth cells (checked), the panels cover the features,
+        // the addends' lengths were checked, and each task writes only its own rows ×
+        // panels of `out`.
+        let run = |task: &Task| unsafe { self.task(task, x_cells, rows, kc, dst, addends) };
         if threads > 1 {
             tasks.par_iter().for_each(run);
         } else {
@@ -200,15 +194,26 @@ impl Panels {
 
     /// One task's cells of `out [rows, features]`: for each block of the depth in order
     /// (the first writes, the later ones add, as gemm's `alpha` 0 then 1), each block of
-    /// six rows against each of the task's panels.
+    /// six rows against each of the task's panels; after the last, the addends (bias,
+    /// residual) of those six rows while they are in the core's L1.
     ///
     /// # Safety
     /// `x` holds `rows × depth` cells; `out` has room for `rows × features` cells, of
-    /// which no other task touches this task's.
-    unsafe fn task(&self, task: &Task, x: &[f32], rows: usize, kc: usize, out: SharedOut) {
+    /// which no other task touches this task's; the bias holds `features` cells and the
+    /// residual `rows × features`.
+    unsafe fn task(
+        &self,
+        task: &Task,
+        x: &[f32],
+        rows: usize,
+        kc: usize,
+        out: SharedOut,
+        addends: Option<(Option<&[f32]>, Option<&[f32]>)>,
+    ) {
         let kernels = &gemm_f32::microkernel::avx512f::f32::UKR;
         let (features, depth) = (self.features, self.depth);
         let panels = self.buf[self.start..].as_ptr();
+        let cols = (task.panels.0 * MR, (task.panels.1 * MR).min(features));
         let mut d = 0;
         while d < depth {
             let kb = kc.min(depth - d);
@@ -240,6 +245,9 @@ impl Panels {
                         false,
                         std::ptr::null(),
                     );
+                }
+                if let (true, Some((bias, residual))) = (d + kb == depth, addends) {
+                    add_to_block(out, features, (r0, r0 + nq), cols, bias, residual);
                 }
             }
             d += kb;

@@ -208,7 +208,7 @@ impl Panels {
         rows: usize,
         kc: usize,
         out: SharedOut,
-        addends: Option<(Option<&[f32]>, Option<&[f32]>)>,
+        addends: Option<AddendCells>,
     ) {
         let kernels = &gemm_f32::microkernel::avx512f::f32::UKR;
         let (features, depth) = (self.features, self.depth);
@@ -254,6 +254,9 @@ impl Panels {
         }
     }
 }
+
+/// The cells of a product's bias (`[features]`) and residual (`[rows, features]`).
+type AddendCells<'a> = (Option<&'a [f32]>, Option<&'a [f32]>);
 
 /// A block of work: panels `[p0, p1)` against row blocks (of six rows) `[q0, q1)`.
 #[derive(Debug, Clone, Copy, PartialEq)]

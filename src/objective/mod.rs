@@ -6,6 +6,7 @@
 
 pub mod ce;
 pub mod expf;
+pub mod logf;
 pub mod logit_adjust;
 pub mod purify;
 pub mod stage2;

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use super::super::expf::exp_in_place;
 #[cfg(target_arch = "x86_64")]
 use super::super::expf::x86::exp8_avx512;
+use super::super::logf::ln_in_place;
 use super::*;
 use super::{fused, screen};
 use crate::clip::kernels::wide_simd;
@@ -258,9 +259,19 @@ fn kl_row(
     log_softmax(fr, tf, log_s, p_s);
     exp_of(log_t, p_t);
     exp_of(log_s, p_s);
+    // The log-softmax rows are spent: they take the logarithms of the floored
+    // probabilities, computed eight at a time ([`ln_in_place`], libm's bits).
+    for (l, &p) in log_t.iter_mut().zip(p_t.iter()) {
+        *l = p.max(floor);
+    }
+    for (l, &p) in log_s.iter_mut().zip(p_s.iter()) {
+        *l = p.max(floor);
+    }
+    ln_in_place(log_t);
+    ln_in_place(log_s);
     let (mut k, mut mass) = (0f32, 0f32);
-    for (&pt, &ps) in p_t.iter().zip(p_s.iter()) {
-        k += pt * (pt.max(floor).ln() - ps.max(floor).ln());
+    for (((&pt, &ps), &ln_t), &ln_s) in p_t.iter().zip(p_s.iter()).zip(log_t.iter()).zip(log_s.iter()) {
+        k += pt * (ln_t - ln_s);
         if ps >= floor {
             mass += pt;
         }
@@ -375,12 +386,18 @@ pub(super) fn kl_loss(f: &[f32], z: &[f32], b: usize, c: usize) -> f32 {
     // candle's maximum with the floor; its minimum with +∞ returns every value unchanged.
     let clamp = |p: f32| if p < floor { floor } else { p };
     let (mut p_t, mut p_s, mut terms) = (vec![0f32; c], vec![0f32; c], vec![0f32; c]);
+    let (mut ln_t, mut ln_s) = (vec![0f32; c], vec![0f32; c]);
     let mut kl = vec![0f32; b];
     for (r, k) in kl.iter_mut().enumerate() {
         candle_softmax_row(&z[r * c..(r + 1) * c], &mut p_t);
         candle_softmax_row(&f[r * c..(r + 1) * c], &mut p_s);
-        for ((t, &pt), &ps) in terms.iter_mut().zip(&p_t).zip(&p_s) {
-            *t = pt * (clamp(pt).ln() - clamp(ps).ln());
+        for ((lt, ls), (&pt, &ps)) in ln_t.iter_mut().zip(ln_s.iter_mut()).zip(p_t.iter().zip(&p_s)) {
+            (*lt, *ls) = (clamp(pt), clamp(ps));
+        }
+        ln_in_place(&mut ln_t);
+        ln_in_place(&mut ln_s);
+        for (((t, &pt), &lt), &ls) in terms.iter_mut().zip(&p_t).zip(&ln_t).zip(&ln_s) {
+            *t = pt * (lt - ls);
         }
         // SAFETY: `terms` holds c > 0 cells.
         unsafe { f32::vec_reduce_sum(terms.as_ptr(), k, c) };

@@ -110,19 +110,37 @@ pub fn expf(x: f32) -> f32 {
 /// fallback (slow but exact).
 pub fn exp_in_place(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            unsafe { x86::exp_in_place_avx512(xs) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            unsafe { x86::exp_in_place_fma(xs) };
-            return;
-        }
+    let wide = [x86::exp_in_place_avx512 as WideKernel, x86::exp_in_place_fma];
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = [];
+    map_in_place(xs, expf, wide);
+}
+
+/// A slice kernel compiled for a CPU feature: [`map_in_place`] calls it only where the
+/// CPU has the feature.
+#[cfg(target_arch = "x86_64")]
+pub(super) type WideKernel = unsafe fn(&mut [f32]);
+
+/// Replaces every value `v` by `f(v)`: with `wide[0]` (compiled for AVX-512F) or
+/// `wide[1]` (compiled for FMA) where the CPU has the feature, else one at a time.
+/// Each wide kernel must give `f`'s bits.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn map_in_place(xs: &mut [f32], f: fn(f32) -> f32, wide: [WideKernel; 2]) {
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the kernel is compiled for.
+        return unsafe { wide[0](xs) };
     }
-    xs.iter_mut().for_each(|v| *v = expf(*v));
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: as above.
+        return unsafe { wide[1](xs) };
+    }
+    xs.iter_mut().for_each(|v| *v = f(*v));
+}
+
+/// Replaces every value `v` by `f(v)`, one at a time (no wide kernels off x86-64).
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn map_in_place(xs: &mut [f32], f: fn(f32) -> f32, _wide: [fn(&mut [f32]); 0]) {
+    xs.iter_mut().for_each(|v| *v = f(*v));
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -211,13 +229,13 @@ pub(crate) mod x86 {
     }
 }
 
+/// What the tests of [`expf`] and [`super::logf`] share: the bits of a slice kernel, its
+/// one-value function and the system's libm compared pattern by pattern.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The system's `f32::exp`, when it is glibc's on an FMA machine (what [`expf`]
-    /// reproduces); elsewhere these tests check [`exp_in_place`] against [`expf`] only.
-    fn system_is_glibc_fma() -> bool {
+pub(super) mod testutil {
+    /// Whether this is glibc on x86-64 with FMA, where `f32::exp` and (before glibc 2.41)
+    /// `f32::ln` are the algorithms `expf` and `logf` reproduce.
+    pub fn system_is_glibc_fma() -> bool {
         cfg!(all(
             target_arch = "x86_64",
             target_os = "linux",
@@ -234,26 +252,45 @@ mod tests {
         }
     }
 
-    /// Checks the bit patterns `from, from + step, …` (wrapping) for `count` values.
-    fn check_patterns(from: u32, step: u32, count: usize) {
-        let glibc = system_is_glibc_fma();
+    /// Checks the bit patterns `from, from + step, …` (wrapping) for `count` values:
+    /// `in_place` gives `one`'s bits, and `one` gives `system`'s, when given (NaNs
+    /// compare by their bits too).
+    pub fn check_patterns(
+        from: u32,
+        step: u32,
+        count: usize,
+        in_place: fn(&mut [f32]),
+        one: fn(f32) -> f32,
+        system: Option<fn(f32) -> f32>,
+    ) {
         let mut xs: Vec<f32> = (0..count)
             .map(|i| f32::from_bits(from.wrapping_add(step.wrapping_mul(i as u32))))
             .collect();
         let inputs = xs.clone();
-        exp_in_place(&mut xs);
+        in_place(&mut xs);
         for (&x, &got) in inputs.iter().zip(&xs) {
-            let one = expf(x);
-            assert_eq!(got.to_bits(), one.to_bits(), "exp_in_place({x:e}) vs expf");
-            if glibc {
-                let sys = x.exp();
-                assert_eq!(
-                    one.to_bits(),
-                    sys.to_bits(),
-                    "expf({x:e}) = {one:e}, libm {sys:e}"
-                );
+            let want = one(x);
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "in place at {x:e}: {got:e} vs {want:e}"
+            );
+            if let Some(system) = system {
+                let sys = system(x);
+                assert_eq!(want.to_bits(), sys.to_bits(), "at {x:e}: {want:e}, libm {sys:e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks the bit patterns `from, from + step, …` (wrapping) for `count` values.
+    fn check_patterns(from: u32, step: u32, count: usize) {
+        let system = testutil::system_is_glibc_fma().then_some(f32::exp as fn(f32) -> f32);
+        testutil::check_patterns(from, step, count, exp_in_place, expf, system);
     }
 
     #[test]

@@ -17,69 +17,47 @@
 //! [`ln_in_place`] runs eight lanes at a time with AVX-512 when the CPU has it, else
 //! element by element with [`logf`].
 
-/// `1/c` and `ln c` for the 16 subintervals (glibc's `__logf_data.tab`).
-const TAB: [(f64, f64); 16] = [
-    (
-        f64::from_bits(0x3ff661ec79f8f3be),
-        f64::from_bits(0xbfd57bf7808caade),
-    ),
-    (
-        f64::from_bits(0x3ff571ed4aaf883d),
-        f64::from_bits(0xbfd2bef0a7c06ddb),
-    ),
-    (
-        f64::from_bits(0x3ff49539f0f010b0),
-        f64::from_bits(0xbfd01eae7f513a67),
-    ),
-    (
-        f64::from_bits(0x3ff3c995b0b80385),
-        f64::from_bits(0xbfcb31d8a68224e9),
-    ),
-    (
-        f64::from_bits(0x3ff30d190c8864a5),
-        f64::from_bits(0xbfc6574f0ac07758),
-    ),
-    (
-        f64::from_bits(0x3ff25e227b0b8ea0),
-        f64::from_bits(0xbfc1aa2bc79c8100),
-    ),
-    (
-        f64::from_bits(0x3ff1bb4a4a1a343f),
-        f64::from_bits(0xbfba4e76ce8c0e5e),
-    ),
-    (
-        f64::from_bits(0x3ff12358f08ae5ba),
-        f64::from_bits(0xbfb1973c5a611ccc),
-    ),
-    (
-        f64::from_bits(0x3ff0953f419900a7),
-        f64::from_bits(0xbfa252f438e10c1e),
-    ),
-    (1.0, 0.0),
-    (
-        f64::from_bits(0x3fee608cfd9a47ac),
-        f64::from_bits(0x3faaa5aa5df25984),
-    ),
-    (
-        f64::from_bits(0x3feca4b31f026aa0),
-        f64::from_bits(0x3fbc5e53aa362eb4),
-    ),
-    (
-        f64::from_bits(0x3feb2036576afce6),
-        f64::from_bits(0x3fc526e57720db08),
-    ),
-    (
-        f64::from_bits(0x3fe9c2d163a1aa2d),
-        f64::from_bits(0x3fcbc2860d224770),
-    ),
-    (
-        f64::from_bits(0x3fe886e6037841ed),
-        f64::from_bits(0x3fd1058bc8a07ee1),
-    ),
-    (
-        f64::from_bits(0x3fe767dcf5534862),
-        f64::from_bits(0x3fd4043057b6ee09),
-    ),
+use super::expf::map_in_place;
+#[cfg(target_arch = "x86_64")]
+use super::expf::WideKernel;
+
+/// `1/c` for the 16 subintervals (glibc's `__logf_data.tab`, first column).
+const INVC: [f64; 16] = [
+    f64::from_bits(0x3ff661ec79f8f3be),
+    f64::from_bits(0x3ff571ed4aaf883d),
+    f64::from_bits(0x3ff49539f0f010b0),
+    f64::from_bits(0x3ff3c995b0b80385),
+    f64::from_bits(0x3ff30d190c8864a5),
+    f64::from_bits(0x3ff25e227b0b8ea0),
+    f64::from_bits(0x3ff1bb4a4a1a343f),
+    f64::from_bits(0x3ff12358f08ae5ba),
+    f64::from_bits(0x3ff0953f419900a7),
+    1.0,
+    f64::from_bits(0x3fee608cfd9a47ac),
+    f64::from_bits(0x3feca4b31f026aa0),
+    f64::from_bits(0x3feb2036576afce6),
+    f64::from_bits(0x3fe9c2d163a1aa2d),
+    f64::from_bits(0x3fe886e6037841ed),
+    f64::from_bits(0x3fe767dcf5534862),
+];
+/// `ln c` for the 16 subintervals (glibc's `__logf_data.tab`, second column).
+const LOGC: [f64; 16] = [
+    f64::from_bits(0xbfd57bf7808caade),
+    f64::from_bits(0xbfd2bef0a7c06ddb),
+    f64::from_bits(0xbfd01eae7f513a67),
+    f64::from_bits(0xbfcb31d8a68224e9),
+    f64::from_bits(0xbfc6574f0ac07758),
+    f64::from_bits(0xbfc1aa2bc79c8100),
+    f64::from_bits(0xbfba4e76ce8c0e5e),
+    f64::from_bits(0xbfb1973c5a611ccc),
+    f64::from_bits(0xbfa252f438e10c1e),
+    0.0,
+    f64::from_bits(0x3faaa5aa5df25984),
+    f64::from_bits(0x3fbc5e53aa362eb4),
+    f64::from_bits(0x3fc526e57720db08),
+    f64::from_bits(0x3fcbc2860d224770),
+    f64::from_bits(0x3fd1058bc8a07ee1),
+    f64::from_bits(0x3fd4043057b6ee09),
 ];
 /// ln 2 in double precision.
 const LN2: f64 = f64::from_bits(0x3fe62e42fefa39ef);
@@ -106,11 +84,8 @@ pub fn logf(x: f32) -> f32 {
         if ix == 0x7f80_0000 {
             return x;
         }
-        if ix.wrapping_mul(2) > 0xff00_0000 {
-            return x + x; // NaN in, NaN out.
-        }
-        if (ix & 0x8000_0000) != 0 {
-            return f32::NAN;
+        if (ix & 0x8000_0000) != 0 || ix.wrapping_mul(2) >= 0xff00_0000 {
+            return invalid(x);
         }
         // A subnormal: scale it into the normal range.
         ix = (x * f32::from_bits(0x4b00_0000)).to_bits().wrapping_sub(23 << 23);
@@ -119,7 +94,7 @@ pub fn logf(x: f32) -> f32 {
     let i = ((tmp >> 19) % 16) as usize;
     let k = (tmp as i32) >> 23;
     let iz = ix.wrapping_sub(tmp & 0xff80_0000);
-    let (invc, logc) = TAB[i];
+    let (invc, logc) = (INVC[i], LOGC[i]);
     let z = f64::from(f32::from_bits(iz));
     let r = z.mul_add(invc, -1.0);
     let y0 = f64::from(k).mul_add(LN2, logc);
@@ -130,24 +105,23 @@ pub fn logf(x: f32) -> f32 {
     y as f32
 }
 
+/// glibc's result for a negative number or a NaN: `(x − x) / (x − x)`, the platform's
+/// invalid-operation NaN (a NaN argument's own payload), with the invalid flag raised.
+#[allow(clippy::eq_op)]
+#[inline(never)]
+fn invalid(x: f32) -> f32 {
+    (x - x) / (x - x)
+}
+
 /// Replaces every value by its `ln`, with [`logf`]'s bits: eight lanes at a time with
 /// AVX-512, else one at a time with hardware FMA, else with `f64::mul_add`'s software
 /// fallback (slow but exact).
 pub fn ln_in_place(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            unsafe { x86::ln_in_place_avx512(xs) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            unsafe { x86::ln_in_place_fma(xs) };
-            return;
-        }
-    }
-    xs.iter_mut().for_each(|v| *v = logf(*v));
+    let wide = [x86::ln_in_place_avx512 as WideKernel, x86::ln_in_place_fma];
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = [];
+    map_in_place(xs, logf, wide);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -168,30 +142,8 @@ mod x86 {
     /// gather-data-sampling fix).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn ln_in_place_avx512(xs: &mut [f32]) {
-        let invc: [__m512d; 2] = std::array::from_fn(|h| {
-            _mm512_setr_pd(
-                TAB[8 * h].0,
-                TAB[8 * h + 1].0,
-                TAB[8 * h + 2].0,
-                TAB[8 * h + 3].0,
-                TAB[8 * h + 4].0,
-                TAB[8 * h + 5].0,
-                TAB[8 * h + 6].0,
-                TAB[8 * h + 7].0,
-            )
-        });
-        let logc: [__m512d; 2] = std::array::from_fn(|h| {
-            _mm512_setr_pd(
-                TAB[8 * h].1,
-                TAB[8 * h + 1].1,
-                TAB[8 * h + 2].1,
-                TAB[8 * h + 3].1,
-                TAB[8 * h + 4].1,
-                TAB[8 * h + 5].1,
-                TAB[8 * h + 6].1,
-                TAB[8 * h + 7].1,
-            )
-        });
+        let halves = |t: &[f64; 16]| [_mm512_loadu_pd(t.as_ptr()), _mm512_loadu_pd(t[8..].as_ptr())];
+        let (invc, logc) = (halves(&INVC), halves(&LOGC));
         let (ln2, a0, a1, a2) = (
             _mm512_set1_pd(LN2),
             _mm512_set1_pd(A0),
@@ -244,31 +196,12 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::expf::testutil;
     use super::*;
-
-    /// The system's `f32::ln`, when it is glibc's (before 2.41) on an FMA machine: what
-    /// [`logf`] reproduces. Elsewhere these tests check [`ln_in_place`] against [`logf`]
-    /// and [`logf`] against `f64::ln` within an ulp.
-    fn system_is_glibc_fma() -> bool {
-        cfg!(all(
-            target_arch = "x86_64",
-            target_os = "linux",
-            target_env = "gnu"
-        )) && {
-            #[cfg(target_arch = "x86_64")]
-            {
-                std::arch::is_x86_feature_detected!("fma") && glibc_before_2_41()
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                false
-            }
-        }
-    }
 
     /// Whether the C library reports a glibc version below 2.41 (whose `logf` is this
     /// algorithm's; 2.41 made it correctly rounded).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn glibc_before_2_41() -> bool {
         extern "C" {
             fn gnu_get_libc_version() -> *const std::ffi::c_char;
@@ -284,29 +217,30 @@ mod tests {
         (major, minor) < (2, 41)
     }
 
-    /// Checks the bit patterns `from, from + step, …` (wrapping) for `count` values.
+    /// Off glibc there is no libm `logf` of this algorithm to compare with.
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    fn glibc_before_2_41() -> bool {
+        false
+    }
+
+    /// Checks the bit patterns `from, from + step, …` (wrapping) for `count` values
+    /// against `logf` and, where the system's `f32::ln` is this algorithm (glibc before
+    /// 2.41 on an FMA machine), against libm; elsewhere `logf` within an ulp of `f64::ln`.
     fn check_patterns(from: u32, step: u32, count: usize) {
-        let glibc = system_is_glibc_fma();
-        let mut xs: Vec<f32> = (0..count)
-            .map(|i| f32::from_bits(from.wrapping_add(step.wrapping_mul(i as u32))))
-            .collect();
-        let inputs = xs.clone();
-        ln_in_place(&mut xs);
-        for (&x, &got) in inputs.iter().zip(&xs) {
-            let one = logf(x);
-            assert!(
-                got.to_bits() == one.to_bits() || (got.is_nan() && one.is_nan()),
-                "ln_in_place({x:e}) = {got:e} vs logf {one:e}"
-            );
-            if glibc {
-                let sys = x.ln();
-                assert!(
-                    one.to_bits() == sys.to_bits() || (one.is_nan() && sys.is_nan()),
-                    "logf({x:e}) = {one:e}, libm {sys:e}"
-                );
-            } else if x.is_finite() && x > 0.0 {
-                let exact = f64::from(x).ln();
-                assert!((f64::from(one) - exact).abs() <= f64::from(f32::EPSILON) * exact.abs().max(1e-38));
+        let glibc = testutil::system_is_glibc_fma() && glibc_before_2_41();
+        let system = glibc.then_some(f32::ln as fn(f32) -> f32);
+        testutil::check_patterns(from, step, count, ln_in_place, logf, system);
+        if !glibc {
+            for i in 0..count {
+                let x = f32::from_bits(from.wrapping_add(step.wrapping_mul(i as u32)));
+                if x.is_finite() && x > 0.0 {
+                    let exact = f64::from(x).ln();
+                    let err = (f64::from(logf(x)) - exact).abs();
+                    assert!(
+                        err <= f64::from(f32::EPSILON) * exact.abs().max(1e-38),
+                        "logf({x:e})"
+                    );
+                }
             }
         }
     }
@@ -348,7 +282,7 @@ mod tests {
 
     #[test]
     fn table_holds_inverses_and_their_logarithms() {
-        for (i, &(invc, logc)) in TAB.iter().enumerate() {
+        for (i, (&invc, &logc)) in INVC.iter().zip(&LOGC).enumerate() {
             assert!((logc + invc.ln()).abs() < 1e-15, "entry {i}");
         }
     }

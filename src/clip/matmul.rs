@@ -54,6 +54,19 @@ pub struct Addends<'a> {
     pub residual: Option<&'a Tensor>,
 }
 
+impl Addends<'_> {
+    /// Whether the CPU kernels can add these to a `[m, n]` product in its pass: each
+    /// present addend a contiguous f32 CPU tensor of its shape (`[n]`, `[m, n]`).
+    pub(super) fn fit_cpu_kernel(&self, m: usize, n: usize) -> bool {
+        let fits = |t: Option<&Tensor>, dims: &[usize]| {
+            t.is_none_or(|t| {
+                t.device().is_cpu() && t.dtype() == DType::F32 && t.dims() == dims && t.is_contiguous()
+            })
+        };
+        fits(self.bias, &[n]) && fits(self.residual, &[m, n])
+    }
+}
+
 /// `residual + (a · b + bias)`, bitwise equal to `matmul(a, b)?.broadcast_add(bias)?`
 /// followed by `residual + …` (each addition one rounding, as there). On the CPU in f32
 /// both are added to each block of columns right after its product, on the thread that
@@ -61,12 +74,7 @@ pub struct Addends<'a> {
 pub fn matmul_add(a: &Tensor, b: &Tensor, add: Addends) -> Result<Tensor> {
     if own_kernel_applies(a, b)? {
         let (m, n) = (a.dim(0)?, b.dim(1)?);
-        let fits = |t: Option<&Tensor>, dims: &[usize]| {
-            t.is_none_or(|t| {
-                t.device().is_cpu() && t.dtype() == DType::F32 && t.dims() == dims && t.is_contiguous()
-            })
-        };
-        if fits(add.bias, &[n]) && fits(add.residual, &[m, n]) {
+        if add.fit_cpu_kernel(m, n) {
             let op = UninitMatMul {
                 bias: add.bias.cloned(),
                 residual: add.residual.cloned(),

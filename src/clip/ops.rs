@@ -548,6 +548,9 @@ mod tests {
             let mut lin = plain.clone();
             lin.prepare_frozen_as(prepack).unwrap();
             let kept = lin.frozen().expect("an f32 CPU weight keeps a layout");
+            // The panels wherever gemm's AVX-512 kernels run, else the transposed copy.
+            let panels_here = prepack && Prepacked::new(&plain.weight).unwrap().is_some();
+            assert_eq!(matches!(kept, FrozenLayout::Prepacked(_)), panels_here);
             if !prepack {
                 assert!(matches!(kept, FrozenLayout::Transposed(_)));
                 assert!(

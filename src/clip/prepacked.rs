@@ -59,10 +59,13 @@ impl Prepacked {
             return Ok(None);
         }
         let (out, inp) = weight.dims2()?;
-        let w = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        // Read in place (a contiguous weight is not copied first).
+        let weight = weight.contiguous()?;
+        let (storage, layout) = weight.storage_and_layout();
+        let w = held_f32_cells(&storage, layout)?;
         Ok(Some(Prepacked {
-            forward: Panels::new(&w, out, inp, inp, 1),
-            backward: Panels::new(&w, inp, out, 1, inp),
+            forward: Panels::new(w, out, inp, inp, 1),
+            backward: Panels::new(w, inp, out, 1, inp),
         }))
     }
 
@@ -140,11 +143,6 @@ impl Panels {
     /// not take its general path for this product, where it runs more rows than
     /// [`MAX_ROWS`], or where `x` is not a contiguous f32 CPU matrix of the right width.
     fn times(&self, x: &Tensor, add: Addends) -> Result<Option<Tensor>> {
-        let fits = |t: Option<&Tensor>, dims: &[usize]| {
-            t.is_none_or(|t| {
-                t.device().is_cpu() && t.dtype() == DType::F32 && t.dims() == dims && t.is_contiguous()
-            })
-        };
         let Ok((rows, depth)) = x.dims2() else {
             return Ok(None);
         };
@@ -155,8 +153,7 @@ impl Panels {
             || !x.is_contiguous()
             || rows > MAX_ROWS
             || !layouts_compute_alike(rows, features, depth)
-            || !fits(add.bias, &[features])
-            || !fits(add.residual, &[rows, features])
+            || !add.fit_cpu_kernel(rows, features)
         {
             return Ok(None);
         }

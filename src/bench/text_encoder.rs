@@ -146,23 +146,39 @@ fn projection_flops_per_token(width: usize, mlp: usize) -> f64 {
     2.0 * (4.0 * d * d + 2.0 * d * m)
 }
 
+/// The part of [`projection_flops_per_token`] after the attention (output projection
+/// and MLP), which the last block runs for the EOT rows alone.
+fn after_attention_flops_per_token(width: usize, mlp: usize) -> f64 {
+    let (d, m) = (width as f64, mlp as f64);
+    2.0 * (d * d + 2.0 * d * m)
+}
+
+/// How a pass laid out its rows: the body's packed row count when it ran packed, and
+/// whether the last block ran past its attention for the EOT rows alone.
+#[derive(Debug, Clone, Copy, Default)]
+struct RowLayout {
+    packed_tokens: Option<usize>,
+    last_block_eot_only: bool,
+}
+
 /// Forward and backward FLOPs of one pass of the text tower on a path, as computed: the
-/// body's projections and MLP on `packed_tokens` rows when it ran packed (attention
-/// still spans each sequence padded to the longest).
+/// body's projections and MLP on the packed rows when it ran packed (attention still
+/// spans each sequence padded to the longest), and the last block's output projection
+/// and MLP on the `n` EOT rows alone when it ran so.
 fn path_flops(
     cfg: &ClipConfig,
     n: usize,
     prefix: usize,
     seq: usize,
     k: usize,
-    packed_tokens: Option<usize>,
+    layout: RowLayout,
 ) -> (f64, f64) {
     let t = &cfg.text;
     let layers = t.layers as f64;
     let body_tokens = (n * (seq - prefix)) as f64;
     let mut fwd = block_flops(t.width, t.mlp_width, body_tokens, seq as f64);
     let mut bwd = block_backward_flops(t.width, t.mlp_width, body_tokens, seq as f64, k);
-    if let Some(packed) = packed_tokens {
+    if let Some(packed) = layout.packed_tokens {
         let saved = (body_tokens - packed as f64) * projection_flops_per_token(t.width, t.mlp_width);
         fwd -= saved;
         bwd -= k as f64 * saved;
@@ -171,7 +187,14 @@ fn path_flops(
         fwd += block_flops(t.width, t.mlp_width, prefix as f64, prefix as f64);
         bwd += block_backward_flops(t.width, t.mlp_width, prefix as f64, prefix as f64, k);
     }
-    (fwd * layers, bwd * layers)
+    let (mut fwd, mut bwd) = (fwd * layers, bwd * layers);
+    if layout.last_block_eot_only {
+        let rows = prefix + layout.packed_tokens.unwrap_or(n * (seq - prefix));
+        let saved = (rows - n) as f64 * after_attention_flops_per_token(t.width, t.mlp_width);
+        fwd -= saved;
+        bwd -= k as f64 * saved;
+    }
+    (fwd, bwd)
 }
 
 /// Runs the workload and returns one result per path plus the forward-only rows.
@@ -242,13 +265,21 @@ pub fn run(
         // The packed body runs each class only up to its EOT.
         let (_, tape) = enc.forward(&batch, path, None, true)?;
         let packed = tape
+            .as_ref()
             .is_some_and(|t| t.is_packed())
             .then(|| eot.iter().map(|&e| e + 1 - pre).sum::<usize>());
-        let (fwd, bwd) = path_flops(&cfg, n, pre, seq, k, packed);
-        let rows = match packed {
+        let layout = RowLayout {
+            packed_tokens: packed,
+            last_block_eot_only: tape.is_some_and(|t| t.last_block_eot_only()),
+        };
+        let (fwd, bwd) = path_flops(&cfg, n, pre, seq, k, layout);
+        let mut rows = match packed {
             Some(r) => format!(", body packed into {r} rows"),
             None => String::new(),
         };
+        if layout.last_block_eot_only {
+            rows.push_str(", last block past attention on the EOT rows");
+        }
         let detail = format!("{n} classes × {seq} positions (prefix {pre}{rows}), {k} cotangents");
         results.push(BenchResult::new(
             format!("text-encoder/{label}/forward"),

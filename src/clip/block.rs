@@ -142,6 +142,9 @@ pub struct BlockTape {
     /// Attention output before the out projection, kept with LoRA on it or for weights.
     attn_out: Option<Tensor>,
     lora_down: [Option<Tensor>; 4],
+    /// The rows past the attention ran for ([`Block::forward_prefixed_rows`]); the
+    /// tapes from `attn_out` on and the cotangents of the output cover these alone.
+    out_rows: Option<Tensor>,
     ln2: LayerNormTape,
     /// ln2 output (input of fc1), kept for weights.
     ln2_out: Option<Tensor>,
@@ -193,6 +196,29 @@ enum Before<'a> {
     /// The call's own first P rows: one causal sequence that every (packed) sequence
     /// after it attends to.
     OwnPrefix(usize),
+}
+
+/// How a block call's rows are laid out.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    /// The rows are packed sequences ([`Block::forward_packed`]).
+    packing: Option<&'a Arc<Packing>>,
+    /// What they attend to besides their own sequence.
+    before: Before<'a>,
+    /// The rows to compute past the attention ([`Block::forward_prefixed_rows`]); all
+    /// when `None`.
+    out: Option<&'a Tensor>,
+}
+
+impl<'a> Rows<'a> {
+    /// Every row's output.
+    fn all(packing: Option<&'a Arc<Packing>>, before: Before<'a>) -> Self {
+        Rows {
+            packing,
+            before,
+            out: None,
+        }
+    }
 }
 
 /// Output of [`Block::forward`].
@@ -405,7 +431,7 @@ impl Block {
         mode: TapeMode,
     ) -> Result<BlockOutput> {
         let before = past.map_or(Before::Nothing, Before::Past);
-        self.forward_rows(x, shape, None, before, lora, mode)
+        self.forward_rows(x, shape, Rows::all(None, before), lora, mode)
     }
 
     /// [`forward_with`](Self::forward_with), causal, on packed rows `x: [R, D]`
@@ -427,7 +453,7 @@ impl Block {
             causal: true,
         };
         let before = past.map_or(Before::Nothing, Before::Past);
-        self.forward_rows(x, shape, Some(packing), before, lora, mode)
+        self.forward_rows(x, shape, Rows::all(Some(packing), before), lora, mode)
     }
 
     /// [`forward_packed`](Self::forward_packed) for rows `x: [P + R, D]`: a prefix of P
@@ -447,6 +473,38 @@ impl Block {
         packing: &Arc<Packing>,
         mode: TapeMode,
     ) -> Result<BlockOutput> {
+        self.prefixed(x, prefix, packing, mode, None)
+    }
+
+    /// [`forward_prefixed`](Self::forward_prefixed) for the output rows `rows` alone
+    /// (indices into the P + R input rows), `[rows.len(), D]` in their order — what the
+    /// text tower's last block is run for, since only each sequence's EOT row goes on.
+    /// Queries, keys and values and the attention run for every row (the kept rows
+    /// attend to all of them); the output projection, the MLP and their tapes only for
+    /// the kept rows. Where every product gives a row the same bits among `rows.len()`
+    /// rows as among P + R (the caller checks, as for the prefix), the kept rows and
+    /// every input cotangent of [`backward`](Self::backward) (given cotangents of the
+    /// kept rows alone) are those of [`forward_prefixed`](Self::forward_prefixed) with
+    /// zero cotangents on the other rows.
+    pub fn forward_prefixed_rows(
+        &self,
+        x: &Tensor,
+        prefix: usize,
+        packing: &Arc<Packing>,
+        mode: TapeMode,
+        rows: &Tensor,
+    ) -> Result<BlockOutput> {
+        self.prefixed(x, prefix, packing, mode, Some(rows))
+    }
+
+    fn prefixed(
+        &self,
+        x: &Tensor,
+        prefix: usize,
+        packing: &Arc<Packing>,
+        mode: TapeMode,
+        out_rows: Option<&Tensor>,
+    ) -> Result<BlockOutput> {
         if prefix == 0 || mode.weights() {
             bail!("block forward with an own prefix: needs a prefix and frozen weights");
         }
@@ -455,18 +513,27 @@ impl Block {
             s: packing.padded_len(),
             causal: true,
         };
-        self.forward_rows(x, shape, Some(packing), Before::OwnPrefix(prefix), None, mode)
+        let rows = Rows {
+            packing: Some(packing),
+            before: Before::OwnPrefix(prefix),
+            out: out_rows,
+        };
+        self.forward_rows(x, shape, rows, None, mode)
     }
 
     fn forward_rows(
         &self,
         x: &Tensor,
         shape: Shape,
-        packing: Option<&Arc<Packing>>,
-        before: Before,
+        rows_in: Rows,
         lora: Option<&BlockLora>,
         mode: TapeMode,
     ) -> Result<BlockOutput> {
+        let Rows {
+            packing,
+            before,
+            out: out_rows,
+        } = rows_in;
         let Shape { n, s, .. } = shape;
         let d = self.width;
         let (past, prefix) = match before {
@@ -526,6 +593,15 @@ impl Block {
                 (qkv, packed(layout, &o)?, keep_tape.then_some(tape))
             }
         };
+        // Past the attention only the kept rows go on (no LoRA, no weight tapes here).
+        let kept_x;
+        let (o, x) = match out_rows {
+            Some(idx) => {
+                kept_x = x.index_select(idx, 0)?;
+                (o.index_select(idx, 0)?, &kept_x)
+            }
+            None => (o, x),
+        };
         let h = match lora.and_then(|l| l.o.as_ref()) {
             Some(ad) => {
                 let (delta, down) = lora_forward(ad, &o)?;
@@ -556,6 +632,7 @@ impl Block {
                 attn,
                 attn_out: (lora_o || weights).then(|| o.clone()),
                 lora_down,
+                out_rows: out_rows.cloned(),
                 ln2,
                 ln2_out: weights.then(|| b.clone()),
                 fc1_out,
@@ -787,15 +864,23 @@ impl Block {
         need_dx: bool,
     ) -> Result<BlockGrad> {
         let Shape { n, s, .. } = tape.shape;
-        let (kk, m, d) = dy.dims3()?;
-        let rows = tape.prefix + tape.packing.as_ref().map_or(n * s, |p| p.rows());
-        if m != rows || d != self.width {
+        let (kk, m_out, d) = dy.dims3()?;
+        let m = tape.prefix + tape.packing.as_ref().map_or(n * s, |p| p.rows());
+        let out_len = tape.out_rows.as_ref().map_or(Ok(m), |r| r.dim(0))?;
+        if m_out != out_len || d != self.width {
             bail!(
-                "block backward: cotangent shape {:?} does not match the forward ({rows} rows of {})",
+                "block backward: cotangent shape {:?} does not match the forward ({out_len} rows of {})",
                 dy.dims(),
                 self.width
             );
         }
+        // Cotangents of the rows the output projection did not run for are zero.
+        let all_rows = |t: Tensor| -> Result<Tensor> {
+            match &tape.out_rows {
+                Some(idx) => Ok(Tensor::zeros((kk, m, d), t.dtype(), t.device())?.index_add(idx, &t, 1)?),
+                None => Ok(t),
+            }
+        };
         let mut grads = BlockLoraGrad::default();
         let kept = |t: &Option<Tensor>| -> Result<Tensor> {
             t.clone()
@@ -832,6 +917,7 @@ impl Block {
             d_o = (d_o + dx_extra)?;
             grads.o = Some(g);
         }
+        let (d_o, dh) = (all_rows(d_o)?, all_rows(dh)?);
         // As in the forward: the kernel with a past takes packed rows, the others the
         // padded layout (cotangents padded, results packed).
         let packing = tape.packing.as_deref();

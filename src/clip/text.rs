@@ -80,6 +80,9 @@ pub struct TextTape {
     packing: Option<Arc<Packing>>,
     /// The prefix ran in the body's calls, its rows first ([`Block::forward_prefixed`]).
     joint: bool,
+    /// The last block's output projection and MLP ran for the EOT rows alone
+    /// ([`Block::forward_prefixed_rows`]).
+    eot_only_last: bool,
     layers: Vec<(Option<BlockTape>, BlockTape)>,
     eot_rows: Vec<u32>,
     final_norm: LayerNormTape,
@@ -108,6 +111,29 @@ impl TextTape {
     pub fn prefix_in_body(&self) -> bool {
         self.joint
     }
+
+    /// True when the last block ran its output projection and MLP for the EOT rows
+    /// alone ([`Block::forward_prefixed_rows`]).
+    pub fn last_block_eot_only(&self) -> bool {
+        self.eot_only_last
+    }
+}
+
+/// Which of the exact row layouts a forward may use (tests turn them off to compare).
+#[derive(Debug, Clone, Copy)]
+struct Layouts {
+    /// Pack the body's sequences up to their EOTs ([`TextEncoder::packs_exactly`]).
+    pack: bool,
+    /// With the prefix in the body's calls, run the last block past its attention for
+    /// the EOT rows alone.
+    eot_only_last: bool,
+}
+
+impl Layouts {
+    const ALL: Layouts = Layouts {
+        pack: true,
+        eot_only_last: true,
+    };
 }
 
 /// Cotangents of the input embeddings for K losses.
@@ -263,18 +289,19 @@ impl TextEncoder {
         lora: Option<&[BlockLora]>,
         mode: TapeMode,
     ) -> Result<(Tensor, Option<TextTape>)> {
-        self.forward_rows(batch, path, lora, mode, true)
+        self.forward_rows(batch, path, lora, mode, Layouts::ALL)
     }
 
     /// Packs the sequences after the prefix (see [`packs_exactly`](Self::packs_exactly))
-    /// when `may_pack`; tests compare both layouts bit for bit.
+    /// and runs the last block for the EOT rows alone where `layouts` allows and the bits
+    /// stay; tests compare the layouts bit for bit.
     fn forward_rows(
         &self,
         batch: &PromptBatch,
         path: TextPath,
         lora: Option<&[BlockLora]>,
         mode: TapeMode,
-        may_pack: bool,
+        layouts: Layouts,
     ) -> Result<(Tensor, Option<TextTape>)> {
         let keep_tape = mode.keeps_tape();
         let (n, s_full, d) = batch.embeddings.dims3()?;
@@ -326,7 +353,7 @@ impl TextEncoder {
         }
         let pos = self.positional.narrow(0, 0, s)?;
         let body_len = s - p;
-        let packing = if may_pack && path != TextPath::Plain && lora.is_none() && !mode.weights() {
+        let packing = if layouts.pack && path != TextPath::Plain && lora.is_none() && !mode.weights() {
             let lens: Vec<usize> = batch.eot.iter().map(|&e| e + 1 - p).collect();
             let packing = Packing::new(&lens)?;
             let exact = !packing.is_dense()
@@ -355,6 +382,19 @@ impl TextEncoder {
         } else {
             None
         };
+        // Each sequence's EOT row among the body's rows.
+        let eot_rows: Vec<u32> = batch
+            .eot
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| {
+                let row = match &packing {
+                    Some(pk) => pk.row(i, e - p).expect("a sequence's length reaches its EOT"),
+                    None => i * body_len + e - p,
+                };
+                row as u32
+            })
+            .collect();
         let mut layers = Vec::with_capacity(self.blocks.len());
         // With a packed body, the prefix's rows can go through the body's products (the
         // same bits wherever `p` rows compute alike), which saves a pass over every weight
@@ -364,15 +404,30 @@ impl TextEncoder {
             _ => None,
         };
         let joint = joint_rows.is_some();
+        // Only the EOT rows of the last block go on, and a product gives them the same
+        // bits among N rows as among all where the rows compute alike from N up.
+        let eot_only_last = joint && layouts.eot_only_last && self.packs_exactly(n);
+        let mut pooled = None;
         if let Some((pk, mut rows)) = joint_rows {
-            for blk in &self.blocks {
-                let out = blk.forward_prefixed(&rows, p, &pk, mode)?;
+            let last = self.blocks.len() - 1;
+            for (li, blk) in self.blocks.iter().enumerate() {
+                let out = if eot_only_last && li == last {
+                    let joint_rows = eot_rows.iter().map(|&r| r + p as u32).collect();
+                    let idx = Tensor::from_vec(joint_rows, n, rows.device())?;
+                    blk.forward_prefixed_rows(&rows, p, &pk, mode, &idx)?
+                } else {
+                    blk.forward_prefixed(&rows, p, &pk, mode)?
+                };
                 rows = out.y;
                 if keep_tape {
                     layers.push((None, out.tape.expect("tape requested")));
                 }
             }
-            body = rows.narrow(0, p, pk.rows())?;
+            if eot_only_last {
+                pooled = Some(rows);
+            } else {
+                body = rows.narrow(0, p, pk.rows())?;
+            }
         }
         for (li, blk) in self.blocks.iter().enumerate().filter(|_| !joint) {
             let l = lora.map(|l| &l[li]);
@@ -414,20 +469,10 @@ impl TextEncoder {
                 layers.push((pre_tape.flatten(), out.tape.expect("tape requested")));
             }
         }
-        let eot_rows: Vec<u32> = batch
-            .eot
-            .iter()
-            .enumerate()
-            .map(|(i, &e)| {
-                let row = match &packing {
-                    Some(pk) => pk.row(i, e - p).expect("a sequence's length reaches its EOT"),
-                    None => i * body_len + e - p,
-                };
-                row as u32
-            })
-            .collect();
-        let idx = Tensor::from_vec(eot_rows.clone(), n, body.device())?;
-        let pooled = body.index_select(&idx, 0)?;
+        let pooled = match pooled {
+            Some(rows) => rows,
+            None => body.index_select(&Tensor::from_vec(eot_rows.clone(), n, body.device())?, 0)?,
+        };
         let (normed, ln_tape) = if keep_tape {
             let (y, t) = self.final_norm.forward_taped(&pooled)?;
             (y, Some(t))
@@ -441,6 +486,7 @@ impl TextEncoder {
             body_len,
             packing,
             joint,
+            eot_only_last,
             layers,
             eot_rows,
             final_norm,
@@ -488,11 +534,16 @@ impl TextEncoder {
             None => None,
         };
         let rows = tape.packing.as_ref().map_or(n * tape.body_len, |pk| pk.rows());
-        let idx = Tensor::from_vec(tape.eot_rows.clone(), n, d_features.device())?;
-        let zeros = Tensor::zeros((kk, rows, d), d_features.dtype(), d_features.device())?;
-        let mut d_body = zeros.index_add(&idx, &d_pooled, 1)?;
         let p = tape.prefix_len;
-        if tape.joint {
+        let mut d_body = if tape.eot_only_last {
+            // The last block's output is the EOT rows alone.
+            d_pooled
+        } else {
+            let idx = Tensor::from_vec(tape.eot_rows.clone(), n, d_features.device())?;
+            let zeros = Tensor::zeros((kk, rows, d), d_features.dtype(), d_features.device())?;
+            zeros.index_add(&idx, &d_pooled, 1)?
+        };
+        if tape.joint && !tape.eot_only_last {
             // The prefix's rows first, with no cotangent of their own at the top.
             let prefix = Tensor::zeros((kk, p, d), d_features.dtype(), d_features.device())?;
             d_body = Tensor::cat(&[&prefix, &d_body], 1)?;
@@ -750,11 +801,62 @@ mod tests {
         }
     }
 
+    /// Running the last block past its attention for the EOT rows alone gives the whole
+    /// block's bits: features (with and without a tape) and every input cotangent, for
+    /// one and two cotangents, on the prepared tower (prepacked weights) and the plain.
+    #[test]
+    fn eot_only_last_block_gives_the_whole_blocks_bits() {
+        let plain = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let mut prepared = plain.clone();
+        prepared.prepare_frozen().unwrap();
+        let ctx = rand_tensor(&[4, 64], 31, 0.05);
+        let (batch, p) = prompt_batch(&plain, &ctx);
+        let path = TextPath::SharedPrefix(p);
+        let whole = Layouts {
+            pack: true,
+            eot_only_last: false,
+        };
+        for clip in [&plain, &prepared] {
+            for k in [1, 2] {
+                let d_feat = rand_tensor(&[k, batch.len(), 96], 32 + k as u64, 1.0);
+                let run = |layouts| {
+                    let text = &clip.text;
+                    let (f, tape) = text
+                        .forward_rows(&batch, path, None, TapeMode::frozen(true), layouts)
+                        .unwrap();
+                    let tape = tape.unwrap();
+                    let (g, _) = text.backward(&tape, &d_feat, None).unwrap();
+                    let untaped = text
+                        .forward_rows(&batch, path, None, TapeMode::None, layouts)
+                        .unwrap()
+                        .0;
+                    let prefix = g.prefix.as_ref().map(bits);
+                    (
+                        tape.last_block_eot_only(),
+                        bits(&f),
+                        bits(&untaped),
+                        bits(&g.body),
+                        prefix,
+                    )
+                };
+                let (eot_only, f, untaped, body, prefix) = run(Layouts::ALL);
+                assert!(eot_only, "CIFAR-100's prompts share a prefix and pack");
+                let (eot_only, f_w, untaped_w, body_w, prefix_w) = run(whole);
+                assert!(!eot_only);
+                assert_eq!(f, f_w, "K = {k}: features");
+                assert_eq!(untaped, untaped_w, "K = {k}: features without a tape");
+                assert_eq!(body, body_w, "K = {k}: body cotangents");
+                assert_eq!(prefix, prefix_w, "K = {k}: prefix cotangents");
+            }
+        }
+    }
+
     /// Packing the body (each class's suffix only up to its EOT) gives the padded
     /// layout's numbers exactly: features bit for bit, every input cotangent equal
     /// (padding included, whose cotangents are zero either way), with and without a
     /// shared prefix (whose rows then go through the body's products, against their own
-    /// calls in the padded layout), for one and two cotangents.
+    /// calls in the padded layout, and whose last block then runs past its attention for
+    /// the EOT rows alone), for one and two cotangents.
     #[test]
     fn packed_body_gives_the_padded_numbers() {
         let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
@@ -767,19 +869,33 @@ mod tests {
                 let run = |may_pack| {
                     let (f, tape) = clip
                         .text
-                        .forward_rows(&batch, path, None, TapeMode::frozen(true), may_pack)
+                        .forward_rows(
+                            &batch,
+                            path,
+                            None,
+                            TapeMode::frozen(true),
+                            Layouts {
+                                pack: may_pack,
+                                eot_only_last: may_pack,
+                            },
+                        )
                         .unwrap();
                     let tape = tape.unwrap();
                     let (g, _) = clip.text.backward(&tape, &d_feat, None).unwrap();
-                    (f, g, (tape.is_packed(), tape.prefix_in_body()))
+                    let layouts = (
+                        tape.is_packed(),
+                        tape.prefix_in_body(),
+                        tape.last_block_eot_only(),
+                    );
+                    (f, g, layouts)
                 };
                 let (f_pad, g_pad, packed) = run(false);
-                assert_eq!(packed, (false, false));
+                assert_eq!(packed, (false, false, false));
                 let (f, g, packed) = run(true);
                 let prefixed = path != TextPath::Truncated;
                 assert_eq!(
                     packed,
-                    (true, prefixed),
+                    (true, prefixed, prefixed),
                     "{path:?}: CIFAR-100's suffixes differ in length"
                 );
                 assert_eq!(bits(&f), bits(&f_pad), "{path:?}, K = {k}: features");
@@ -799,7 +915,16 @@ mod tests {
             .unwrap();
         let (f_pad, _) = clip
             .text
-            .forward_rows(&batch, TextPath::SharedPrefix(p), None, TapeMode::None, false)
+            .forward_rows(
+                &batch,
+                TextPath::SharedPrefix(p),
+                None,
+                TapeMode::None,
+                Layouts {
+                    pack: false,
+                    eot_only_last: false,
+                },
+            )
             .unwrap();
         assert_eq!(bits(&f), bits(&f_pad));
     }

@@ -153,12 +153,15 @@ fn after_attention_flops_per_token(width: usize, mlp: usize) -> f64 {
     2.0 * (d * d + 2.0 * d * m)
 }
 
-/// How a pass laid out its rows: the body's packed row count when it ran packed, and
-/// whether the last block ran past its attention for the EOT rows alone.
-#[derive(Debug, Clone, Copy, Default)]
+/// How a pass laid out its rows: the body's packed row count when it ran packed,
+/// whether the last block ran past its attention for the EOT rows alone, and whether the
+/// first block's q/k/v input VJP ran for the prefix's rows alone (the context's
+/// cotangents being all the backward returns).
+#[derive(Debug, Clone, Copy)]
 struct RowLayout {
     packed_tokens: Option<usize>,
     last_block_eot_only: bool,
+    prefix_cotangents_alone: bool,
 }
 
 /// Forward and backward FLOPs of one pass of the text tower on a path, as computed: the
@@ -188,11 +191,15 @@ fn path_flops(
         bwd += block_backward_flops(t.width, t.mlp_width, prefix as f64, prefix as f64, k);
     }
     let (mut fwd, mut bwd) = (fwd * layers, bwd * layers);
+    let body_rows = layout.packed_tokens.unwrap_or(n * (seq - prefix));
     if layout.last_block_eot_only {
-        let rows = prefix + layout.packed_tokens.unwrap_or(n * (seq - prefix));
-        let saved = (rows - n) as f64 * after_attention_flops_per_token(t.width, t.mlp_width);
+        let saved = (prefix + body_rows - n) as f64 * after_attention_flops_per_token(t.width, t.mlp_width);
         fwd -= saved;
         bwd -= k as f64 * saved;
+    }
+    if layout.prefix_cotangents_alone {
+        let d = t.width as f64;
+        bwd -= k as f64 * body_rows as f64 * 2.0 * 3.0 * d * d;
     }
     (fwd, bwd)
 }
@@ -270,7 +277,8 @@ pub fn run(
             .then(|| eot.iter().map(|&e| e + 1 - pre).sum::<usize>());
         let layout = RowLayout {
             packed_tokens: packed,
-            last_block_eot_only: tape.is_some_and(|t| t.last_block_eot_only()),
+            last_block_eot_only: tape.as_ref().is_some_and(|t| t.last_block_eot_only()),
+            prefix_cotangents_alone: tape.is_some_and(|t| t.prefix_in_body()),
         };
         let (fwd, bwd) = path_flops(&cfg, n, pre, seq, k, layout);
         let mut rows = match packed {
@@ -279,6 +287,9 @@ pub fn run(
         };
         if layout.last_block_eot_only {
             rows.push_str(", last block past attention on the EOT rows");
+        }
+        if layout.prefix_cotangents_alone {
+            rows.push_str(", first block's input VJP on the prefix rows");
         }
         let detail = format!("{n} classes × {seq} positions (prefix {pre}{rows}), {k} cotangents");
         results.push(BenchResult::new(
@@ -326,9 +337,9 @@ fn forward_backward(
     n_ctx: usize,
     device: &Device,
 ) -> Result<Tensor> {
+    // As a shared-context prompt learner asks for its gradient (`PromptLearner::ctx_grad`).
     let (_, tape) = enc.forward(batch, path, None, true)?;
-    let (grad, _) = enc.backward(tape.as_ref().expect("tape"), d_feat, None)?;
-    let g = grad.shared_positions(1, n_ctx)?;
+    let g = enc.shared_positions_backward(tape.as_ref().expect("tape"), d_feat, 1, n_ctx)?;
     device.synchronize()?;
     Ok(g.to_dtype(DType::F32)?)
 }

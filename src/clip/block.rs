@@ -198,6 +198,17 @@ enum Before<'a> {
     OwnPrefix(usize),
 }
 
+/// Which input rows a block's backward returns cotangents for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InputRows {
+    /// None.
+    None,
+    /// Every row.
+    All,
+    /// The first rows, as many as given.
+    First(usize),
+}
+
 /// How a block call's rows are laid out.
 #[derive(Clone, Copy)]
 struct Rows<'a> {
@@ -863,6 +874,30 @@ impl Block {
         lora: Option<&BlockLora>,
         need_dx: bool,
     ) -> Result<BlockGrad> {
+        let dx = if need_dx { InputRows::All } else { InputRows::None };
+        self.backward_to(tape, dy, d_own_kv, lora, dx)
+    }
+
+    /// [`backward`](Self::backward) with the input cotangent of the first `rows` input
+    /// rows alone, `[K, rows, D]` — what the text tower's first block owes a prompt whose
+    /// trained positions all lie in a shared prefix that ran first among the body's rows
+    /// ([`forward_prefixed`](Self::forward_prefixed)). Without LoRA and weight tapes the
+    /// q/k/v input VJP and the LayerNorm's run for those rows alone: the same bits where
+    /// the products compute `K·rows` rows as they compute all (the caller checks,
+    /// [`rows_compute_alike`]).
+    pub fn backward_first_rows(&self, tape: &BlockTape, dy: &Tensor, rows: usize) -> Result<BlockGrad> {
+        self.backward_to(tape, dy, None, None, InputRows::First(rows))
+    }
+
+    fn backward_to(
+        &self,
+        tape: &BlockTape,
+        dy: &Tensor,
+        d_own_kv: Option<(&Tensor, &Tensor)>,
+        lora: Option<&BlockLora>,
+        dx_rows: InputRows,
+    ) -> Result<BlockGrad> {
+        let need_dx = dx_rows != InputRows::None;
         let Shape { n, s, .. } = tape.shape;
         let (kk, m_out, d) = dy.dims3()?;
         let m = tape.prefix + tape.packing.as_ref().map_or(n * s, |p| p.rows());
@@ -989,10 +1024,16 @@ impl Block {
             .then(|| self.qkv.weight_grad(&kept(&tape.ln1_out)?, &d_qkv))
             .transpose()?;
         let need_a = need_dx || tape.weights;
-        let mut d_a = if need_a {
-            Some(self.qkv.backward_input(&d_qkv)?)
-        } else {
-            None
+        // The first rows' input cotangents alone need only their rows of the q/k/v VJP
+        // (unless LoRA or the weights' LayerNorm gradient read every row of it).
+        let first_rows = match dx_rows {
+            InputRows::First(r) if lora.is_none() && !tape.weights => Some(r),
+            _ => None,
+        };
+        let mut d_a = match (need_a, first_rows) {
+            (false, _) => None,
+            (true, Some(r)) => Some(self.qkv.backward_input(&d_qkv.narrow(1, 0, r)?.contiguous()?)?),
+            (true, None) => Some(self.qkv.backward_input(&d_qkv)?),
         };
         if let Some(l) = lora {
             // On the CPU in f32 each adapter reads its slice of the q/k/v cotangents in
@@ -1051,8 +1092,16 @@ impl Block {
             }),
             _ => None,
         };
-        let dx = match d_a {
-            Some(da) if need_dx => Some(self.ln1.backward_residual(&tape.ln1, &da, &dh)?),
+        let dx = match (d_a, dx_rows) {
+            (Some(da), InputRows::All) => Some(self.ln1.backward_residual(&tape.ln1, &da, &dh)?),
+            (Some(da), InputRows::First(r)) => {
+                let first = |t: &Tensor| t.narrow(1, 0, r)?.contiguous();
+                let da = if da.dim(1)? == r { da } else { first(&da)? };
+                let ln1 = LayerNormTape {
+                    x: tape.ln1.x.narrow(0, 0, r)?,
+                };
+                Some(self.ln1.backward_residual(&ln1, &da, &first(&dh)?)?)
+            }
             _ => None,
         };
         Ok(BlockGrad {

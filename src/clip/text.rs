@@ -196,6 +196,20 @@ pub struct TextBackward {
     pub weights: Option<TextWeightGrad>,
 }
 
+impl TextBackward {
+    fn with_lora(self, lora: Vec<BlockLoraGrad>) -> Self {
+        TextBackward { lora, ..self }
+    }
+}
+
+/// The input cotangents a text backward formed.
+enum Inputs {
+    /// Everything [`TextEncoder::backward_full`] returns (its LoRA gradients apart).
+    All(TextBackward),
+    /// The shared prefix's input cotangents alone, `[K, P, D]`.
+    Prefix(Tensor),
+}
+
 /// The CLIP text tower.
 #[derive(Debug, Clone)]
 pub struct TextEncoder {
@@ -516,6 +530,47 @@ impl TextEncoder {
         d_features: &Tensor,
         lora: Option<&[BlockLora]>,
     ) -> Result<TextBackward> {
+        match self.backward_inputs(tape, d_features, lora, false)? {
+            (Inputs::All(b), lora) => Ok(b.with_lora(lora)),
+            (Inputs::Prefix(_), _) => {
+                bail!("text backward: asked for every input cotangent, got the prefix's")
+            }
+        }
+    }
+
+    /// The cotangent of positions `start..start + len` summed over all sequences, `[K,
+    /// len, D]`, for K cotangents of the features — [`TextGrad::shared_positions`] of
+    /// [`backward`](Self::backward), bit for bit, computing only what it needs: when
+    /// those positions lie in a shared prefix that ran among the body's rows, the first
+    /// block's input VJP runs for the prefix's rows alone (the body's input cotangents,
+    /// which a shared context never reads, are not formed). Frozen tower, no LoRA.
+    pub fn shared_positions_backward(
+        &self,
+        tape: &TextTape,
+        d_features: &Tensor,
+        start: usize,
+        len: usize,
+    ) -> Result<Tensor> {
+        let prefix_only = tape.joint && start + len <= tape.prefix_len;
+        match self.backward_inputs(tape, d_features, None, prefix_only)? {
+            (Inputs::Prefix(p), _) => Ok(p.narrow(1, start, len)?.contiguous()?),
+            (Inputs::All(b), _) => b.input.shared_positions(start, len),
+        }
+    }
+
+    /// The backward of [`backward_full`](Self::backward_full) (LoRA gradients returned
+    /// apart), or with `prefix_only` (a tape whose prefix ran among the body's rows) the
+    /// prefix's input cotangents alone.
+    fn backward_inputs(
+        &self,
+        tape: &TextTape,
+        d_features: &Tensor,
+        lora: Option<&[BlockLora]>,
+        prefix_only: bool,
+    ) -> Result<(Inputs, Vec<BlockLoraGrad>)> {
+        if prefix_only && (!tape.joint || lora.is_some() || tape.normed.is_some()) {
+            bail!("text backward: the prefix's cotangents alone need a frozen tape whose prefix ran among the body's rows");
+        }
         let (kk, n, e) = d_features.dims3()?;
         if n != tape.n {
             bail!("text backward: {n} feature cotangents for a batch of {}", tape.n);
@@ -561,7 +616,11 @@ impl TextEncoder {
         let mut block_grads = Vec::with_capacity(self.blocks.len());
         for (li, (blk, (pre_tape, body_tape))) in self.blocks.iter().zip(&tape.layers).enumerate().rev() {
             let l = lora.map(|l| &l[li]);
-            let g = blk.backward(body_tape, &d_body, None, l, true)?;
+            let g = if prefix_only && li == 0 {
+                blk.backward_first_rows(body_tape, &d_body, p)?
+            } else {
+                blk.backward(body_tape, &d_body, None, l, true)?
+            };
             let mut lg = g.lora;
             let mut wg = g.weights;
             d_body = g.dx.expect("requested");
@@ -580,6 +639,9 @@ impl TextEncoder {
         }
         lora_grads.reverse();
         block_grads.reverse();
+        if prefix_only {
+            return Ok((Inputs::Prefix(d_body), lora_grads));
+        }
         if tape.joint {
             d_prefix = Some(d_body.narrow(1, 0, p)?.contiguous()?);
             d_body = d_body.narrow(1, p, rows)?.contiguous()?;
@@ -607,11 +669,12 @@ impl TextEncoder {
             }
             None => None,
         };
-        Ok(TextBackward {
+        let all = TextBackward {
             input: grad,
-            lora: lora_grads,
+            lora: Vec::new(),
             weights,
-        })
+        };
+        Ok((Inputs::All(all), lora_grads))
     }
 
     /// True when the row-wise parts of a block give every row the same bits for any row
@@ -847,6 +910,42 @@ mod tests {
                 assert_eq!(untaped, untaped_w, "K = {k}: features without a tape");
                 assert_eq!(body, body_w, "K = {k}: body cotangents");
                 assert_eq!(prefix, prefix_w, "K = {k}: prefix cotangents");
+            }
+        }
+    }
+
+    /// A shared context's cotangents computed alone (the first block's input VJP for the
+    /// prefix's rows only) are those of the whole backward, bit for bit, on the plain and
+    /// the prepared tower, for one and two cotangents; on a path whose prefix runs apart
+    /// the whole backward runs.
+    #[test]
+    fn prefix_cotangents_alone_give_the_whole_backwards_bits() {
+        let plain = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let mut prepared = plain.clone();
+        prepared.prepare_frozen().unwrap();
+        let ctx = rand_tensor(&[4, 64], 41, 0.05);
+        let (batch, p) = prompt_batch(&plain, &ctx);
+        for clip in [&plain, &prepared] {
+            for (path, joint) in [(TextPath::SharedPrefix(p), true), (TextPath::Truncated, false)] {
+                for k in [1, 2] {
+                    let d_feat = rand_tensor(&[k, batch.len(), 96], 42 + k as u64, 1.0);
+                    let (_, tape) = clip.text.forward(&batch, path, None, true).unwrap();
+                    let tape = tape.unwrap();
+                    assert_eq!(tape.prefix_in_body(), joint, "{path:?}");
+                    let (whole, _) = clip.text.backward(&tape, &d_feat, None).unwrap();
+                    for (start, len) in [(1, 4), (0, p), (2, 1)] {
+                        let alone = clip
+                            .text
+                            .shared_positions_backward(&tape, &d_feat, start, len)
+                            .unwrap();
+                        let expected = whole.shared_positions(start, len).unwrap();
+                        assert_eq!(
+                            bits(&alone),
+                            bits(&expected),
+                            "{path:?}, K = {k}, {start}..+{len}"
+                        );
+                    }
+                }
             }
         }
     }

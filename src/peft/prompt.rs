@@ -161,16 +161,17 @@ impl PromptLearner {
     /// Context gradient for K feature cotangents `[K, C, E]`: `[K, n_ctx, D]` shared, or
     /// `[K, C, n_ctx, D]` class-specific.
     pub fn ctx_grad(&self, clip: &Clip, tape: &TextTape, d_features: &Tensor) -> Result<Tensor> {
-        let (grad, _): (TextGrad, _) = clip.text.backward(tape, d_features, None)?;
-        if self.class_specific {
-            let start = 1 - grad.body_start;
-            Ok(grad
-                .body
-                .i((.., .., start..start + self.n_ctx, ..))?
-                .contiguous()?)
-        } else {
-            grad.shared_positions(1, self.n_ctx)
+        if !self.class_specific {
+            return clip
+                .text
+                .shared_positions_backward(tape, d_features, 1, self.n_ctx);
         }
+        let (grad, _): (TextGrad, _) = clip.text.backward(tape, d_features, None)?;
+        let start = 1 - grad.body_start;
+        Ok(grad
+            .body
+            .i((.., .., start..start + self.n_ctx, ..))?
+            .contiguous()?)
     }
 }
 

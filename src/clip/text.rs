@@ -15,7 +15,10 @@
 //! bit for bit. The packed rows then take the prefix's rows along through every
 //! projection and MLP ([`Block::forward_prefixed`]): one pass over each weight instead of
 //! a second one for a handful of rows, with the same bits where those few rows compute
-//! alike.
+//! alike. In that layout two more exact cuts apply: the last block runs past its
+//! attention for the EOT rows alone ([`Block::forward_prefixed_rows`]), the only rows
+//! that reach the features; and a shared context's gradient needs the first block's
+//! input VJP for the prefix's rows alone ([`TextEncoder::shared_positions_backward`]).
 //!
 //! With [`TapeMode::Weights`] the backward ([`TextEncoder::backward_full`]) also returns
 //! the gradients of every weight of the tower; the token-embedding gradient is a

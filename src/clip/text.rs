@@ -803,6 +803,15 @@ mod tests {
         (PromptBatch { embeddings: emb, eot }, 1 + n_ctx)
     }
 
+    /// The fixture tower as loaded, and as a fine-tuning run prepares it
+    /// ([`Clip::prepare_frozen`]).
+    fn plain_and_prepared() -> (Clip, Clip) {
+        let plain = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
+        let mut prepared = plain.clone();
+        prepared.prepare_frozen().unwrap();
+        (plain, prepared)
+    }
+
     #[test]
     fn fast_paths_match_the_plain_path_forward_and_backward() {
         let clip = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
@@ -845,9 +854,7 @@ mod tests {
     /// shared-prefix and truncated paths, and without a tape.
     #[test]
     fn frozen_layouts_give_the_plain_towers_bits() {
-        let plain = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
-        let mut prepared = plain.clone();
-        prepared.prepare_frozen().unwrap();
+        let (plain, prepared) = plain_and_prepared();
         let ctx = rand_tensor(&[4, 64], 21, 0.05);
         let (batch, p) = prompt_batch(&plain, &ctx);
         let d_feat = rand_tensor(&[2, batch.len(), 96], 22, 1.0);
@@ -872,9 +879,7 @@ mod tests {
     /// one and two cotangents, on the prepared tower (prepacked weights) and the plain.
     #[test]
     fn eot_only_last_block_gives_the_whole_blocks_bits() {
-        let plain = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
-        let mut prepared = plain.clone();
-        prepared.prepare_frozen().unwrap();
+        let (plain, prepared) = plain_and_prepared();
         let ctx = rand_tensor(&[4, 64], 31, 0.05);
         let (batch, p) = prompt_batch(&plain, &ctx);
         let path = TextPath::SharedPrefix(p);
@@ -923,9 +928,7 @@ mod tests {
     /// the whole backward runs.
     #[test]
     fn prefix_cotangents_alone_give_the_whole_backwards_bits() {
-        let plain = Clip::load(&fixture_dir("hf"), &LoadOptions::default()).unwrap();
-        let mut prepared = plain.clone();
-        prepared.prepare_frozen().unwrap();
+        let (plain, prepared) = plain_and_prepared();
         let ctx = rand_tensor(&[4, 64], 41, 0.05);
         let (batch, p) = prompt_batch(&plain, &ctx);
         for clip in [&plain, &prepared] {

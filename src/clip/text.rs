@@ -199,15 +199,9 @@ pub struct TextBackward {
     pub weights: Option<TextWeightGrad>,
 }
 
-impl TextBackward {
-    fn with_lora(self, lora: Vec<BlockLoraGrad>) -> Self {
-        TextBackward { lora, ..self }
-    }
-}
-
 /// The input cotangents a text backward formed.
 enum Inputs {
-    /// Everything [`TextEncoder::backward_full`] returns (its LoRA gradients apart).
+    /// Everything [`TextEncoder::backward_full`] returns.
     All(TextBackward),
     /// The shared prefix's input cotangents alone, `[K, P, D]`.
     Prefix(Tensor),
@@ -534,8 +528,8 @@ impl TextEncoder {
         lora: Option<&[BlockLora]>,
     ) -> Result<TextBackward> {
         match self.backward_inputs(tape, d_features, lora, false)? {
-            (Inputs::All(b), lora) => Ok(b.with_lora(lora)),
-            (Inputs::Prefix(_), _) => {
+            Inputs::All(b) => Ok(b),
+            Inputs::Prefix(_) => {
                 bail!("text backward: asked for every input cotangent, got the prefix's")
             }
         }
@@ -556,21 +550,21 @@ impl TextEncoder {
     ) -> Result<Tensor> {
         let prefix_only = tape.joint && start + len <= tape.prefix_len;
         match self.backward_inputs(tape, d_features, None, prefix_only)? {
-            (Inputs::Prefix(p), _) => Ok(p.narrow(1, start, len)?.contiguous()?),
-            (Inputs::All(b), _) => b.input.shared_positions(start, len),
+            Inputs::Prefix(p) => Ok(p.narrow(1, start, len)?.contiguous()?),
+            Inputs::All(b) => b.input.shared_positions(start, len),
         }
     }
 
-    /// The backward of [`backward_full`](Self::backward_full) (LoRA gradients returned
-    /// apart), or with `prefix_only` (a tape whose prefix ran among the body's rows) the
-    /// prefix's input cotangents alone.
+    /// The backward of [`backward_full`](Self::backward_full), or with `prefix_only` (a
+    /// frozen tape whose prefix ran among the body's rows) the prefix's input cotangents
+    /// alone.
     fn backward_inputs(
         &self,
         tape: &TextTape,
         d_features: &Tensor,
         lora: Option<&[BlockLora]>,
         prefix_only: bool,
-    ) -> Result<(Inputs, Vec<BlockLoraGrad>)> {
+    ) -> Result<Inputs> {
         if prefix_only && (!tape.joint || lora.is_some() || tape.normed.is_some()) {
             bail!("text backward: the prefix's cotangents alone need a frozen tape whose prefix ran among the body's rows");
         }
@@ -643,7 +637,7 @@ impl TextEncoder {
         lora_grads.reverse();
         block_grads.reverse();
         if prefix_only {
-            return Ok((Inputs::Prefix(d_body), lora_grads));
+            return Ok(Inputs::Prefix(d_body));
         }
         if tape.joint {
             d_prefix = Some(d_body.narrow(1, 0, p)?.contiguous()?);
@@ -672,12 +666,11 @@ impl TextEncoder {
             }
             None => None,
         };
-        let all = TextBackward {
+        Ok(Inputs::All(TextBackward {
             input: grad,
-            lora: Vec::new(),
+            lora: lora_grads,
             weights,
-        };
-        Ok((Inputs::All(all), lora_grads))
+        }))
     }
 
     /// True when the row-wise parts of a block give every row the same bits for any row
